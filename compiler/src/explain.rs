@@ -1,0 +1,351 @@
+//! Readable prints of what a recipe says (`--stage ast`) and what it computes (`--stage ir`).
+
+use crate::ir::{DataSource, EvalSpec, Length, Op, Recipe, Stage, Tap};
+use crate::model::{ModelSpec, ParamClass, Part, TextKind};
+use crate::source::SourceMap;
+use crate::syntax::ast::*;
+use crate::fmt_num;
+use std::fmt::Write;
+
+/// The syntax tree, one node per line, with each node's line:column.
+pub fn ast(file: &File, sources: &SourceMap) -> String {
+    let mut out = String::new();
+    let at = |span: crate::source::Span| {
+        let l = sources.location(span);
+        format!("@{}:{}", l.line, l.col)
+    };
+    let _ = writeln!(out, "file {}", sources.get(file.file).name);
+    for item in &file.items {
+        match item {
+            Item::Use(u) => {
+                let path: Vec<&str> = u.path.iter().map(|i| i.name.as_str()).collect();
+                let names = u.names.as_ref().map(|n| format!(".{{{}}}", n.iter().map(|i| i.name.as_str()).collect::<Vec<_>>().join(", "))).unwrap_or_default();
+                let _ = writeln!(out, "  use {}{} {}", path.join("."), names, at(u.span));
+            }
+            Item::Fn(f) => {
+                let params: Vec<String> = f.params.iter().map(|p| format!("{}: {}{}", p.name.name, p.ty.name, if p.default.is_some() { " = …" } else { "" })).collect();
+                let ret = f.ret.as_ref().map(|r| format!(" -> {}", r.name)).unwrap_or_default();
+                let _ = writeln!(out, "  fn {}({}){} {}", f.name.name, params.join(", "), ret, at(f.span));
+                for line in &f.doc {
+                    let _ = writeln!(out, "    doc {line}");
+                }
+                for p in &f.params {
+                    if let Some(d) = &p.default {
+                        let _ = writeln!(out, "    default {}", p.name.name);
+                        expr(&mut out, d, 3, sources);
+                    }
+                }
+                for l in &f.lets {
+                    let _ = writeln!(out, "    let {} {}", l.name.name, at(l.span));
+                    expr(&mut out, &l.value, 3, sources);
+                }
+                let _ = writeln!(out, "    result");
+                expr(&mut out, &f.body, 3, sources);
+            }
+            Item::Stage(s) => {
+                let _ = writeln!(out, "  stage {} {}", s.name.name, at(s.span));
+                for a in &s.args {
+                    arg(&mut out, a, 2, sources);
+                }
+                for b in &s.bindings {
+                    let _ = writeln!(out, "    binding {} {}", b.name.name, at(b.span));
+                    expr(&mut out, &b.value, 3, sources);
+                }
+            }
+            Item::Binding(b) => {
+                let _ = writeln!(out, "  binding {} {}", b.name.name, at(b.span));
+                expr(&mut out, &b.value, 2, sources);
+            }
+        }
+    }
+    let _ = writeln!(out, "  comments {}", file.comments.len());
+    out
+}
+
+fn arg(out: &mut String, a: &Arg, depth: usize, sources: &SourceMap) {
+    let pad = "  ".repeat(depth);
+    match &a.name {
+        Some(n) => {
+            let _ = writeln!(out, "{pad}arg {}:", n.name);
+        }
+        None => {
+            let _ = writeln!(out, "{pad}arg");
+        }
+    }
+    expr(out, &a.value, depth + 1, sources);
+}
+
+fn expr(out: &mut String, e: &Expr, depth: usize, sources: &SourceMap) {
+    let pad = "  ".repeat(depth);
+    match &e.kind {
+        ExprKind::Number { text, value } => {
+            let _ = writeln!(out, "{pad}number {text} = {}", fmt_num(*value));
+        }
+        ExprKind::Str { text, .. } => {
+            let _ = writeln!(out, "{pad}string {text}");
+        }
+        ExprKind::Bool(b) => {
+            let _ = writeln!(out, "{pad}bool {b}");
+        }
+        ExprKind::Name(n) => {
+            let _ = writeln!(out, "{pad}name {n}");
+        }
+        ExprKind::List(items) => {
+            let _ = writeln!(out, "{pad}list");
+            for i in items {
+                expr(out, i, depth + 1, sources);
+            }
+        }
+        ExprKind::Paren(inner) => {
+            let _ = writeln!(out, "{pad}paren");
+            expr(out, inner, depth + 1, sources);
+        }
+        ExprKind::Field(base, f) => {
+            let _ = writeln!(out, "{pad}field .{}", f.name);
+            expr(out, base, depth + 1, sources);
+        }
+        ExprKind::Call(callee, args) => {
+            let _ = writeln!(out, "{pad}call");
+            expr(out, callee, depth + 1, sources);
+            for a in args {
+                arg(out, a, depth + 1, sources);
+            }
+        }
+        ExprKind::Binary(op, l, r) => {
+            let _ = writeln!(out, "{pad}binary {}", op.symbol());
+            expr(out, l, depth + 1, sources);
+            expr(out, r, depth + 1, sources);
+        }
+        ExprKind::Neg(inner) => {
+            let _ = writeln!(out, "{pad}neg");
+            expr(out, inner, depth + 1, sources);
+        }
+    }
+}
+
+fn count(n: u64) -> String {
+    if n >= 1_000_000 {
+        format!("{:.2}M", n as f64 / 1e6)
+    } else if n >= 10_000 {
+        format!("{:.1}k", n as f64 / 1e3)
+    } else {
+        n.to_string()
+    }
+}
+
+fn model(out: &mut String, m: &ModelSpec) {
+    let origin = match &m.preset {
+        Some(p) => format!("preset {p}"),
+        None => "explicit towers".into(),
+    };
+    let mut flags = Vec::new();
+    if m.frozen {
+        flags.push("frozen".to_string());
+    }
+    match &m.weights {
+        Some(w) => flags.push(format!("weights {w}")),
+        None => flags.push("random initialisation".into()),
+    }
+    let _ = writeln!(out, "  {}: clip, {}, {}, {} parameters", m.name, origin, flags.join(", "), count(m.parameter_count()));
+    let v = &m.vision;
+    let _ = writeln!(
+        out,
+        "    vision  vit(size {}, patch {}, width {}, layers {}, heads {}, mlp {}, act {}){}: {} patches + class token",
+        v.image_size,
+        v.patch,
+        v.width,
+        v.layers,
+        v.heads,
+        v.mlp,
+        v.act.name(),
+        if v.frozen && !m.frozen { ", frozen" } else { "" },
+        v.patches()
+    );
+    let t = &m.text;
+    let kind = match t.kind {
+        TextKind::Clip => "transformer".to_string(),
+        TextKind::Bert => format!("bert{}", t.preset.as_ref().map(|p| format!(" {p}")).unwrap_or_default()),
+    };
+    let _ = writeln!(
+        out,
+        "    text    {}(context {}, vocab {}, width {}, layers {}, heads {}, mlp {}, act {}){}{}",
+        kind,
+        t.context,
+        t.vocab,
+        t.width,
+        t.layers,
+        t.heads,
+        t.mlp,
+        t.act.name(),
+        if t.frozen && !m.frozen { ", frozen" } else { "" },
+        t.weights.as_ref().map(|w| format!(", weights {w}")).unwrap_or_default()
+    );
+    let s = &m.logit_scale;
+    let scale = if s.learnable {
+        format!("learnable σ = exp(t), t₀ = ln {} ≈ {}, σ clamped to [{}, {}]", fmt_num(s.init), fmt_num((s.init.ln() * 1e4).round() / 1e4), fmt_num(s.min), fmt_num(s.max))
+    } else {
+        format!("fixed σ = {}", fmt_num(s.init))
+    };
+    let _ = writeln!(out, "    embed   {}; logit scale {}", m.embed, scale);
+    let tok = match &m.tokenizer.path {
+        Some(p) => format!("{} {p}", m.tokenizer.kind),
+        None => m.tokenizer.kind.clone(),
+    };
+    let p = &m.preprocess;
+    let _ = writeln!(
+        out,
+        "    input   tokenizer {} (context {}); images resized to {}, centre-cropped to {}, mean [{}], std [{}]",
+        tok,
+        m.tokenizer.context,
+        p.resize,
+        p.crop,
+        p.mean.iter().map(|x| fmt_num(*x)).collect::<Vec<_>>().join(", "),
+        p.std.iter().map(|x| fmt_num(*x)).collect::<Vec<_>>().join(", ")
+    );
+}
+
+fn data(d: &crate::ir::DataSpec) -> String {
+    let source = match &d.source {
+        DataSource::Pairs { csv, image, caption, sep } => format!("pairs from {csv} (image column \"{image}\", caption column \"{caption}\", separator {sep:?})"),
+        DataSource::Folders { root, template } => format!("class folders under {root}, captions \"{template}\""),
+        DataSource::FashionMnist { split, templates, root } => {
+            format!("Fashion-MNIST {split} split{}, prompts {:?}", root.as_ref().map(|r| format!(" from {r}")).unwrap_or_default(), templates)
+        }
+        DataSource::Synthetic { samples } => format!("{samples} synthetic samples"),
+    };
+    format!("{source}; batch {}, {}, seed {}", d.batch, if d.shuffle { "shuffled" } else { "in order" }, d.seed)
+}
+
+fn part_name(p: Part) -> &'static str {
+    p.name()
+}
+
+/// What a checked recipe computes: models, data, and for each stage its loss terms expanded to
+/// primitive operations with shapes, the learnable parts of the loss, and the optimiser.
+pub fn ir(recipe: &Recipe) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "models");
+    for m in &recipe.models {
+        model(&mut out, m);
+    }
+    for (i, stage) in recipe.stages.iter().enumerate() {
+        let _ = writeln!(out);
+        stage_ir(&mut out, recipe, i, stage);
+    }
+    if !recipe.eval.is_empty() {
+        let _ = writeln!(out);
+        let _ = writeln!(out, "evaluation");
+        for e in &recipe.eval {
+            match e {
+                EvalSpec::ZeroShot { model, data: d, templates } => {
+                    let _ = writeln!(out, "  zero-shot classification of {} on {}; prompts {:?}", recipe.models[*model].name, data(d), templates);
+                }
+                EvalSpec::Retrieval { model, data: d, k } => {
+                    let _ = writeln!(out, "  image-text retrieval R@{:?} of {} on {}", k, recipe.models[*model].name, data(d));
+                }
+            }
+        }
+    }
+    out
+}
+
+fn stage_ir(out: &mut String, recipe: &Recipe, index: usize, stage: &Stage) {
+    let from = stage.from.map(|f| format!(", starting from stage {}'s checkpoint", recipe.stages[f].name)).unwrap_or_default();
+    let _ = writeln!(out, "stage {} ({} of {}){}", stage.name, index + 1, recipe.stages.len(), from);
+    let _ = writeln!(out, "  data    {}", data(&stage.data));
+    let t = &stage.train;
+    let length = match t.length {
+        Length::Epochs(n) => format!("{n} epochs"),
+        Length::Steps(n) => format!("{n} steps"),
+    };
+    let _ = writeln!(
+        out,
+        "  train   {length}, {}{}{}, seed {}{}",
+        t.precision,
+        if t.accumulate > 1 { format!(", gradients accumulated over {} micro-batches", t.accumulate) } else { String::new() },
+        t.clip_grad.map(|c| format!(", gradient norm clipped to {}", fmt_num(c))).unwrap_or_default(),
+        t.seed,
+        t.checkpoint_every.map(|c| format!(", checkpoint every {c} steps")).unwrap_or_default()
+    );
+    let o = &t.optimizer;
+    let _ = writeln!(
+        out,
+        "  optim   adamw(lr {}, weight decay {}, betas ({}, {}), eps {})",
+        o.lr,
+        fmt_num(o.weight_decay),
+        fmt_num(o.betas.0),
+        fmt_num(o.betas.1),
+        fmt_num(o.eps)
+    );
+
+    // Parameter groups over everything this stage trains.
+    let mut decay = (0u64, 0u64);
+    let mut no_decay = (0u64, 0u64);
+    let mut add = |class: ParamClass, numel: u64| {
+        let group = if o.no_decay.contains(&class) { &mut no_decay } else { &mut decay };
+        group.0 += 1;
+        group.1 += numel;
+    };
+    for (model_id, part) in &stage.trainable {
+        for p in recipe.models[*model_id].parameters().iter().filter(|p| p.part == *part) {
+            add(p.class, p.shape.iter().product());
+        }
+    }
+    for p in &stage.params {
+        add(p.class, p.shape.iter().product());
+    }
+    let classes: Vec<&str> = o.no_decay.iter().map(|c| c.plural()).collect();
+    let _ = writeln!(out, "          group decay:    {} tensors, {} values, weight decay {}", decay.0, count(decay.1), fmt_num(o.weight_decay));
+    let _ = writeln!(out, "          group no_decay: {} tensors, {} values ({}), weight decay 0", no_decay.0, count(no_decay.1), classes.join(", "));
+    let trainable: Vec<String> = stage.trainable.iter().map(|(m, p)| format!("{}.{}", recipe.models[*m].name, part_name(*p))).collect();
+    let _ = writeln!(out, "  trains  {}", if trainable.is_empty() { "only the loss's own parts".into() } else { trainable.join(", ") });
+    if !stage.frozen.is_empty() {
+        let frozen: Vec<String> = stage.frozen.iter().map(|(m, p)| format!("{}.{}", recipe.models[*m].name, part_name(*p))).collect();
+        let _ = writeln!(out, "  freezes {}", frozen.join(", "));
+    }
+    let frozen_models: Vec<&str> = recipe.models.iter().filter(|m| m.frozen).map(|m| m.name.as_str()).collect();
+    if !frozen_models.is_empty() {
+        let _ = writeln!(out, "  frozen  {} (no gradient, no optimiser state)", frozen_models.join(", "));
+    }
+
+    if !stage.params.is_empty() {
+        let _ = writeln!(out, "  learnable parts of the loss");
+        for (i, p) in stage.params.iter().enumerate() {
+            let clamp = p.clamp.map(|(lo, hi)| format!(", clamped to [{}, {}]", fmt_num(lo), fmt_num(hi))).unwrap_or_default();
+            let _ = writeln!(out, "    p{i} {} {:?} init {}{}, {}", p.name, p.shape, p.init, clamp, p.class.plural());
+        }
+    }
+
+    let _ = writeln!(out, "  loss = {}", stage.terms.iter().map(|t| format!("{} × {}", t.weight, t.label)).collect::<Vec<_>>().join(" + "));
+    let _ = writeln!(out, "  graph ({} nodes)", stage.graph.nodes.len());
+    for (i, node) in stage.graph.nodes.iter().enumerate() {
+        let what = match &node.op {
+            Op::Tap { model, tap, mask } => {
+                let m = &recipe.models[*model].name;
+                let mask = mask.map(|r| format!(" (patches masked at {})", fmt_num(r))).unwrap_or_default();
+                let tap = match tap {
+                    Tap::Image => "image".to_string(),
+                    Tap::Text => "text".to_string(),
+                    Tap::Scale => "scale".to_string(),
+                    Tap::Patches => "patches".to_string(),
+                    Tap::ImageLayer(k) => format!("image_layer({k})"),
+                    Tap::TextLayer(k) => format!("text_layer({k})"),
+                };
+                let frozen = if recipe.models[*model].frozen { " [frozen]" } else { "" };
+                format!("tap {m}.{tap}{mask}{frozen}")
+            }
+            Op::Param(p) => format!("param p{p} {}", stage.params[*p].name),
+            Op::Const(v) => format!("const {}", fmt_num(*v)),
+            Op::Scheduled(s) => format!("schedule {s}"),
+            other => {
+                let inputs: Vec<String> = node.inputs.iter().map(|n| format!("%{n}")).collect();
+                format!("{}({})", other.name(), inputs.join(", "))
+            }
+        };
+        let label = stage.terms.iter().filter(|t| t.node == i).map(|t| format!("   ← term {}", t.label)).collect::<String>();
+        let _ = writeln!(out, "    %{i:<3} = {what:<58} : {}{label}", node.shape);
+    }
+    for t in &stage.terms {
+        let _ = writeln!(out, "  term {} = {} × %{}", t.label, t.weight, t.node);
+    }
+}

@@ -1,0 +1,343 @@
+//! The checked intermediate representation: what a recipe computes, with every name resolved,
+//! every tensor's shape known and every number validated. The training engine lowers this, and
+//! only this, to a luminal graph.
+//!
+//! A stage's loss is a graph of primitive operations (`Node`s in topological order) over taps
+//! into the models (`student.image`, a layer's tokens), learnable parts of the loss (`Param`s)
+//! and constants. Each loss term is one node with its weight beside it.
+
+use crate::model::{ModelSpec, ParamClass, Part};
+use crate::shape::Shape;
+use crate::source::Span;
+use serde::Serialize;
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Recipe {
+    pub models: Vec<ModelSpec>,
+    pub stages: Vec<Stage>,
+    pub eval: Vec<EvalSpec>,
+}
+
+pub type ModelId = usize;
+pub type NodeId = usize;
+pub type ParamId = usize;
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Stage {
+    pub name: String,
+    /// The stage whose final checkpoint this stage starts from.
+    pub from: Option<usize>,
+    pub data: DataSpec,
+    pub train: TrainSpec,
+    pub graph: Graph,
+    pub terms: Vec<Term>,
+    pub params: Vec<ParamSpec>,
+    /// Model parts frozen in this stage on top of those frozen in their definitions.
+    pub frozen: Vec<(ModelId, Part)>,
+    /// Model parts that receive gradients in this stage: reached by the loss, not frozen.
+    pub trainable: Vec<(ModelId, Part)>,
+}
+
+/// One weighted term of a stage's loss: `weight × node`.
+#[derive(Clone, Debug, Serialize)]
+pub struct Term {
+    pub label: String,
+    pub weight: Schedule,
+    pub node: NodeId,
+    #[serde(skip)]
+    pub span: Span,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Graph {
+    pub nodes: Vec<Node>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Node {
+    pub op: Op,
+    pub inputs: Vec<NodeId>,
+    pub shape: Shape,
+    #[serde(skip)]
+    pub span: Span,
+}
+
+/// What can be read out of a model.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub enum Tap {
+    /// The projected image embedding, before normalisation: [B, embed].
+    Image,
+    /// The projected text embedding, before normalisation: [B, embed].
+    Text,
+    /// The model's logit scale σ = exp(t): a scalar.
+    Scale,
+    /// The last block's patch tokens, class token excluded: [B, N, vision width].
+    Patches,
+    /// Block k's output tokens (0: the input to the first block): [B, N+1, vision width].
+    ImageLayer(u64),
+    /// Block k's output tokens: [B, context, text width].
+    TextLayer(u64),
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub enum Op {
+    /// A value read from a model. `mask` is the fraction of patch tokens dropped at random
+    /// (MAE-style) before the image tower, fresh every step.
+    Tap { model: ModelId, tap: Tap, mask: Option<f64> },
+    /// A learnable part of the loss.
+    Param(ParamId),
+    /// A scalar constant.
+    Const(f64),
+    /// A scalar that follows a schedule over training steps.
+    Scheduled(Schedule),
+    /// The size of axis `axis` of the input, as a scalar (the batch size B, say).
+    Size { axis: usize },
+    /// The identity matrix of the output's shape.
+    Eye,
+    Add,
+    Sub,
+    Mul,
+    Div,
+    Neg,
+    Exp,
+    Log,
+    Sqrt,
+    Abs,
+    /// Batched matrix product over the last two axes.
+    MatMul,
+    /// Swaps the last two axes.
+    Transpose,
+    Softmax { axis: usize },
+    LogSoftmax { axis: usize },
+    /// x / ‖x‖₂ along `axis`.
+    Normalize { axis: usize },
+    /// Mean over `axis`, or over everything when `None`.
+    Mean { axis: Option<usize> },
+    Sum { axis: Option<usize> },
+    /// Biased (population) variance over `axis`, or over everything.
+    Var { axis: Option<usize> },
+    /// Mean of (a − b)² over all elements.
+    Mse,
+    /// Mean of |a − b| over all elements.
+    L1,
+    /// Mean of Huber-style smooth L1 with threshold `beta`.
+    SmoothL1 { beta: f64 },
+    /// KL(p ‖ q) from log-probabilities (log p, log q) over the last axis: Σ p (log p − log q),
+    /// mean over rows.
+    Kl,
+    /// Cross-entropy of row logits against the diagonal (row i's target is column i), mean
+    /// over rows.
+    CrossEntropyDiagonal,
+    /// Cross-entropy of row logits against given target probabilities, mean over rows.
+    CrossEntropySoft,
+    Concat { axis: usize },
+    /// Multi-head scaled dot-product attention softmax(q kᵀ / √d) v with `heads` heads.
+    Attention { heads: u64 },
+    /// The value, with no gradient flowing back through it.
+    Detach,
+}
+
+impl Op {
+    pub fn name(&self) -> String {
+        match self {
+            Op::Tap { .. } => "tap".into(),
+            Op::Param(_) => "param".into(),
+            Op::Const(_) => "const".into(),
+            Op::Scheduled(_) => "schedule".into(),
+            Op::Size { axis } => format!("size[axis {axis}]"),
+            Op::Eye => "eye".into(),
+            Op::Add => "add".into(),
+            Op::Sub => "sub".into(),
+            Op::Mul => "mul".into(),
+            Op::Div => "div".into(),
+            Op::Neg => "neg".into(),
+            Op::Exp => "exp".into(),
+            Op::Log => "log".into(),
+            Op::Sqrt => "sqrt".into(),
+            Op::Abs => "abs".into(),
+            Op::MatMul => "matmul".into(),
+            Op::Transpose => "transpose".into(),
+            Op::Softmax { axis } => format!("softmax[axis {axis}]"),
+            Op::LogSoftmax { axis } => format!("log_softmax[axis {axis}]"),
+            Op::Normalize { axis } => format!("norm[axis {axis}]"),
+            Op::Mean { axis: Some(a) } => format!("mean[axis {a}]"),
+            Op::Mean { axis: None } => "mean".into(),
+            Op::Sum { axis: Some(a) } => format!("sum[axis {a}]"),
+            Op::Sum { axis: None } => "sum".into(),
+            Op::Var { axis: Some(a) } => format!("var[axis {a}]"),
+            Op::Var { axis: None } => "var".into(),
+            Op::Mse => "mse".into(),
+            Op::L1 => "l1".into(),
+            Op::SmoothL1 { beta } => format!("smooth_l1[beta {beta}]"),
+            Op::Kl => "kl".into(),
+            Op::CrossEntropyDiagonal => "cross_entropy[diagonal]".into(),
+            Op::CrossEntropySoft => "cross_entropy[soft]".into(),
+            Op::Concat { axis } => format!("concat[axis {axis}]"),
+            Op::Attention { heads } => format!("attention[heads {heads}]"),
+            Op::Detach => "detach".into(),
+        }
+    }
+}
+
+/// A learnable part of the loss (a projection W, a fusion head, a logit scale).
+#[derive(Clone, Debug, Serialize)]
+pub struct ParamSpec {
+    pub name: String,
+    pub shape: Vec<u64>,
+    pub init: Init,
+    /// Clamped to this range after every optimiser step.
+    pub clamp: Option<(f64, f64)>,
+    pub class: ParamClass,
+    #[serde(skip)]
+    pub span: Span,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub enum Init {
+    Constant(f64),
+    /// Uniform in [−bound, bound] (PyTorch's `nn.Linear` default has bound 1/√fan_in).
+    Uniform { bound: f64 },
+    Normal { std: f64 },
+}
+
+impl std::fmt::Display for Init {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Init::Constant(v) => write!(f, "constant {}", crate::fmt_num(*v)),
+            Init::Uniform { bound } => write!(f, "uniform(±{})", crate::fmt_num(*bound)),
+            Init::Normal { std } => write!(f, "normal(0, {})", crate::fmt_num(*std)),
+        }
+    }
+}
+
+/// A number that may change with the training step: loss weights, learning rates.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub enum Schedule {
+    Constant(f64),
+    /// Linear from `from` to `to` over steps [start, start + steps], constant outside.
+    Ramp { from: f64, to: f64, start: u64, steps: u64 },
+    /// Linear warm-up from 0 to `peak` over `warmup` steps, then a half cosine from `peak` to
+    /// `end` at step `steps` (`None`: the stage's last step).
+    Cosine { peak: f64, warmup: u64, end: f64, steps: Option<u64> },
+    /// `values[i]` from boundary `at[i-1]` (inclusive) on; `values.len() == at.len() + 1`.
+    Step { values: Vec<f64>, at: Vec<u64> },
+    /// Another schedule multiplied by a constant.
+    Scaled(f64, Box<Schedule>),
+}
+
+impl Schedule {
+    /// The value at `step` of a stage `total` steps long.
+    pub fn at(&self, step: u64, total: u64) -> f64 {
+        match self {
+            Schedule::Constant(v) => *v,
+            Schedule::Ramp { from, to, start, steps } => {
+                if step <= *start {
+                    *from
+                } else if step >= start + steps {
+                    *to
+                } else {
+                    from + (to - from) * (step - start) as f64 / *steps as f64
+                }
+            }
+            Schedule::Cosine { peak, warmup, end, steps } => {
+                let total = steps.unwrap_or(total).max(1);
+                if step < *warmup {
+                    peak * (step + 1) as f64 / *warmup as f64
+                } else {
+                    let span = total.saturating_sub(*warmup).max(1);
+                    let progress = ((step - warmup) as f64 / span as f64).min(1.0);
+                    end + 0.5 * (peak - end) * (1.0 + (std::f64::consts::PI * progress).cos())
+                }
+            }
+            Schedule::Step { values, at } => {
+                let index = at.iter().take_while(|b| step >= **b).count();
+                values[index]
+            }
+            Schedule::Scaled(factor, inner) => factor * inner.at(step, total),
+        }
+    }
+
+    pub fn scaled(self, factor: f64) -> Schedule {
+        match self {
+            Schedule::Constant(v) => Schedule::Constant(v * factor),
+            Schedule::Scaled(f, inner) => Schedule::Scaled(f * factor, inner),
+            other if factor == 1.0 => other,
+            other => Schedule::Scaled(factor, Box::new(other)),
+        }
+    }
+}
+
+impl std::fmt::Display for Schedule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use crate::fmt_num as n;
+        match self {
+            Schedule::Constant(v) => write!(f, "{}", n(*v)),
+            Schedule::Ramp { from, to, start, steps } => {
+                write!(f, "ramp({} → {} over steps {}..{})", n(*from), n(*to), start, start + steps)
+            }
+            Schedule::Cosine { peak, warmup, end, steps } => {
+                let until = steps.map(|s| s.to_string()).unwrap_or_else(|| "the last step".into());
+                write!(f, "cosine(warm-up 0 → {} over {} steps, then → {} at {})", n(*peak), warmup, n(*end), until)
+            }
+            Schedule::Step { values, at } => {
+                let values: Vec<String> = values.iter().map(|v| n(*v)).collect();
+                let at: Vec<String> = at.iter().map(|v| v.to_string()).collect();
+                write!(f, "step([{}] at [{}])", values.join(", "), at.join(", "))
+            }
+            Schedule::Scaled(factor, inner) => write!(f, "{} × {}", n(*factor), inner),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub enum DataSource {
+    /// Image-text pairs listed in a CSV (open_clip's convention).
+    Pairs { csv: String, image: String, caption: String, sep: String },
+    /// One folder per class under `root`; captions from a template.
+    Folders { root: String, template: String },
+    /// The built-in Fashion-MNIST (Debian's dataset-fashion-mnist), captions from templates.
+    FashionMnist { split: String, templates: Vec<String>, root: Option<String> },
+    /// Random images and token ids, for engine tests and benchmarks.
+    Synthetic { samples: u64 },
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct DataSpec {
+    pub source: DataSource,
+    pub batch: u64,
+    pub shuffle: bool,
+    pub seed: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct AdamW {
+    pub lr: Schedule,
+    pub weight_decay: f64,
+    pub betas: (f64, f64),
+    pub eps: f64,
+    /// Parameter classes that get no weight decay.
+    pub no_decay: Vec<ParamClass>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub enum Length {
+    Epochs(u64),
+    Steps(u64),
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct TrainSpec {
+    pub optimizer: AdamW,
+    pub length: Length,
+    pub clip_grad: Option<f64>,
+    pub accumulate: u64,
+    pub precision: String,
+    pub seed: u64,
+    pub checkpoint_every: Option<u64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub enum EvalSpec {
+    ZeroShot { model: ModelId, data: DataSpec, templates: Vec<String> },
+    Retrieval { model: ModelId, data: DataSpec, k: Vec<u64> },
+}

@@ -1,0 +1,106 @@
+//! kdc: a compiler for knowledge-distillation recipes for CLIP models.
+//!
+//! The pipeline is a list of stages, each one function (see ARCHITECTURE.md):
+//!
+//! | stage | function | produces |
+//! |---|---|---|
+//! | parse | [`syntax::parse`] | [`syntax::ast::File`]: the syntax tree with spans and comments |
+//! | load | [`check::Program::load`] | the recipe and every module it imports |
+//! | check | [`check::check`] | [`ir::Recipe`]: names resolved, shapes inferred, values validated |
+//! | format | [`format::format`] | canonical source text |
+//! | explain | [`explain`] | readable prints of the AST and the IR |
+//!
+//! Only the CLI (`main.rs`) and [`FsLoader`] touch the file system.
+
+pub mod check;
+pub mod codes;
+pub mod diag;
+pub mod explain;
+pub mod format;
+pub mod ir;
+pub mod model;
+pub mod shape;
+pub mod source;
+mod suggest;
+pub mod syntax;
+
+use check::{Loader, Program};
+use diag::Diagnostics;
+use source::SourceMap;
+use std::path::Path;
+
+/// The outcome of compiling one recipe up to the checked IR.
+pub struct Compiled {
+    pub sources: SourceMap,
+    pub program: Option<Program>,
+    pub recipe: Option<ir::Recipe>,
+    pub diagnostics: Diagnostics,
+}
+
+/// Parses, loads and checks the recipe `path` whose text is `text`.
+pub fn compile(path: &str, text: &str, loader: &dyn Loader) -> Compiled {
+    let mut sources = SourceMap::new();
+    let mut diagnostics = Diagnostics::default();
+    let program = Program::load(path, text, loader, &mut sources, &mut diagnostics);
+    let mut recipe = None;
+    if let Some(program) = &program {
+        let (checked, check_diags) = check::check(program);
+        diagnostics.extend(check_diags);
+        recipe = if diagnostics.has_errors() { None } else { checked };
+    }
+    Compiled { sources, program, recipe, diagnostics }
+}
+
+/// Reads modules from the file system.
+pub struct FsLoader;
+
+impl Loader for FsLoader {
+    fn read(&self, path: &Path) -> Option<String> {
+        std::fs::read_to_string(path).ok()
+    }
+}
+
+/// A number the way a person writes it: `0.07`, `2000`, `1e-8`, at most six significant
+/// digits (`14.2857` for 1/0.07).
+pub fn fmt_num(v: f64) -> String {
+    if v == 0.0 {
+        return "0".into();
+    }
+    if !v.is_finite() {
+        return format!("{v}");
+    }
+    if v.fract() == 0.0 && v.abs() < 1e15 {
+        return format!("{}", v as i64);
+    }
+    // The shortest of up to six significant digits that gives back the value, else six.
+    let text = (1..=6)
+        .map(|digits| format!("{:.*e}", digits - 1, v))
+        .find(|t| t.parse::<f64>().ok() == Some(v))
+        .unwrap_or_else(|| format!("{:.5e}", v));
+    let value: f64 = text.parse().unwrap();
+    let exponent = value.abs().log10().floor() as i32;
+    if (-4..15).contains(&exponent) {
+        let mantissa_digits = text.split('e').next().unwrap().trim_start_matches('-').replace('.', "").len() as i32;
+        let decimals = (mantissa_digits - 1 - exponent).max(0) as usize;
+        format!("{:.*}", decimals, value)
+    } else {
+        let (mantissa, exp) = text.split_once('e').unwrap();
+        format!("{}e{}", mantissa.trim_end_matches('0').trim_end_matches('.'), exp)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fmt_num;
+
+    #[test]
+    fn numbers_print_as_written() {
+        assert_eq!(fmt_num(0.07), "0.07");
+        assert_eq!(fmt_num(2000.0), "2000");
+        assert_eq!(fmt_num(1e-8), "1e-8");
+        assert_eq!(fmt_num(1.0 / 0.07), "14.2857");
+        assert_eq!(fmt_num(-0.5), "-0.5");
+        assert_eq!(fmt_num(0.0625), "0.0625");
+        assert_eq!(fmt_num(0.044194173824159216), "0.0441942");
+    }
+}

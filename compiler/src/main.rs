@@ -1,0 +1,237 @@
+//! The `kdc` command line. This is the only place that prints, and, with `kdc::FsLoader`, the
+//! only place that touches the file system.
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use kdc::codes::Code;
+use kdc::diag::{render_all, RenderOptions};
+use kdc::{compile, explain, format, FsLoader};
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+/// The recipe `kdc run` uses when given none: CLIP training on the built-in Fashion-MNIST.
+const DEFAULT_RECIPE: (&str, &str) = ("recipes/demo/fashion_clip.kd", include_str!("../../recipes/demo/fashion_clip.kd"));
+
+#[derive(Parser)]
+#[command(name = "kdc", version, about = "A compiler for knowledge-distillation recipes for CLIP models")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Parse and check recipes; report every error with its code and location.
+    Check {
+        /// Recipe files, or folders to search for .kd files.
+        #[arg(required = true)]
+        recipes: Vec<PathBuf>,
+    },
+    /// Rewrite recipes in the canonical layout, keeping comments.
+    Fmt {
+        /// Do not write; exit with 1 if any file would change.
+        #[arg(long)]
+        check: bool,
+        #[arg(required = true)]
+        recipes: Vec<PathBuf>,
+    },
+    /// Show what a recipe computes, or what a diagnostic code means (`kdc explain KD0009`).
+    Explain {
+        /// A recipe file or a diagnostic code.
+        target: String,
+        /// What to show of a recipe.
+        #[arg(long, value_enum, default_value = "ir")]
+        stage: ExplainStage,
+    },
+    /// Train a recipe (default: the shipped Fashion-MNIST demo).
+    Run {
+        recipe: Option<PathBuf>,
+        /// Stop after this many optimiser steps.
+        #[arg(long)]
+        steps: Option<u64>,
+    },
+    /// Zero-shot classification and image-text retrieval of a recipe's model or a checkpoint.
+    Eval { target: PathBuf },
+    /// Measure compile time, steady-state step time and peak memory of a recipe.
+    Bench { recipe: PathBuf },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ExplainStage {
+    /// The syntax tree.
+    Ast,
+    /// The checked recipe: models, data, loss terms expanded to primitives with shapes,
+    /// learnable parts, optimiser groups.
+    Ir,
+    /// The lowered training graph.
+    Graph,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn render_options() -> RenderOptions {
+    RenderOptions { color: std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none() }
+}
+
+/// The .kd files named, searching folders recursively, in a stable order.
+fn expand(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for path in paths {
+        if path.is_dir() {
+            let mut found = Vec::new();
+            collect_kd(path, &mut found).with_context(|| format!("reading folder {}", path.display()))?;
+            found.sort();
+            if found.is_empty() {
+                bail!("no .kd files in {}", path.display());
+            }
+            out.extend(found);
+        } else {
+            out.push(path.clone());
+        }
+    }
+    Ok(out)
+}
+
+fn collect_kd(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_dir() {
+            collect_kd(&path, out)?;
+        } else if path.extension().is_some_and(|e| e == "kd") {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+fn read(path: &Path) -> Result<String> {
+    std::fs::read_to_string(path).with_context(|| format!("cannot read recipe {}", path.display()))
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Check { recipes } => {
+            let files = expand(&recipes)?;
+            let mut failed = 0;
+            for path in &files {
+                let text = read(path)?;
+                let compiled = compile(&path.display().to_string(), &text, &FsLoader);
+                if !compiled.diagnostics.is_empty() {
+                    eprint!("{}", render_all(&compiled.diagnostics, &compiled.sources, render_options()));
+                }
+                if compiled.diagnostics.has_errors() {
+                    failed += 1;
+                }
+            }
+            if failed > 0 {
+                eprintln!("{failed} of {} recipe{} failed to check", files.len(), if files.len() == 1 { "" } else { "s" });
+                Ok(ExitCode::from(1))
+            } else {
+                eprintln!("checked {} recipe{}: ok", files.len(), if files.len() == 1 { "" } else { "s" });
+                Ok(ExitCode::SUCCESS)
+            }
+        }
+        Command::Fmt { check, recipes } => {
+            let files = expand(&recipes)?;
+            let mut changed = 0;
+            let mut errors = 0;
+            for path in &files {
+                let text = read(path)?;
+                let mut sources = kdc::source::SourceMap::new();
+                let name = path.display().to_string();
+                let file = sources.add(name.clone(), text.clone());
+                match kdc::syntax::parse(file, &text) {
+                    Ok(ast) => {
+                        let formatted = format::format(&ast, &text);
+                        if formatted != text {
+                            changed += 1;
+                            if check {
+                                eprintln!("would reformat {name}");
+                            } else {
+                                std::fs::write(path, formatted).with_context(|| format!("writing {name}"))?;
+                                eprintln!("formatted {name}");
+                            }
+                        }
+                    }
+                    Err(diags) => {
+                        errors += 1;
+                        let mut all = kdc::diag::Diagnostics::default();
+                        diags.into_iter().for_each(|d| all.push(d));
+                        eprint!("{}", render_all(&all, &sources, render_options()));
+                    }
+                }
+            }
+            if errors > 0 || (check && changed > 0) {
+                Ok(ExitCode::from(1))
+            } else {
+                Ok(ExitCode::SUCCESS)
+            }
+        }
+        Command::Explain { target, stage } => {
+            if let Some(code) = Code::parse(&target) {
+                println!("{}: {}\n\n{}", code, code.title(), code.explanation());
+                return Ok(ExitCode::SUCCESS);
+            }
+            if target.to_ascii_uppercase().starts_with("KD") && !Path::new(&target).exists() {
+                bail!("there is no diagnostic code {target}; codes run from KD0001 to {}", Code::ALL.last().unwrap());
+            }
+            let path = PathBuf::from(&target);
+            let text = read(&path)?;
+            let compiled = compile(&target, &text, &FsLoader);
+            if !compiled.diagnostics.is_empty() {
+                eprint!("{}", render_all(&compiled.diagnostics, &compiled.sources, render_options()));
+            }
+            match stage {
+                ExplainStage::Ast => {
+                    let Some(program) = &compiled.program else { return Ok(ExitCode::from(1)) };
+                    print!("{}", explain::ast(&program.root().ast, &compiled.sources));
+                    Ok(ExitCode::SUCCESS)
+                }
+                ExplainStage::Ir => match &compiled.recipe {
+                    Some(recipe) => {
+                        print!("{}", explain::ir(recipe));
+                        Ok(ExitCode::SUCCESS)
+                    }
+                    None => Ok(ExitCode::from(1)),
+                },
+                ExplainStage::Graph => {
+                    if compiled.recipe.is_none() {
+                        return Ok(ExitCode::from(1));
+                    }
+                    bail!("the lowered training graph arrives with the training engine (issue 3); `--stage ir` shows what the recipe computes")
+                }
+            }
+        }
+        Command::Run { recipe, steps } => {
+            let _ = steps;
+            let (name, text) = match &recipe {
+                Some(path) => (path.display().to_string(), read(path)?),
+                None => (DEFAULT_RECIPE.0.to_string(), DEFAULT_RECIPE.1.to_string()),
+            };
+            let compiled = compile(&name, &text, &FsLoader);
+            if !compiled.diagnostics.is_empty() {
+                eprint!("{}", render_all(&compiled.diagnostics, &compiled.sources, render_options()));
+            }
+            let Some(recipe) = compiled.recipe else { return Ok(ExitCode::from(1)) };
+            print!("{}", explain::ir(&recipe));
+            eprintln!("\n{name} checks and compiles to the plan above, but nothing was trained: the training engine arrives with issue 3.");
+            Ok(ExitCode::from(3))
+        }
+        Command::Eval { target } => {
+            bail!("evaluation of {} arrives with real data and checkpoints (after the training engine)", target.display())
+        }
+        Command::Bench { recipe } => {
+            bail!("benchmarking {} arrives with the training engine (issue 3)", recipe.display())
+        }
+    }
+}
