@@ -36,7 +36,9 @@ impl Code {
 
     /// Looks a code up by its written form, `KD0009` or `kd9`.
     pub fn parse(text: &str) -> Option<Code> {
-        let digits = text.strip_prefix("KD").or_else(|| text.strip_prefix("kd"))?;
+        let digits = text
+            .strip_prefix("KD")
+            .or_else(|| text.strip_prefix("kd"))?;
         let number: u32 = digits.parse().ok()?;
         Code::ALL.iter().copied().find(|c| c.number() == number)
     }

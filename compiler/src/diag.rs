@@ -35,7 +35,10 @@ impl Diagnostic {
             severity: Severity::Error,
             code,
             message: message.into(),
-            primary: Label { span, message: String::new() },
+            primary: Label {
+                span,
+                message: String::new(),
+            },
             labels: Vec::new(),
             hints: Vec::new(),
             notes: Vec::new(),
@@ -43,7 +46,10 @@ impl Diagnostic {
     }
 
     pub fn warning(code: Code, span: Span, message: impl Into<String>) -> Diagnostic {
-        Diagnostic { severity: Severity::Warning, ..Diagnostic::error(code, span, message) }
+        Diagnostic {
+            severity: Severity::Warning,
+            ..Diagnostic::error(code, span, message)
+        }
     }
 
     /// The message drawn under the primary span.
@@ -53,7 +59,10 @@ impl Diagnostic {
     }
 
     pub fn label(mut self, span: Span, message: impl Into<String>) -> Diagnostic {
-        self.labels.push(Label { span, message: message.into() });
+        self.labels.push(Label {
+            span,
+            message: message.into(),
+        });
         self
     }
 
@@ -108,7 +117,14 @@ impl Diagnostics {
     /// In source order, so that output is stable whatever order the checks ran in.
     pub fn sorted(&self) -> Vec<&Diagnostic> {
         let mut sorted: Vec<&Diagnostic> = self.list.iter().collect();
-        sorted.sort_by_key(|d| (d.primary.span.file, d.primary.span.start, d.code, d.message.clone()));
+        sorted.sort_by_key(|d| {
+            (
+                d.primary.span.file,
+                d.primary.span.start,
+                d.code,
+                d.message.clone(),
+            )
+        });
         sorted
     }
 }
@@ -128,12 +144,16 @@ pub fn render(diagnostic: &Diagnostic, sources: &SourceMap, options: RenderOptio
     };
     let name = |span: Span| sources.get(span.file).name.clone();
     let primary = diagnostic.primary.span;
-    let config = Config::default().with_color(options.color).with_index_type(IndexType::Byte);
+    let config = Config::default()
+        .with_color(options.color)
+        .with_index_type(IndexType::Byte);
     let mut report = Report::build(kind, (name(primary), primary.range()))
         .with_config(config)
         .with_code(diagnostic.code.as_str())
         .with_message(&diagnostic.message);
-    let mut primary_label = AriadneLabel::new((name(primary), primary.range())).with_order(0).with_priority(1);
+    let mut primary_label = AriadneLabel::new((name(primary), primary.range()))
+        .with_order(0)
+        .with_priority(1);
     if !diagnostic.primary.message.is_empty() {
         primary_label = primary_label.with_message(&diagnostic.primary.message);
     }
@@ -156,7 +176,11 @@ pub fn render(diagnostic: &Diagnostic, sources: &SourceMap, options: RenderOptio
     for note in &diagnostic.notes {
         report = report.with_note(note);
     }
-    let cache = ariadne::sources(sources.files().map(|(_, f)| (f.name.clone(), f.text.clone())));
+    let cache = ariadne::sources(
+        sources
+            .files()
+            .map(|(_, f)| (f.name.clone(), f.text.clone())),
+    );
     let mut out = Vec::new();
     report
         .finish()
@@ -171,13 +195,21 @@ pub fn render(diagnostic: &Diagnostic, sources: &SourceMap, options: RenderOptio
         Severity::Warning => "warning",
     };
     let head = format!("{severity}[{}]: {}", diagnostic.code, diagnostic.message);
-    let head = if options.color { format!("\x1b[1m{head}\x1b[0m") } else { head };
+    let head = if options.color {
+        format!("\x1b[1m{head}\x1b[0m")
+    } else {
+        head
+    };
     let rest: Vec<&str> = text.lines().skip(1).map(str::trim_end).collect();
     format!("{head}\n{}\n", rest.join("\n").trim_end())
 }
 
 /// Draws every diagnostic in source order and a closing count line.
-pub fn render_all(diagnostics: &Diagnostics, sources: &SourceMap, options: RenderOptions) -> String {
+pub fn render_all(
+    diagnostics: &Diagnostics,
+    sources: &SourceMap,
+    options: RenderOptions,
+) -> String {
     let mut out = String::new();
     for d in diagnostics.sorted() {
         out.push_str(&render(d, sources, options));
@@ -186,9 +218,17 @@ pub fn render_all(diagnostics: &Diagnostics, sources: &SourceMap, options: Rende
     let errors = diagnostics.error_count();
     let warnings = diagnostics.sorted().len() - errors;
     if errors > 0 {
-        out.push_str(&format!("error: {} error{} found", errors, if errors == 1 { "" } else { "s" }));
+        out.push_str(&format!(
+            "error: {} error{} found",
+            errors,
+            if errors == 1 { "" } else { "s" }
+        ));
         if warnings > 0 {
-            out.push_str(&format!(", {} warning{}", warnings, if warnings == 1 { "" } else { "s" }));
+            out.push_str(&format!(
+                ", {} warning{}",
+                warnings,
+                if warnings == 1 { "" } else { "s" }
+            ));
         }
         out.push('\n');
     }

@@ -1,10 +1,10 @@
 //! Readable prints of what a recipe says (`--stage ast`) and what it computes (`--stage ir`).
 
+use crate::fmt_num;
 use crate::ir::{DataSource, EvalSpec, Length, Op, Recipe, Stage, Tap};
 use crate::model::{ModelSpec, ParamClass, Part, TextKind};
 use crate::source::SourceMap;
 use crate::syntax::ast::*;
-use crate::fmt_num;
 use std::fmt::Write;
 
 /// The syntax tree, one node per line, with each node's line:column.
@@ -19,13 +19,47 @@ pub fn ast(file: &File, sources: &SourceMap) -> String {
         match item {
             Item::Use(u) => {
                 let path: Vec<&str> = u.path.iter().map(|i| i.name.as_str()).collect();
-                let names = u.names.as_ref().map(|n| format!(".{{{}}}", n.iter().map(|i| i.name.as_str()).collect::<Vec<_>>().join(", "))).unwrap_or_default();
+                let names = u
+                    .names
+                    .as_ref()
+                    .map(|n| {
+                        format!(
+                            ".{{{}}}",
+                            n.iter()
+                                .map(|i| i.name.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        )
+                    })
+                    .unwrap_or_default();
                 let _ = writeln!(out, "  use {}{} {}", path.join("."), names, at(u.span));
             }
             Item::Fn(f) => {
-                let params: Vec<String> = f.params.iter().map(|p| format!("{}: {}{}", p.name.name, p.ty.name, if p.default.is_some() { " = …" } else { "" })).collect();
-                let ret = f.ret.as_ref().map(|r| format!(" -> {}", r.name)).unwrap_or_default();
-                let _ = writeln!(out, "  fn {}({}){} {}", f.name.name, params.join(", "), ret, at(f.span));
+                let params: Vec<String> = f
+                    .params
+                    .iter()
+                    .map(|p| {
+                        format!(
+                            "{}: {}{}",
+                            p.name.name,
+                            p.ty.name,
+                            if p.default.is_some() { " = …" } else { "" }
+                        )
+                    })
+                    .collect();
+                let ret = f
+                    .ret
+                    .as_ref()
+                    .map(|r| format!(" -> {}", r.name))
+                    .unwrap_or_default();
+                let _ = writeln!(
+                    out,
+                    "  fn {}({}){} {}",
+                    f.name.name,
+                    params.join(", "),
+                    ret,
+                    at(f.span)
+                );
                 for line in &f.doc {
                     let _ = writeln!(out, "    doc {line}");
                 }
@@ -146,7 +180,14 @@ fn model(out: &mut String, m: &ModelSpec) {
         Some(w) => flags.push(format!("weights {w}")),
         None => flags.push("random initialisation".into()),
     }
-    let _ = writeln!(out, "  {}: clip, {}, {}, {} parameters", m.name, origin, flags.join(", "), count(m.parameter_count()));
+    let _ = writeln!(
+        out,
+        "  {}: clip, {}, {}, {} parameters",
+        m.name,
+        origin,
+        flags.join(", "),
+        count(m.parameter_count())
+    );
     let v = &m.vision;
     let _ = writeln!(
         out,
@@ -164,9 +205,16 @@ fn model(out: &mut String, m: &ModelSpec) {
     let t = &m.text;
     let kind = match t.kind {
         TextKind::Clip => "transformer".to_string(),
-        TextKind::Bert => format!("bert{}", t.preset.as_ref().map(|p| format!(" {p}")).unwrap_or_default()),
+        TextKind::Bert => format!(
+            "bert{}",
+            t.preset
+                .as_ref()
+                .map(|p| format!(" {p}"))
+                .unwrap_or_default()
+        ),
     };
-    let _ = writeln!(
+    let _ =
+        writeln!(
         out,
         "    text    {}(context {}, vocab {}, width {}, layers {}, heads {}, mlp {}, act {}){}{}",
         kind,
@@ -182,7 +230,13 @@ fn model(out: &mut String, m: &ModelSpec) {
     );
     let s = &m.logit_scale;
     let scale = if s.learnable {
-        format!("learnable σ = exp(t), t₀ = ln {} ≈ {}, σ clamped to [{}, {}]", fmt_num(s.init), fmt_num((s.init.ln() * 1e4).round() / 1e4), fmt_num(s.min), fmt_num(s.max))
+        format!(
+            "learnable σ = exp(t), t₀ = ln {} ≈ {}, σ clamped to [{}, {}]",
+            fmt_num(s.init),
+            fmt_num((s.init.ln() * 1e4).round() / 1e4),
+            fmt_num(s.min),
+            fmt_num(s.max)
+        )
     } else {
         format!("fixed σ = {}", fmt_num(s.init))
     };
@@ -213,7 +267,12 @@ fn data(d: &crate::ir::DataSpec) -> String {
         }
         DataSource::Synthetic { samples } => format!("{samples} synthetic samples"),
     };
-    format!("{source}; batch {}, {}, seed {}", d.batch, if d.shuffle { "shuffled" } else { "in order" }, d.seed)
+    format!(
+        "{source}; batch {}, {}, seed {}",
+        d.batch,
+        if d.shuffle { "shuffled" } else { "in order" },
+        d.seed
+    )
 }
 
 fn part_name(p: Part) -> &'static str {
@@ -237,11 +296,27 @@ pub fn ir(recipe: &Recipe) -> String {
         let _ = writeln!(out, "evaluation");
         for e in &recipe.eval {
             match e {
-                EvalSpec::ZeroShot { model, data: d, templates } => {
-                    let _ = writeln!(out, "  zero-shot classification of {} on {}; prompts {:?}", recipe.models[*model].name, data(d), templates);
+                EvalSpec::ZeroShot {
+                    model,
+                    data: d,
+                    templates,
+                } => {
+                    let _ = writeln!(
+                        out,
+                        "  zero-shot classification of {} on {}; prompts {:?}",
+                        recipe.models[*model].name,
+                        data(d),
+                        templates
+                    );
                 }
                 EvalSpec::Retrieval { model, data: d, k } => {
-                    let _ = writeln!(out, "  image-text retrieval R@{:?} of {} on {}", k, recipe.models[*model].name, data(d));
+                    let _ = writeln!(
+                        out,
+                        "  image-text retrieval R@{:?} of {} on {}",
+                        k,
+                        recipe.models[*model].name,
+                        data(d)
+                    );
                 }
             }
         }
@@ -250,8 +325,23 @@ pub fn ir(recipe: &Recipe) -> String {
 }
 
 fn stage_ir(out: &mut String, recipe: &Recipe, index: usize, stage: &Stage) {
-    let from = stage.from.map(|f| format!(", starting from stage {}'s checkpoint", recipe.stages[f].name)).unwrap_or_default();
-    let _ = writeln!(out, "stage {} ({} of {}){}", stage.name, index + 1, recipe.stages.len(), from);
+    let from = stage
+        .from
+        .map(|f| {
+            format!(
+                ", starting from stage {}'s checkpoint",
+                recipe.stages[f].name
+            )
+        })
+        .unwrap_or_default();
+    let _ = writeln!(
+        out,
+        "stage {} ({} of {}){}",
+        stage.name,
+        index + 1,
+        recipe.stages.len(),
+        from
+    );
     let _ = writeln!(out, "  data    {}", data(&stage.data));
     let t = &stage.train;
     let length = match t.length {
@@ -262,10 +352,21 @@ fn stage_ir(out: &mut String, recipe: &Recipe, index: usize, stage: &Stage) {
         out,
         "  train   {length}, {}{}{}, seed {}{}",
         t.precision,
-        if t.accumulate > 1 { format!(", gradients accumulated over {} micro-batches", t.accumulate) } else { String::new() },
-        t.clip_grad.map(|c| format!(", gradient norm clipped to {}", fmt_num(c))).unwrap_or_default(),
+        if t.accumulate > 1 {
+            format!(
+                ", gradients accumulated over {} micro-batches",
+                t.accumulate
+            )
+        } else {
+            String::new()
+        },
+        t.clip_grad
+            .map(|c| format!(", gradient norm clipped to {}", fmt_num(c)))
+            .unwrap_or_default(),
         t.seed,
-        t.checkpoint_every.map(|c| format!(", checkpoint every {c} steps")).unwrap_or_default()
+        t.checkpoint_every
+            .map(|c| format!(", checkpoint every {c} steps"))
+            .unwrap_or_default()
     );
     let o = &t.optimizer;
     let _ = writeln!(
@@ -282,12 +383,20 @@ fn stage_ir(out: &mut String, recipe: &Recipe, index: usize, stage: &Stage) {
     let mut decay = (0u64, 0u64);
     let mut no_decay = (0u64, 0u64);
     let mut add = |class: ParamClass, numel: u64| {
-        let group = if o.no_decay.contains(&class) { &mut no_decay } else { &mut decay };
+        let group = if o.no_decay.contains(&class) {
+            &mut no_decay
+        } else {
+            &mut decay
+        };
         group.0 += 1;
         group.1 += numel;
     };
     for (model_id, part) in &stage.trainable {
-        for p in recipe.models[*model_id].parameters().iter().filter(|p| p.part == *part) {
+        for p in recipe.models[*model_id]
+            .parameters()
+            .iter()
+            .filter(|p| p.part == *part)
+        {
             add(p.class, p.shape.iter().product());
         }
     }
@@ -295,34 +404,93 @@ fn stage_ir(out: &mut String, recipe: &Recipe, index: usize, stage: &Stage) {
         add(p.class, p.shape.iter().product());
     }
     let classes: Vec<&str> = o.no_decay.iter().map(|c| c.plural()).collect();
-    let _ = writeln!(out, "          group decay:    {} tensors, {} values, weight decay {}", decay.0, count(decay.1), fmt_num(o.weight_decay));
-    let _ = writeln!(out, "          group no_decay: {} tensors, {} values ({}), weight decay 0", no_decay.0, count(no_decay.1), classes.join(", "));
-    let trainable: Vec<String> = stage.trainable.iter().map(|(m, p)| format!("{}.{}", recipe.models[*m].name, part_name(*p))).collect();
-    let _ = writeln!(out, "  trains  {}", if trainable.is_empty() { "only the loss's own parts".into() } else { trainable.join(", ") });
+    let _ = writeln!(
+        out,
+        "          group decay:    {} tensors, {} values, weight decay {}",
+        decay.0,
+        count(decay.1),
+        fmt_num(o.weight_decay)
+    );
+    let _ = writeln!(
+        out,
+        "          group no_decay: {} tensors, {} values ({}), weight decay 0",
+        no_decay.0,
+        count(no_decay.1),
+        classes.join(", ")
+    );
+    let trainable: Vec<String> = stage
+        .trainable
+        .iter()
+        .map(|(m, p)| format!("{}.{}", recipe.models[*m].name, part_name(*p)))
+        .collect();
+    let _ = writeln!(
+        out,
+        "  trains  {}",
+        if trainable.is_empty() {
+            "only the loss's own parts".into()
+        } else {
+            trainable.join(", ")
+        }
+    );
     if !stage.frozen.is_empty() {
-        let frozen: Vec<String> = stage.frozen.iter().map(|(m, p)| format!("{}.{}", recipe.models[*m].name, part_name(*p))).collect();
+        let frozen: Vec<String> = stage
+            .frozen
+            .iter()
+            .map(|(m, p)| format!("{}.{}", recipe.models[*m].name, part_name(*p)))
+            .collect();
         let _ = writeln!(out, "  freezes {}", frozen.join(", "));
     }
-    let frozen_models: Vec<&str> = recipe.models.iter().filter(|m| m.frozen).map(|m| m.name.as_str()).collect();
+    let frozen_models: Vec<&str> = recipe
+        .models
+        .iter()
+        .filter(|m| m.frozen)
+        .map(|m| m.name.as_str())
+        .collect();
     if !frozen_models.is_empty() {
-        let _ = writeln!(out, "  frozen  {} (no gradient, no optimiser state)", frozen_models.join(", "));
+        let _ = writeln!(
+            out,
+            "  frozen  {} (no gradient, no optimiser state)",
+            frozen_models.join(", ")
+        );
     }
 
     if !stage.params.is_empty() {
         let _ = writeln!(out, "  learnable parts of the loss");
         for (i, p) in stage.params.iter().enumerate() {
-            let clamp = p.clamp.map(|(lo, hi)| format!(", clamped to [{}, {}]", fmt_num(lo), fmt_num(hi))).unwrap_or_default();
-            let _ = writeln!(out, "    p{i} {} {:?} init {}{}, {}", p.name, p.shape, p.init, clamp, p.class.plural());
+            let clamp = p
+                .clamp
+                .map(|(lo, hi)| format!(", clamped to [{}, {}]", fmt_num(lo), fmt_num(hi)))
+                .unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "    p{i} {} {:?} init {}{}, {}",
+                p.name,
+                p.shape,
+                p.init,
+                clamp,
+                p.class.plural()
+            );
         }
     }
 
-    let _ = writeln!(out, "  loss = {}", stage.terms.iter().map(|t| format!("{} × {}", t.weight, t.label)).collect::<Vec<_>>().join(" + "));
+    let _ = writeln!(
+        out,
+        "  loss = {}",
+        stage
+            .terms
+            .iter()
+            .map(|t| format!("{} × {}", t.weight, t.label))
+            .collect::<Vec<_>>()
+            .join(" + ")
+    );
     let _ = writeln!(out, "  graph ({} nodes)", stage.graph.nodes.len());
     for (i, node) in stage.graph.nodes.iter().enumerate() {
         let what = match &node.op {
             Op::Tap { model, tap, mask } => {
                 let m = &recipe.models[*model].name;
-                let mask = mask.map(|r| format!(" (patches masked at {})", fmt_num(r))).unwrap_or_default();
+                let mask = mask
+                    .map(|r| format!(" (patches masked at {})", fmt_num(r)))
+                    .unwrap_or_default();
                 let tap = match tap {
                     Tap::Image => "image".to_string(),
                     Tap::Text => "text".to_string(),
@@ -331,7 +499,11 @@ fn stage_ir(out: &mut String, recipe: &Recipe, index: usize, stage: &Stage) {
                     Tap::ImageLayer(k) => format!("image_layer({k})"),
                     Tap::TextLayer(k) => format!("text_layer({k})"),
                 };
-                let frozen = if recipe.models[*model].frozen { " [frozen]" } else { "" };
+                let frozen = if recipe.models[*model].frozen {
+                    " [frozen]"
+                } else {
+                    ""
+                };
                 format!("tap {m}.{tap}{mask}{frozen}")
             }
             Op::Param(p) => format!("param p{p} {}", stage.params[*p].name),
@@ -342,7 +514,12 @@ fn stage_ir(out: &mut String, recipe: &Recipe, index: usize, stage: &Stage) {
                 format!("{}({})", other.name(), inputs.join(", "))
             }
         };
-        let label = stage.terms.iter().filter(|t| t.node == i).map(|t| format!("   ← term {}", t.label)).collect::<String>();
+        let label = stage
+            .terms
+            .iter()
+            .filter(|t| t.node == i)
+            .map(|t| format!("   ← term {}", t.label))
+            .collect::<String>();
         let _ = writeln!(out, "    %{i:<3} = {what:<58} : {}{label}", node.shape);
     }
     for t in &stage.terms {

@@ -16,7 +16,10 @@ type Doc = RcDoc<'static, ()>;
 
 /// Formats a parsed file whose source text is `text`.
 pub fn format(file: &File, text: &str) -> String {
-    let printer = Printer { text, comments: RefCell::new(file.comments.iter().cloned().collect()) };
+    let printer = Printer {
+        text,
+        comments: RefCell::new(file.comments.iter().cloned().collect()),
+    };
     let mut parts: Vec<Doc> = Vec::new();
     let mut previous_end: Option<u32> = None;
     for item in &file.items {
@@ -37,9 +40,14 @@ pub fn format(file: &File, text: &str) -> String {
     parts.push(rest);
     let doc = Doc::concat(parts);
     let mut out = Vec::new();
-    doc.render(WIDTH, &mut out).expect("rendering to memory cannot fail");
+    doc.render(WIDTH, &mut out)
+        .expect("rendering to memory cannot fail");
     let rendered = String::from_utf8(out).expect("the printer writes UTF-8");
-    let mut result: String = rendered.lines().map(str::trim_end).collect::<Vec<_>>().join("\n");
+    let mut result: String = rendered
+        .lines()
+        .map(str::trim_end)
+        .collect::<Vec<_>>()
+        .join("\n");
     result = result.trim_matches('\n').to_string();
     result.push('\n');
     result
@@ -73,20 +81,35 @@ impl Printer<'_> {
             first.get_or_insert(c.span.start);
             docs.push(Doc::text(c.text.clone()));
             docs.push(Doc::hardline());
-            let next = queue.front().map(|n| n.span.start).filter(|s| *s < pos).unwrap_or(pos);
+            let next = queue
+                .front()
+                .map(|n| n.span.start)
+                .filter(|s| *s < pos)
+                .unwrap_or(pos);
             if self.blank_line_between(c.span.end, next) {
                 docs.push(Doc::hardline());
             }
         }
-        Leading { doc: Doc::concat(docs), first }
+        Leading {
+            doc: Doc::concat(docs),
+            first,
+        }
     }
 
     /// A comment that starts on the line where a node ends, printed after it.
     fn trailing(&self, end: u32) -> Doc {
+        self.trailing_before(end, u32::MAX)
+    }
+
+    /// Like `trailing`, for a comment that starts before `limit` (an element's comment comes
+    /// before its list's closing bracket; one after the bracket belongs to what follows).
+    fn trailing_before(&self, end: u32, limit: u32) -> Doc {
         let mut queue = self.comments.borrow_mut();
         if let Some(c) = queue.front() {
-            let between = &self.text[end as usize..c.span.start as usize];
-            if c.span.start >= end && !between.contains('\n') {
+            if c.span.start >= end
+                && c.span.start < limit
+                && !self.text[end as usize..c.span.start as usize].contains('\n')
+            {
                 let c = queue.pop_front().unwrap();
                 // A line comment ends the line. Every place that calls this is followed by a line
                 // break when its group is broken; the flat alternative forces it to be broken.
@@ -142,12 +165,19 @@ impl Printer<'_> {
     }
 
     fn use_decl(&self, u: &Use) -> Doc {
-        let path = u.path.iter().map(|i| i.name.clone()).collect::<Vec<_>>().join(".");
+        let path = u
+            .path
+            .iter()
+            .map(|i| i.name.clone())
+            .collect::<Vec<_>>()
+            .join(".");
         let mut doc = Doc::text(format!("use {path}"));
         if let Some(names) = &u.names {
-            let items = names.iter().map(|n| Doc::text(n.name.clone()));
-            let inner = Doc::line_().append(Doc::intersperse(items, Doc::text(",").append(Doc::line()))).append(Doc::text(",").flat_alt(Doc::nil())).nest(INDENT);
-            doc = doc.append(Doc::text(".{")).append(inner).append(Doc::line_()).append(Doc::text("}")).group();
+            let items = names
+                .iter()
+                .map(|n| (n.span, Doc::text(n.name.clone())))
+                .collect();
+            doc = doc.append(self.delimited(".{", "}", items, u.span.end));
         }
         doc
     }
@@ -160,20 +190,35 @@ impl Printer<'_> {
             }
             (p.span, d)
         });
-        let mut head = Doc::text(format!("fn {}", f.name.name)).append(self.delimited("(", ")", params.collect(), f.span.end));
+        let mut head = Doc::text(format!("fn {}", f.name.name)).append(self.delimited(
+            "(",
+            ")",
+            params.collect(),
+            f.params_close + 1,
+        ));
         if let Some(ret) = &f.ret {
             head = head.append(Doc::text(format!(" -> {}", ret.name)));
         }
         let mut body = Vec::new();
         let mut previous: Option<u32> = None;
         for l in &f.lets {
-            body.push(self.line_in_block(l.span, previous, Doc::text(format!("let {} = ", l.name.name)).append(self.expr_nested(&l.value, 4 + l.name.name.len() as isize + 3))));
+            body.push(
+                self.line_in_block(
+                    l.span,
+                    previous,
+                    Doc::text(format!("let {} = ", l.name.name))
+                        .append(self.expr_nested(&l.value, 4 + l.name.name.len() as isize + 3)),
+                ),
+            );
             previous = Some(l.span.end);
         }
         body.push(self.line_in_block(f.body.span, previous, self.expr(&f.body).group()));
         let closing = self.closing(f.span.end - 1).unwrap_or(Doc::nil());
         let inner = Doc::concat(body).append(closing).nest(INDENT);
-        head.append(Doc::text(" {")).append(inner).append(Doc::hardline()).append(Doc::text("}"))
+        head.append(Doc::text(" {"))
+            .append(inner)
+            .append(Doc::hardline())
+            .append(Doc::text("}"))
     }
 
     /// One line of a block: a line break, comments above it, the content, a trailing comment.
@@ -185,14 +230,16 @@ impl Printer<'_> {
                 doc = doc.append(Doc::hardline());
             }
         }
-        doc.append(leading.doc).append(content).append(self.trailing(span.end))
+        doc.append(leading.doc)
+            .append(content)
+            .append(self.trailing(span.end))
     }
 
     fn stage(&self, s: &Stage) -> Doc {
         let mut head = Doc::text(format!("stage {}", s.name.name));
         if !s.args.is_empty() {
             let args = s.args.iter().map(|a| (a.span, self.arg(a))).collect();
-            head = head.append(self.delimited("(", ")", args, s.span.end));
+            head = head.append(self.delimited("(", ")", args, s.args_close + 1));
         }
         let mut body = Vec::new();
         let mut previous: Option<u32> = None;
@@ -202,7 +249,10 @@ impl Printer<'_> {
         }
         let closing = self.closing(s.span.end - 1).unwrap_or(Doc::nil());
         let inner = Doc::concat(body).append(closing).nest(INDENT);
-        head.append(Doc::text(" {")).append(inner).append(Doc::hardline()).append(Doc::text("}"))
+        head.append(Doc::text(" {"))
+            .append(inner)
+            .append(Doc::hardline())
+            .append(Doc::text("}"))
     }
 
     fn binding(&self, b: &Binding) -> Doc {
@@ -223,14 +273,34 @@ impl Printer<'_> {
     fn chain(&self, e: &Expr, op: BinOp, indent: isize) -> Doc {
         let mut operands: Vec<(Option<BinOp>, &Expr)> = Vec::new();
         collect_chain(e, op.precedence(), None, &mut operands);
+        // In a broken sum, numeric weights line up: `+ 1    * crd(…)` over `+ 2000 * fd(…)`.
+        let weight_width = operands
+            .iter()
+            .filter_map(|(_, o)| weight_text(o))
+            .map(|t| t.chars().count())
+            .max()
+            .unwrap_or(0);
+        let term = |operand: &Expr, right: bool| match (&operand.kind, weight_text(operand)) {
+            (ExprKind::Binary(BinOp::Mul, _, r), Some(w)) if op.precedence() == 2 => {
+                let padded = format!("{w:<weight_width$}");
+                Doc::text(padded)
+                    .flat_alt(Doc::text(w))
+                    .append(Doc::text(" * "))
+                    .append(self.operand(r, 3, true))
+            }
+            _ => self.operand(operand, op.precedence(), right),
+        };
         let mut doc = Doc::nil();
         for (i, (operator, operand)) in operands.iter().enumerate() {
             if i == 0 {
-                doc = doc.append(self.operand(operand, op.precedence(), false));
+                doc = doc.append(term(operand, false));
             } else {
                 let leading = self.leading(operand.span.start, None);
                 let symbol = operator.unwrap().symbol();
-                let piece = Doc::line().append(leading.doc).append(Doc::text(format!("{symbol} "))).append(self.operand(operand, op.precedence(), true));
+                let piece = Doc::line()
+                    .append(leading.doc)
+                    .append(Doc::text(format!("{symbol} ")))
+                    .append(term(operand, true));
                 doc = doc.append(piece.nest(indent));
             }
             // The last operand's trailing comment belongs to whatever encloses the chain.
@@ -243,7 +313,9 @@ impl Printer<'_> {
 
     fn operand(&self, e: &Expr, parent: u8, right: bool) -> Doc {
         let needs = match &e.kind {
-            ExprKind::Binary(op, ..) => op.precedence() < parent || (right && op.precedence() == parent),
+            ExprKind::Binary(op, ..) => {
+                op.precedence() < parent || (right && op.precedence() == parent)
+            }
             _ => false,
         };
         // The parser keeps explicit parentheses, so `needs` is only a safety net for trees
@@ -265,25 +337,34 @@ impl Printer<'_> {
                 let items = items.iter().map(|i| (i.span, self.expr(i))).collect();
                 self.delimited("[", "]", items, e.span.end)
             }
-            ExprKind::Paren(inner) => Doc::text("(").append(self.expr_nested(inner, 1)).append(Doc::text(")")),
-            ExprKind::Field(base, field) => self.expr(base).append(Doc::text(format!(".{}", field.name))),
+            ExprKind::Paren(inner) => Doc::text("(")
+                .append(self.expr_nested(inner, 1))
+                .append(Doc::text(")")),
+            ExprKind::Field(base, field) => self
+                .expr(base)
+                .append(Doc::text(format!(".{}", field.name))),
             ExprKind::Call(callee, args) => {
                 let args = args.iter().map(|a| (a.span, self.arg(a))).collect();
-                self.expr(callee).append(self.delimited("(", ")", args, e.span.end))
+                self.expr(callee)
+                    .append(self.delimited("(", ")", args, e.span.end))
             }
             ExprKind::Neg(inner) => Doc::text("-").append(self.operand(inner, 4, false)),
             ExprKind::Binary(op, l, r) => {
                 if op.precedence() <= 2 {
                     return self.chain(e, *op, INDENT).group();
                 }
-                self.operand(l, op.precedence(), false).append(Doc::text(format!(" {} ", op.symbol()))).append(self.operand(r, op.precedence(), true))
+                self.operand(l, op.precedence(), false)
+                    .append(Doc::text(format!(" {} ", op.symbol())))
+                    .append(self.operand(r, op.precedence(), true))
             }
         }
     }
 
     fn arg(&self, a: &Arg) -> Doc {
         match &a.name {
-            Some(n) => Doc::text(format!("{}: ", n.name)).append(self.expr_nested(&a.value, INDENT)),
+            Some(n) => {
+                Doc::text(format!("{}: ", n.name)).append(self.expr_nested(&a.value, INDENT))
+            }
             None => self.expr_nested(&a.value, INDENT),
         }
     }
@@ -293,7 +374,10 @@ impl Printer<'_> {
     fn delimited(&self, open: &str, close: &str, items: Vec<(Span, Doc)>, end: u32) -> Doc {
         if items.is_empty() {
             return match self.closing(end - 1) {
-                Some(comments) => Doc::text(open.to_string()).append(comments.nest(INDENT)).append(Doc::hardline()).append(Doc::text(close.to_string())),
+                Some(comments) => Doc::text(open.to_string())
+                    .append(comments.nest(INDENT))
+                    .append(Doc::hardline())
+                    .append(Doc::text(close.to_string())),
                 None => Doc::text(format!("{open}{close}")),
             };
         }
@@ -301,15 +385,28 @@ impl Printer<'_> {
         let mut inner = Doc::nil();
         for (i, (span, doc)) in items.into_iter().enumerate() {
             let leading = self.leading(span.start, None);
-            let comma = if i + 1 < count { Doc::text(",") } else { Doc::text(",").flat_alt(Doc::nil()) };
+            let comma = if i + 1 < count {
+                Doc::text(",")
+            } else {
+                Doc::text(",").flat_alt(Doc::nil())
+            };
             let separator = if i == 0 { Doc::line_() } else { Doc::line() };
-            inner = inner.append(separator).append(leading.doc).append(doc).append(comma).append(self.trailing(span.end));
+            inner = inner
+                .append(separator)
+                .append(leading.doc)
+                .append(doc)
+                .append(comma)
+                .append(self.trailing_before(span.end, end));
         }
         let closing = match self.closing(end - 1) {
             Some(comments) => comments.append(force_break()),
             None => Doc::nil(),
         };
-        Doc::text(open.to_string()).append(inner.append(closing).nest(INDENT)).append(Doc::line_()).append(Doc::text(close.to_string())).group()
+        Doc::text(open.to_string())
+            .append(inner.append(closing).nest(INDENT))
+            .append(Doc::line_())
+            .append(Doc::text(close.to_string()))
+            .group()
     }
 }
 
@@ -319,7 +416,23 @@ fn force_break() -> Doc {
     Doc::nil().flat_alt(Doc::hardline())
 }
 
-fn collect_chain<'e>(e: &'e Expr, level: u8, operator: Option<BinOp>, out: &mut Vec<(Option<BinOp>, &'e Expr)>) {
+/// The number of a `number * term` operand, as written.
+fn weight_text(e: &Expr) -> Option<String> {
+    match &e.kind {
+        ExprKind::Binary(BinOp::Mul, l, _) => match &l.kind {
+            ExprKind::Number { text, .. } => Some(text.clone()),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+fn collect_chain<'e>(
+    e: &'e Expr,
+    level: u8,
+    operator: Option<BinOp>,
+    out: &mut Vec<(Option<BinOp>, &'e Expr)>,
+) {
     match &e.kind {
         ExprKind::Binary(op, l, r) if op.precedence() == level => {
             collect_chain(l, level, operator, out);

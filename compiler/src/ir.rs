@@ -83,7 +83,11 @@ pub enum Tap {
 pub enum Op {
     /// A value read from a model. `mask` is the fraction of patch tokens dropped at random
     /// (MAE-style) before the image tower, fresh every step.
-    Tap { model: ModelId, tap: Tap, mask: Option<f64> },
+    Tap {
+        model: ModelId,
+        tap: Tap,
+        mask: Option<f64>,
+    },
     /// A learnable part of the loss.
     Param(ParamId),
     /// A scalar constant.
@@ -91,7 +95,9 @@ pub enum Op {
     /// A scalar that follows a schedule over training steps.
     Scheduled(Schedule),
     /// The size of axis `axis` of the input, as a scalar (the batch size B, say).
-    Size { axis: usize },
+    Size {
+        axis: usize,
+    },
     /// The identity matrix of the output's shape.
     Eye,
     Add,
@@ -107,21 +113,35 @@ pub enum Op {
     MatMul,
     /// Swaps the last two axes.
     Transpose,
-    Softmax { axis: usize },
-    LogSoftmax { axis: usize },
+    Softmax {
+        axis: usize,
+    },
+    LogSoftmax {
+        axis: usize,
+    },
     /// x / ‖x‖₂ along `axis`.
-    Normalize { axis: usize },
+    Normalize {
+        axis: usize,
+    },
     /// Mean over `axis`, or over everything when `None`.
-    Mean { axis: Option<usize> },
-    Sum { axis: Option<usize> },
+    Mean {
+        axis: Option<usize>,
+    },
+    Sum {
+        axis: Option<usize>,
+    },
     /// Biased (population) variance over `axis`, or over everything.
-    Var { axis: Option<usize> },
+    Var {
+        axis: Option<usize>,
+    },
     /// Mean of (a − b)² over all elements.
     Mse,
     /// Mean of |a − b| over all elements.
     L1,
     /// Mean of Huber-style smooth L1 with threshold `beta`.
-    SmoothL1 { beta: f64 },
+    SmoothL1 {
+        beta: f64,
+    },
     /// KL(p ‖ q) from log-probabilities (log p, log q) over the last axis: Σ p (log p − log q),
     /// mean over rows.
     Kl,
@@ -130,9 +150,13 @@ pub enum Op {
     CrossEntropyDiagonal,
     /// Cross-entropy of row logits against given target probabilities, mean over rows.
     CrossEntropySoft,
-    Concat { axis: usize },
+    Concat {
+        axis: usize,
+    },
     /// Multi-head scaled dot-product attention softmax(q kᵀ / √d) v with `heads` heads.
-    Attention { heads: u64 },
+    Attention {
+        heads: u64,
+    },
     /// The value, with no gradient flowing back through it.
     Detach,
 }
@@ -196,8 +220,12 @@ pub struct ParamSpec {
 pub enum Init {
     Constant(f64),
     /// Uniform in [−bound, bound] (PyTorch's `nn.Linear` default has bound 1/√fan_in).
-    Uniform { bound: f64 },
-    Normal { std: f64 },
+    Uniform {
+        bound: f64,
+    },
+    Normal {
+        std: f64,
+    },
 }
 
 impl std::fmt::Display for Init {
@@ -215,12 +243,25 @@ impl std::fmt::Display for Init {
 pub enum Schedule {
     Constant(f64),
     /// Linear from `from` to `to` over steps [start, start + steps], constant outside.
-    Ramp { from: f64, to: f64, start: u64, steps: u64 },
+    Ramp {
+        from: f64,
+        to: f64,
+        start: u64,
+        steps: u64,
+    },
     /// Linear warm-up from 0 to `peak` over `warmup` steps, then a half cosine from `peak` to
     /// `end` at step `steps` (`None`: the stage's last step).
-    Cosine { peak: f64, warmup: u64, end: f64, steps: Option<u64> },
+    Cosine {
+        peak: f64,
+        warmup: u64,
+        end: f64,
+        steps: Option<u64>,
+    },
     /// `values[i]` from boundary `at[i-1]` (inclusive) on; `values.len() == at.len() + 1`.
-    Step { values: Vec<f64>, at: Vec<u64> },
+    Step {
+        values: Vec<f64>,
+        at: Vec<u64>,
+    },
     /// Another schedule multiplied by a constant.
     Scaled(f64, Box<Schedule>),
 }
@@ -230,7 +271,12 @@ impl Schedule {
     pub fn at(&self, step: u64, total: u64) -> f64 {
         match self {
             Schedule::Constant(v) => *v,
-            Schedule::Ramp { from, to, start, steps } => {
+            Schedule::Ramp {
+                from,
+                to,
+                start,
+                steps,
+            } => {
                 if step <= *start {
                     *from
                 } else if step >= start + steps {
@@ -239,7 +285,12 @@ impl Schedule {
                     from + (to - from) * (step - start) as f64 / *steps as f64
                 }
             }
-            Schedule::Cosine { peak, warmup, end, steps } => {
+            Schedule::Cosine {
+                peak,
+                warmup,
+                end,
+                steps,
+            } => {
                 let total = steps.unwrap_or(total).max(1);
                 if step < *warmup {
                     peak * (step + 1) as f64 / *warmup as f64
@@ -272,12 +323,38 @@ impl std::fmt::Display for Schedule {
         use crate::fmt_num as n;
         match self {
             Schedule::Constant(v) => write!(f, "{}", n(*v)),
-            Schedule::Ramp { from, to, start, steps } => {
-                write!(f, "ramp({} → {} over steps {}..{})", n(*from), n(*to), start, start + steps)
+            Schedule::Ramp {
+                from,
+                to,
+                start,
+                steps,
+            } => {
+                write!(
+                    f,
+                    "ramp({} → {} over steps {}..{})",
+                    n(*from),
+                    n(*to),
+                    start,
+                    start + steps
+                )
             }
-            Schedule::Cosine { peak, warmup, end, steps } => {
-                let until = steps.map(|s| s.to_string()).unwrap_or_else(|| "the last step".into());
-                write!(f, "cosine(warm-up 0 → {} over {} steps, then → {} at {})", n(*peak), warmup, n(*end), until)
+            Schedule::Cosine {
+                peak,
+                warmup,
+                end,
+                steps,
+            } => {
+                let until = steps
+                    .map(|s| s.to_string())
+                    .unwrap_or_else(|| "the last step".into());
+                write!(
+                    f,
+                    "cosine(warm-up 0 → {} over {} steps, then → {} at {})",
+                    n(*peak),
+                    warmup,
+                    n(*end),
+                    until
+                )
             }
             Schedule::Step { values, at } => {
                 let values: Vec<String> = values.iter().map(|v| n(*v)).collect();
@@ -292,11 +369,20 @@ impl std::fmt::Display for Schedule {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub enum DataSource {
     /// Image-text pairs listed in a CSV (open_clip's convention).
-    Pairs { csv: String, image: String, caption: String, sep: String },
+    Pairs {
+        csv: String,
+        image: String,
+        caption: String,
+        sep: String,
+    },
     /// One folder per class under `root`; captions from a template.
     Folders { root: String, template: String },
     /// The built-in Fashion-MNIST (Debian's dataset-fashion-mnist), captions from templates.
-    FashionMnist { split: String, templates: Vec<String>, root: Option<String> },
+    FashionMnist {
+        split: String,
+        templates: Vec<String>,
+        root: Option<String>,
+    },
     /// Random images and token ids, for engine tests and benchmarks.
     Synthetic { samples: u64 },
 }
@@ -338,6 +424,14 @@ pub struct TrainSpec {
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub enum EvalSpec {
-    ZeroShot { model: ModelId, data: DataSpec, templates: Vec<String> },
-    Retrieval { model: ModelId, data: DataSpec, k: Vec<u64> },
+    ZeroShot {
+        model: ModelId,
+        data: DataSpec,
+        templates: Vec<String>,
+    },
+    Retrieval {
+        model: ModelId,
+        data: DataSpec,
+        k: Vec<u64>,
+    },
 }

@@ -46,9 +46,18 @@ pub fn compile(path: &str, text: &str, loader: &dyn Loader) -> Compiled {
     if let Some(program) = &program {
         let (checked, check_diags) = check::check(program);
         diagnostics.extend(check_diags);
-        recipe = if diagnostics.has_errors() { None } else { checked };
+        recipe = if diagnostics.has_errors() {
+            None
+        } else {
+            checked
+        };
     }
-    Compiled { sources, program, recipe, diagnostics }
+    Compiled {
+        sources,
+        program,
+        recipe,
+        diagnostics,
+    }
 }
 
 /// Reads modules from the file system.
@@ -80,12 +89,22 @@ pub fn fmt_num(v: f64) -> String {
     let value: f64 = text.parse().unwrap();
     let exponent = value.abs().log10().floor() as i32;
     if (-4..15).contains(&exponent) {
-        let mantissa_digits = text.split('e').next().unwrap().trim_start_matches('-').replace('.', "").len() as i32;
+        let mantissa_digits = text
+            .split('e')
+            .next()
+            .unwrap()
+            .trim_start_matches('-')
+            .replace('.', "")
+            .len() as i32;
         let decimals = (mantissa_digits - 1 - exponent).max(0) as usize;
         format!("{:.*}", decimals, value)
     } else {
         let (mantissa, exp) = text.split_once('e').unwrap();
-        format!("{}e{}", mantissa.trim_end_matches('0').trim_end_matches('.'), exp)
+        format!(
+            "{}e{}",
+            mantissa.trim_end_matches('0').trim_end_matches('.'),
+            exp
+        )
     }
 }
 

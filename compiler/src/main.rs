@@ -11,10 +11,17 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 /// The recipe `kdc run` uses when given none: CLIP training on the built-in Fashion-MNIST.
-const DEFAULT_RECIPE: (&str, &str) = ("recipes/demo/fashion_clip.kd", include_str!("../../recipes/demo/fashion_clip.kd"));
+const DEFAULT_RECIPE: (&str, &str) = (
+    "recipes/demo/fashion_clip.kd",
+    include_str!("../../recipes/demo/fashion_clip.kd"),
+);
 
 #[derive(Parser)]
-#[command(name = "kdc", version, about = "A compiler for knowledge-distillation recipes for CLIP models")]
+#[command(
+    name = "kdc",
+    version,
+    about = "A compiler for knowledge-distillation recipes for CLIP models"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -80,7 +87,9 @@ fn main() -> ExitCode {
 }
 
 fn render_options() -> RenderOptions {
-    RenderOptions { color: std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none() }
+    RenderOptions {
+        color: std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
+    }
 }
 
 /// The .kd files named, searching folders recursively, in a stable order.
@@ -89,7 +98,8 @@ fn expand(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
     for path in paths {
         if path.is_dir() {
             let mut found = Vec::new();
-            collect_kd(path, &mut found).with_context(|| format!("reading folder {}", path.display()))?;
+            collect_kd(path, &mut found)
+                .with_context(|| format!("reading folder {}", path.display()))?;
             found.sort();
             if found.is_empty() {
                 bail!("no .kd files in {}", path.display());
@@ -127,17 +137,28 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 let text = read(path)?;
                 let compiled = compile(&path.display().to_string(), &text, &FsLoader);
                 if !compiled.diagnostics.is_empty() {
-                    eprint!("{}", render_all(&compiled.diagnostics, &compiled.sources, render_options()));
+                    eprint!(
+                        "{}",
+                        render_all(&compiled.diagnostics, &compiled.sources, render_options())
+                    );
                 }
                 if compiled.diagnostics.has_errors() {
                     failed += 1;
                 }
             }
             if failed > 0 {
-                eprintln!("{failed} of {} recipe{} failed to check", files.len(), if files.len() == 1 { "" } else { "s" });
+                eprintln!(
+                    "{failed} of {} recipe{} failed to check",
+                    files.len(),
+                    if files.len() == 1 { "" } else { "s" }
+                );
                 Ok(ExitCode::from(1))
             } else {
-                eprintln!("checked {} recipe{}: ok", files.len(), if files.len() == 1 { "" } else { "s" });
+                eprintln!(
+                    "checked {} recipe{}: ok",
+                    files.len(),
+                    if files.len() == 1 { "" } else { "s" }
+                );
                 Ok(ExitCode::SUCCESS)
             }
         }
@@ -158,7 +179,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                             if check {
                                 eprintln!("would reformat {name}");
                             } else {
-                                std::fs::write(path, formatted).with_context(|| format!("writing {name}"))?;
+                                std::fs::write(path, formatted)
+                                    .with_context(|| format!("writing {name}"))?;
                                 eprintln!("formatted {name}");
                             }
                         }
@@ -183,17 +205,25 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 return Ok(ExitCode::SUCCESS);
             }
             if target.to_ascii_uppercase().starts_with("KD") && !Path::new(&target).exists() {
-                bail!("there is no diagnostic code {target}; codes run from KD0001 to {}", Code::ALL.last().unwrap());
+                bail!(
+                    "there is no diagnostic code {target}; codes run from KD0001 to {}",
+                    Code::ALL.last().unwrap()
+                );
             }
             let path = PathBuf::from(&target);
             let text = read(&path)?;
             let compiled = compile(&target, &text, &FsLoader);
             if !compiled.diagnostics.is_empty() {
-                eprint!("{}", render_all(&compiled.diagnostics, &compiled.sources, render_options()));
+                eprint!(
+                    "{}",
+                    render_all(&compiled.diagnostics, &compiled.sources, render_options())
+                );
             }
             match stage {
                 ExplainStage::Ast => {
-                    let Some(program) = &compiled.program else { return Ok(ExitCode::from(1)) };
+                    let Some(program) = &compiled.program else {
+                        return Ok(ExitCode::from(1));
+                    };
                     print!("{}", explain::ast(&program.root().ast, &compiled.sources));
                     Ok(ExitCode::SUCCESS)
                 }
@@ -220,9 +250,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
             };
             let compiled = compile(&name, &text, &FsLoader);
             if !compiled.diagnostics.is_empty() {
-                eprint!("{}", render_all(&compiled.diagnostics, &compiled.sources, render_options()));
+                eprint!(
+                    "{}",
+                    render_all(&compiled.diagnostics, &compiled.sources, render_options())
+                );
             }
-            let Some(recipe) = compiled.recipe else { return Ok(ExitCode::from(1)) };
+            let Some(recipe) = compiled.recipe else {
+                return Ok(ExitCode::from(1));
+            };
             print!("{}", explain::ir(&recipe));
             eprintln!("\n{name} checks and compiles to the plan above, but nothing was trained: the training engine arrives with issue 3.");
             Ok(ExitCode::from(3))
@@ -231,7 +266,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             bail!("evaluation of {} arrives with real data and checkpoints (after the training engine)", target.display())
         }
         Command::Bench { recipe } => {
-            bail!("benchmarking {} arrives with the training engine (issue 3)", recipe.display())
+            bail!(
+                "benchmarking {} arrives with the training engine (issue 3)",
+                recipe.display()
+            )
         }
     }
 }

@@ -80,7 +80,12 @@ pub struct LogitScaleSpec {
 
 impl Default for LogitScaleSpec {
     fn default() -> LogitScaleSpec {
-        LogitScaleSpec { init: 1.0 / 0.07, min: 1.0, max: 100.0, learnable: true }
+        LogitScaleSpec {
+            init: 1.0 / 0.07,
+            min: 1.0,
+            max: 100.0,
+            learnable: true,
+        }
     }
 }
 
@@ -142,9 +147,15 @@ impl ParamClass {
     }
 
     pub fn from_plural(name: &str) -> Option<ParamClass> {
-        [ParamClass::Weight, ParamClass::Embedding, ParamClass::Gain, ParamClass::Bias, ParamClass::Scale]
-            .into_iter()
-            .find(|c| c.plural() == name)
+        [
+            ParamClass::Weight,
+            ParamClass::Embedding,
+            ParamClass::Gain,
+            ParamClass::Bias,
+            ParamClass::Scale,
+        ]
+        .into_iter()
+        .find(|c| c.plural() == name)
     }
 }
 
@@ -163,7 +174,13 @@ pub enum Part {
 }
 
 impl Part {
-    pub const ALL: [Part; 5] = [Part::Vision, Part::VisionProjection, Part::Text, Part::TextProjection, Part::Scale];
+    pub const ALL: [Part; 5] = [
+        Part::Vision,
+        Part::VisionProjection,
+        Part::Text,
+        Part::TextProjection,
+        Part::Scale,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -190,42 +207,144 @@ impl ModelSpec {
     pub fn parameters(&self) -> Vec<ModelParam> {
         let mut out = Vec::new();
         let mut add = |name: String, shape: Vec<u64>, class: ParamClass, part: Part| {
-            out.push(ModelParam { name, shape, class, part });
+            out.push(ModelParam {
+                name,
+                shape,
+                class,
+                part,
+            });
         };
         let v = &self.vision;
         let p = "vision_model";
-        add(format!("{p}.embeddings.class_embedding"), vec![v.width], ParamClass::Embedding, Part::Vision);
-        add(format!("{p}.embeddings.patch_embedding.weight"), vec![v.width, 3, v.patch, v.patch], ParamClass::Weight, Part::Vision);
-        add(format!("{p}.embeddings.position_embedding.weight"), vec![v.patches() + 1, v.width], ParamClass::Embedding, Part::Vision);
+        add(
+            format!("{p}.embeddings.class_embedding"),
+            vec![v.width],
+            ParamClass::Embedding,
+            Part::Vision,
+        );
+        add(
+            format!("{p}.embeddings.patch_embedding.weight"),
+            vec![v.width, 3, v.patch, v.patch],
+            ParamClass::Weight,
+            Part::Vision,
+        );
+        add(
+            format!("{p}.embeddings.position_embedding.weight"),
+            vec![v.patches() + 1, v.width],
+            ParamClass::Embedding,
+            Part::Vision,
+        );
         // Hugging Face spells this one `pre_layrnorm`.
-        add(format!("{p}.pre_layrnorm.weight"), vec![v.width], ParamClass::Gain, Part::Vision);
-        add(format!("{p}.pre_layrnorm.bias"), vec![v.width], ParamClass::Bias, Part::Vision);
+        add(
+            format!("{p}.pre_layrnorm.weight"),
+            vec![v.width],
+            ParamClass::Gain,
+            Part::Vision,
+        );
+        add(
+            format!("{p}.pre_layrnorm.bias"),
+            vec![v.width],
+            ParamClass::Bias,
+            Part::Vision,
+        );
         for i in 0..v.layers {
-            clip_block(&mut add, &format!("{p}.encoder.layers.{i}"), v.width, v.mlp, Part::Vision);
+            clip_block(
+                &mut add,
+                &format!("{p}.encoder.layers.{i}"),
+                v.width,
+                v.mlp,
+                Part::Vision,
+            );
         }
-        add(format!("{p}.post_layernorm.weight"), vec![v.width], ParamClass::Gain, Part::Vision);
-        add(format!("{p}.post_layernorm.bias"), vec![v.width], ParamClass::Bias, Part::Vision);
-        add("visual_projection.weight".into(), vec![self.embed, v.width], ParamClass::Weight, Part::VisionProjection);
+        add(
+            format!("{p}.post_layernorm.weight"),
+            vec![v.width],
+            ParamClass::Gain,
+            Part::Vision,
+        );
+        add(
+            format!("{p}.post_layernorm.bias"),
+            vec![v.width],
+            ParamClass::Bias,
+            Part::Vision,
+        );
+        add(
+            "visual_projection.weight".into(),
+            vec![self.embed, v.width],
+            ParamClass::Weight,
+            Part::VisionProjection,
+        );
 
         let t = &self.text;
         let p = "text_model";
         match t.kind {
             TextKind::Clip => {
-                add(format!("{p}.embeddings.token_embedding.weight"), vec![t.vocab, t.width], ParamClass::Embedding, Part::Text);
-                add(format!("{p}.embeddings.position_embedding.weight"), vec![t.context, t.width], ParamClass::Embedding, Part::Text);
+                add(
+                    format!("{p}.embeddings.token_embedding.weight"),
+                    vec![t.vocab, t.width],
+                    ParamClass::Embedding,
+                    Part::Text,
+                );
+                add(
+                    format!("{p}.embeddings.position_embedding.weight"),
+                    vec![t.context, t.width],
+                    ParamClass::Embedding,
+                    Part::Text,
+                );
                 for i in 0..t.layers {
-                    clip_block(&mut add, &format!("{p}.encoder.layers.{i}"), t.width, t.mlp, Part::Text);
+                    clip_block(
+                        &mut add,
+                        &format!("{p}.encoder.layers.{i}"),
+                        t.width,
+                        t.mlp,
+                        Part::Text,
+                    );
                 }
-                add(format!("{p}.final_layer_norm.weight"), vec![t.width], ParamClass::Gain, Part::Text);
-                add(format!("{p}.final_layer_norm.bias"), vec![t.width], ParamClass::Bias, Part::Text);
+                add(
+                    format!("{p}.final_layer_norm.weight"),
+                    vec![t.width],
+                    ParamClass::Gain,
+                    Part::Text,
+                );
+                add(
+                    format!("{p}.final_layer_norm.bias"),
+                    vec![t.width],
+                    ParamClass::Bias,
+                    Part::Text,
+                );
             }
             TextKind::Bert => {
                 let e = format!("{p}.embeddings");
-                add(format!("{e}.word_embeddings.weight"), vec![t.vocab, t.width], ParamClass::Embedding, Part::Text);
-                add(format!("{e}.position_embeddings.weight"), vec![t.context, t.width], ParamClass::Embedding, Part::Text);
-                add(format!("{e}.token_type_embeddings.weight"), vec![2, t.width], ParamClass::Embedding, Part::Text);
-                add(format!("{e}.LayerNorm.weight"), vec![t.width], ParamClass::Gain, Part::Text);
-                add(format!("{e}.LayerNorm.bias"), vec![t.width], ParamClass::Bias, Part::Text);
+                add(
+                    format!("{e}.word_embeddings.weight"),
+                    vec![t.vocab, t.width],
+                    ParamClass::Embedding,
+                    Part::Text,
+                );
+                add(
+                    format!("{e}.position_embeddings.weight"),
+                    vec![t.context, t.width],
+                    ParamClass::Embedding,
+                    Part::Text,
+                );
+                add(
+                    format!("{e}.token_type_embeddings.weight"),
+                    vec![2, t.width],
+                    ParamClass::Embedding,
+                    Part::Text,
+                );
+                add(
+                    format!("{e}.LayerNorm.weight"),
+                    vec![t.width],
+                    ParamClass::Gain,
+                    Part::Text,
+                );
+                add(
+                    format!("{e}.LayerNorm.bias"),
+                    vec![t.width],
+                    ParamClass::Bias,
+                    Part::Text,
+                );
                 for i in 0..t.layers {
                     let l = format!("{p}.encoder.layer.{i}");
                     for (name, out, inp) in [
@@ -236,23 +355,51 @@ impl ModelSpec {
                         ("intermediate.dense", t.mlp, t.width),
                         ("output.dense", t.width, t.mlp),
                     ] {
-                        add(format!("{l}.{name}.weight"), vec![out, inp], ParamClass::Weight, Part::Text);
-                        add(format!("{l}.{name}.bias"), vec![out], ParamClass::Bias, Part::Text);
+                        add(
+                            format!("{l}.{name}.weight"),
+                            vec![out, inp],
+                            ParamClass::Weight,
+                            Part::Text,
+                        );
+                        add(
+                            format!("{l}.{name}.bias"),
+                            vec![out],
+                            ParamClass::Bias,
+                            Part::Text,
+                        );
                     }
                     for name in ["attention.output.LayerNorm", "output.LayerNorm"] {
-                        add(format!("{l}.{name}.weight"), vec![t.width], ParamClass::Gain, Part::Text);
-                        add(format!("{l}.{name}.bias"), vec![t.width], ParamClass::Bias, Part::Text);
+                        add(
+                            format!("{l}.{name}.weight"),
+                            vec![t.width],
+                            ParamClass::Gain,
+                            Part::Text,
+                        );
+                        add(
+                            format!("{l}.{name}.bias"),
+                            vec![t.width],
+                            ParamClass::Bias,
+                            Part::Text,
+                        );
                     }
                 }
             }
         }
-        add("text_projection.weight".into(), vec![self.embed, t.width], ParamClass::Weight, Part::TextProjection);
+        add(
+            "text_projection.weight".into(),
+            vec![self.embed, t.width],
+            ParamClass::Weight,
+            Part::TextProjection,
+        );
         add("logit_scale".into(), vec![], ParamClass::Scale, Part::Scale);
         out
     }
 
     pub fn parameter_count(&self) -> u64 {
-        self.parameters().iter().map(|p| p.shape.iter().product::<u64>()).sum()
+        self.parameters()
+            .iter()
+            .map(|p| p.shape.iter().product::<u64>())
+            .sum()
     }
 
     /// Whether a part receives gradients at all (before any stage's `freeze`). A frozen tower
@@ -269,19 +416,75 @@ impl ModelSpec {
     }
 }
 
-fn clip_block(add: &mut impl FnMut(String, Vec<u64>, ParamClass, Part), prefix: &str, width: u64, mlp: u64, part: Part) {
+fn clip_block(
+    add: &mut impl FnMut(String, Vec<u64>, ParamClass, Part),
+    prefix: &str,
+    width: u64,
+    mlp: u64,
+    part: Part,
+) {
     for proj in ["k_proj", "v_proj", "q_proj", "out_proj"] {
-        add(format!("{prefix}.self_attn.{proj}.weight"), vec![width, width], ParamClass::Weight, part);
-        add(format!("{prefix}.self_attn.{proj}.bias"), vec![width], ParamClass::Bias, part);
+        add(
+            format!("{prefix}.self_attn.{proj}.weight"),
+            vec![width, width],
+            ParamClass::Weight,
+            part,
+        );
+        add(
+            format!("{prefix}.self_attn.{proj}.bias"),
+            vec![width],
+            ParamClass::Bias,
+            part,
+        );
     }
-    add(format!("{prefix}.layer_norm1.weight"), vec![width], ParamClass::Gain, part);
-    add(format!("{prefix}.layer_norm1.bias"), vec![width], ParamClass::Bias, part);
-    add(format!("{prefix}.mlp.fc1.weight"), vec![mlp, width], ParamClass::Weight, part);
-    add(format!("{prefix}.mlp.fc1.bias"), vec![mlp], ParamClass::Bias, part);
-    add(format!("{prefix}.mlp.fc2.weight"), vec![width, mlp], ParamClass::Weight, part);
-    add(format!("{prefix}.mlp.fc2.bias"), vec![width], ParamClass::Bias, part);
-    add(format!("{prefix}.layer_norm2.weight"), vec![width], ParamClass::Gain, part);
-    add(format!("{prefix}.layer_norm2.bias"), vec![width], ParamClass::Bias, part);
+    add(
+        format!("{prefix}.layer_norm1.weight"),
+        vec![width],
+        ParamClass::Gain,
+        part,
+    );
+    add(
+        format!("{prefix}.layer_norm1.bias"),
+        vec![width],
+        ParamClass::Bias,
+        part,
+    );
+    add(
+        format!("{prefix}.mlp.fc1.weight"),
+        vec![mlp, width],
+        ParamClass::Weight,
+        part,
+    );
+    add(
+        format!("{prefix}.mlp.fc1.bias"),
+        vec![mlp],
+        ParamClass::Bias,
+        part,
+    );
+    add(
+        format!("{prefix}.mlp.fc2.weight"),
+        vec![width, mlp],
+        ParamClass::Weight,
+        part,
+    );
+    add(
+        format!("{prefix}.mlp.fc2.bias"),
+        vec![width],
+        ParamClass::Bias,
+        part,
+    );
+    add(
+        format!("{prefix}.layer_norm2.weight"),
+        vec![width],
+        ParamClass::Gain,
+        part,
+    );
+    add(
+        format!("{prefix}.layer_norm2.bias"),
+        vec![width],
+        ParamClass::Bias,
+        part,
+    );
 }
 
 /// A named CLIP configuration: image size, patch, vision width/layers/heads, text
@@ -297,18 +500,78 @@ pub struct Preset {
 /// The presets kdc knows. Figures follow open_clip's model configurations (ViT head width 64,
 /// MLP ratio 4); `-quickgelu` variants are OpenAI's originals.
 pub const PRESETS: &[Preset] = &[
-    Preset { name: "ViT-B-16", vision: (224, 16, 768, 12, 12), text: (77, 49408, 512, 12, 8), embed: 512, act: Activation::Gelu },
-    Preset { name: "ViT-B-16-quickgelu", vision: (224, 16, 768, 12, 12), text: (77, 49408, 512, 12, 8), embed: 512, act: Activation::QuickGelu },
-    Preset { name: "ViT-B-32", vision: (224, 32, 768, 12, 12), text: (77, 49408, 512, 12, 8), embed: 512, act: Activation::Gelu },
-    Preset { name: "ViT-B-32-quickgelu", vision: (224, 32, 768, 12, 12), text: (77, 49408, 512, 12, 8), embed: 512, act: Activation::QuickGelu },
-    Preset { name: "ViT-L-14", vision: (224, 14, 1024, 24, 16), text: (77, 49408, 768, 12, 12), embed: 768, act: Activation::Gelu },
-    Preset { name: "ViT-L-14-quickgelu", vision: (224, 14, 1024, 24, 16), text: (77, 49408, 768, 12, 12), embed: 768, act: Activation::QuickGelu },
-    Preset { name: "ViT-S-16", vision: (224, 16, 384, 12, 6), text: (77, 49408, 384, 12, 6), embed: 384, act: Activation::Gelu },
+    Preset {
+        name: "ViT-B-16",
+        vision: (224, 16, 768, 12, 12),
+        text: (77, 49408, 512, 12, 8),
+        embed: 512,
+        act: Activation::Gelu,
+    },
+    Preset {
+        name: "ViT-B-16-quickgelu",
+        vision: (224, 16, 768, 12, 12),
+        text: (77, 49408, 512, 12, 8),
+        embed: 512,
+        act: Activation::QuickGelu,
+    },
+    Preset {
+        name: "ViT-B-32",
+        vision: (224, 32, 768, 12, 12),
+        text: (77, 49408, 512, 12, 8),
+        embed: 512,
+        act: Activation::Gelu,
+    },
+    Preset {
+        name: "ViT-B-32-quickgelu",
+        vision: (224, 32, 768, 12, 12),
+        text: (77, 49408, 512, 12, 8),
+        embed: 512,
+        act: Activation::QuickGelu,
+    },
+    Preset {
+        name: "ViT-L-14",
+        vision: (224, 14, 1024, 24, 16),
+        text: (77, 49408, 768, 12, 12),
+        embed: 768,
+        act: Activation::Gelu,
+    },
+    Preset {
+        name: "ViT-L-14-quickgelu",
+        vision: (224, 14, 1024, 24, 16),
+        text: (77, 49408, 768, 12, 12),
+        embed: 768,
+        act: Activation::QuickGelu,
+    },
+    Preset {
+        name: "ViT-S-16",
+        vision: (224, 16, 384, 12, 6),
+        text: (77, 49408, 384, 12, 6),
+        embed: 384,
+        act: Activation::Gelu,
+    },
     // CLIP-KD's tiny student: a 192-wide, 3-head ViT with a 384-wide text transformer.
-    Preset { name: "ViT-T-16", vision: (224, 16, 192, 12, 3), text: (77, 49408, 384, 12, 6), embed: 512, act: Activation::Gelu },
+    Preset {
+        name: "ViT-T-16",
+        vision: (224, 16, 192, 12, 3),
+        text: (77, 49408, 384, 12, 6),
+        embed: 512,
+        act: Activation::Gelu,
+    },
     // TinyCLIP's smallest released pair of towers.
-    Preset { name: "TinyCLIP-ViT-8M-16-Text-3M", vision: (224, 16, 256, 10, 4), text: (77, 49408, 256, 3, 4), embed: 512, act: Activation::QuickGelu },
-    Preset { name: "TinyCLIP-ViT-39M-16-Text-19M", vision: (224, 16, 512, 12, 8), text: (77, 49408, 512, 6, 8), embed: 512, act: Activation::QuickGelu },
+    Preset {
+        name: "TinyCLIP-ViT-8M-16-Text-3M",
+        vision: (224, 16, 256, 10, 4),
+        text: (77, 49408, 256, 3, 4),
+        embed: 512,
+        act: Activation::QuickGelu,
+    },
+    Preset {
+        name: "TinyCLIP-ViT-39M-16-Text-19M",
+        vision: (224, 16, 512, 12, 8),
+        text: (77, 49408, 512, 6, 8),
+        embed: 512,
+        act: Activation::QuickGelu,
+    },
 ];
 
 /// BERT-family text encoders: context (max positions), vocab, width, layers, heads, MLP width.
@@ -319,10 +582,19 @@ pub struct BertPreset {
 
 pub const BERT_PRESETS: &[BertPreset] = &[
     // The sentence-transformers MiniLM used as the demo's frozen, pretrained text tower.
-    BertPreset { name: "all-MiniLM-L6-v2", dims: (512, 30522, 384, 6, 12, 1536) },
+    BertPreset {
+        name: "all-MiniLM-L6-v2",
+        dims: (512, 30522, 384, 6, 12, 1536),
+    },
     // Multilingual teachers' text towers.
-    BertPreset { name: "xlm-roberta-base", dims: (514, 250002, 768, 12, 12, 3072) },
-    BertPreset { name: "xlm-roberta-large", dims: (514, 250002, 1024, 24, 16, 4096) },
+    BertPreset {
+        name: "xlm-roberta-base",
+        dims: (514, 250002, 768, 12, 12, 3072),
+    },
+    BertPreset {
+        name: "xlm-roberta-large",
+        dims: (514, 250002, 1024, 24, 16, 4096),
+    },
 ];
 
 pub fn preset(name: &str) -> Option<&'static Preset> {
@@ -343,7 +615,16 @@ mod tests {
         ModelSpec {
             name: "m".into(),
             preset: Some(p.name.into()),
-            vision: VisionSpec { image_size, patch, width, layers, heads, mlp: 4 * width, act: p.act, frozen: false },
+            vision: VisionSpec {
+                image_size,
+                patch,
+                width,
+                layers,
+                heads,
+                mlp: 4 * width,
+                act: p.act,
+                frozen: false,
+            },
             text: TextSpec {
                 kind: TextKind::Clip,
                 context,
@@ -361,8 +642,17 @@ mod tests {
             weights: None,
             frozen: false,
             logit_scale: LogitScaleSpec::default(),
-            tokenizer: TokenizerSpec { kind: "clip_bpe".into(), path: None, context },
-            preprocess: PreprocessSpec { resize: 224, crop: 224, mean: CLIP_MEAN, std: CLIP_STD },
+            tokenizer: TokenizerSpec {
+                kind: "clip_bpe".into(),
+                path: None,
+                context,
+            },
+            preprocess: PreprocessSpec {
+                resize: 224,
+                crop: 224,
+                mean: CLIP_MEAN,
+                std: CLIP_STD,
+            },
         }
     }
 

@@ -18,15 +18,24 @@ pub struct Dim {
 
 impl Dim {
     pub fn known(size: u64) -> Dim {
-        Dim { size: Some(size), name: None }
+        Dim {
+            size: Some(size),
+            name: None,
+        }
     }
 
     pub fn named(size: u64, name: impl Into<String>) -> Dim {
-        Dim { size: Some(size), name: Some(name.into()) }
+        Dim {
+            size: Some(size),
+            name: Some(name.into()),
+        }
     }
 
     pub fn symbol(name: impl Into<String>) -> Dim {
-        Dim { size: None, name: Some(name.into()) }
+        Dim {
+            size: None,
+            name: Some(name.into()),
+        }
     }
 
     /// The batch dimension.

@@ -74,7 +74,10 @@ mod tests {
     fn parses_a_small_recipe() {
         let source = "use std.clip_kd.{crd, fd}\n# a comment\nstudent = clip(preset: \"ViT-T-16\")\nloss = clip_loss(student) + 2000 * fd(student, teacher)\n";
         let pairs = KdParser::parse(Rule::file, source).expect("parses");
-        let comments = pairs.flatten().filter(|p| p.as_rule() == Rule::COMMENT).count();
+        let comments = pairs
+            .flatten()
+            .filter(|p| p.as_rule() == Rule::COMMENT)
+            .count();
         assert_eq!(comments, 1);
     }
 

@@ -82,7 +82,11 @@ struct Env {
 
 impl Env {
     fn module(module: ModuleId) -> Env {
-        Env { module, stage: None, locals: HashMap::new() }
+        Env {
+            module,
+            stage: None,
+            locals: HashMap::new(),
+        }
     }
 }
 
@@ -91,7 +95,8 @@ impl<'p> Checker<'p> {
         // An error inside a function body names the call in the recipe that led there.
         if let Some((module, name, span)) = ctx.calls.first() {
             let _ = module;
-            if span.file != d.primary.span.file || !ctx.calls.iter().any(|c| c.2 == d.primary.span) {
+            if span.file != d.primary.span.file || !ctx.calls.iter().any(|c| c.2 == d.primary.span)
+            {
                 d = d.label(*span, format!("in this call of `{name}`"));
             }
         }
@@ -113,9 +118,13 @@ impl<'p> Checker<'p> {
         for (i, s) in stages.iter().enumerate() {
             if let Some((_, previous)) = stage_names.get(s.name.name.as_str()) {
                 self.diags.push(
-                    Diagnostic::error(Code::DuplicateDefinition, s.name.span, format!("stage `{}` is defined twice", s.name.name))
-                        .primary_label("defined again here")
-                        .label(*previous, "first defined here"),
+                    Diagnostic::error(
+                        Code::DuplicateDefinition,
+                        s.name.span,
+                        format!("stage `{}` is defined twice", s.name.name),
+                    )
+                    .primary_label("defined again here")
+                    .label(*previous, "first defined here"),
                 );
                 continue;
             }
@@ -127,9 +136,16 @@ impl<'p> Checker<'p> {
             for b in &s.bindings {
                 if let Some(previous) = seen.get(b.name.name.as_str()) {
                     self.diags.push(
-                        Diagnostic::error(Code::DuplicateDefinition, b.name.span, format!("`{}` is bound twice in stage `{}`", b.name.name, s.name.name))
-                            .primary_label("bound again here")
-                            .label(*previous, "first bound here"),
+                        Diagnostic::error(
+                            Code::DuplicateDefinition,
+                            b.name.span,
+                            format!(
+                                "`{}` is bound twice in stage `{}`",
+                                b.name.name, s.name.name
+                            ),
+                        )
+                        .primary_label("bound again here")
+                        .label(*previous, "first bound here"),
                     );
                 }
                 seen.insert(&b.name.name, b.name.span);
@@ -153,7 +169,11 @@ impl<'p> Checker<'p> {
                 ir_stages.push(self.stage(&mut ctx, Some(i), &s.name.name, from, s.name.span));
                 for b in &s.bindings {
                     if !SPECIAL_BINDINGS.contains(&b.name.name.as_str()) {
-                        let key = BindingKey { stage_scope: Some(i), module: 0, name: b.name.name.clone() };
+                        let key = BindingKey {
+                            stage_scope: Some(i),
+                            module: 0,
+                            name: b.name.name.clone(),
+                        };
                         self.eval_binding(&mut ctx, key, b.name.span);
                     }
                 }
@@ -162,24 +182,44 @@ impl<'p> Checker<'p> {
         let eval = self.eval_specs();
         self.warn_unused();
         let stages: Option<Vec<ir::Stage>> = ir_stages.into_iter().collect();
-        Some(Recipe { models: self.models.clone(), stages: stages?, eval })
+        Some(Recipe {
+            models: self.models.clone(),
+            stages: stages?,
+            eval,
+        })
     }
 
-    fn stage_from(&mut self, stage: &ast::Stage, index: usize, names: &HashMap<&str, (usize, Span)>) -> Option<usize> {
+    fn stage_from(
+        &mut self,
+        stage: &ast::Stage,
+        index: usize,
+        names: &HashMap<&str, (usize, Span)>,
+    ) -> Option<usize> {
         let mut from = None;
         for arg in &stage.args {
             let Some(name) = &arg.name else {
                 self.diags.push(
-                    Diagnostic::error(Code::StageChain, arg.span, "a stage takes only `from: stage`")
-                        .primary_label("positional argument")
-                        .hint(format!("write `stage {}(from: previous_stage) {{ … }}`", stage.name.name)),
+                    Diagnostic::error(
+                        Code::StageChain,
+                        arg.span,
+                        "a stage takes only `from: stage`",
+                    )
+                    .primary_label("positional argument")
+                    .hint(format!(
+                        "write `stage {}(from: previous_stage) {{ … }}`",
+                        stage.name.name
+                    )),
                 );
                 continue;
             };
             if name.name != "from" {
-                let mut d = Diagnostic::error(Code::UnknownArgument, name.span, format!("a stage has no argument `{}`", name.name))
-                    .primary_label("unknown argument")
-                    .note("a stage takes `from: stage`, the stage whose checkpoint it starts from");
+                let mut d = Diagnostic::error(
+                    Code::UnknownArgument,
+                    name.span,
+                    format!("a stage has no argument `{}`", name.name),
+                )
+                .primary_label("unknown argument")
+                .note("a stage takes `from: stage`, the stage whose checkpoint it starts from");
                 if crate::suggest::closest(&name.name, ["from"]).is_some() {
                     d = d.hint("did you mean `from`?");
                 }
@@ -188,8 +228,12 @@ impl<'p> Checker<'p> {
             }
             let ExprKind::Name(target) = &arg.value.kind else {
                 self.diags.push(
-                    Diagnostic::error(Code::StageChain, arg.value.span, "`from:` takes the name of an earlier stage")
-                        .primary_label("not a stage name"),
+                    Diagnostic::error(
+                        Code::StageChain,
+                        arg.value.span,
+                        "`from:` takes the name of an earlier stage",
+                    )
+                    .primary_label("not a stage name"),
                 );
                 continue;
             };
@@ -197,9 +241,13 @@ impl<'p> Checker<'p> {
                 Some((i, _)) if *i < index => from = Some(*i),
                 Some((i, span)) if *i == index => {
                     self.diags.push(
-                        Diagnostic::error(Code::StageChain, arg.value.span, format!("stage `{target}` cannot start from itself"))
-                            .primary_label("this stage")
-                            .label(*span, "defined here"),
+                        Diagnostic::error(
+                            Code::StageChain,
+                            arg.value.span,
+                            format!("stage `{target}` cannot start from itself"),
+                        )
+                        .primary_label("this stage")
+                        .label(*span, "defined here"),
                     );
                 }
                 Some((_, span)) => {
@@ -211,8 +259,12 @@ impl<'p> Checker<'p> {
                     );
                 }
                 None => {
-                    let mut d = Diagnostic::error(Code::StageChain, arg.value.span, format!("there is no stage `{target}`"))
-                        .primary_label("unknown stage");
+                    let mut d = Diagnostic::error(
+                        Code::StageChain,
+                        arg.value.span,
+                        format!("there is no stage `{target}`"),
+                    )
+                    .primary_label("unknown stage");
                     if let Some(s) = crate::suggest::closest(target, names.keys().copied()) {
                         d = d.hint(format!("did you mean `{s}`?"));
                     }
@@ -233,7 +285,15 @@ impl<'p> Checker<'p> {
                 continue;
             }
             let span = root.binding(name).unwrap().name.span;
-            self.eval_binding(ctx, BindingKey { stage_scope: None, module: 0, name: name.clone() }, span);
+            self.eval_binding(
+                ctx,
+                BindingKey {
+                    stage_scope: None,
+                    module: 0,
+                    name: name.clone(),
+                },
+                span,
+            );
         }
         // A `fn` nobody calls is still resolved, with its parameters as opaque values.
         for module in 0..self.program.modules.len() {
@@ -242,29 +302,68 @@ impl<'p> Checker<'p> {
     }
 
     /// The binding `name` as a stage sees it: the stage's own, else the top level's.
-    fn stage_binding(&self, stage: Option<usize>, name: &str) -> Option<(BindingKey, &'p ast::Binding)> {
+    fn stage_binding(
+        &self,
+        stage: Option<usize>,
+        name: &str,
+    ) -> Option<(BindingKey, &'p ast::Binding)> {
         let root = self.program.root();
         if let Some(i) = stage {
             let s = root.stages().nth(i).unwrap();
             if let Some(b) = s.bindings.iter().find(|b| b.name.name == name) {
-                return Some((BindingKey { stage_scope: Some(i), module: 0, name: name.into() }, b));
+                return Some((
+                    BindingKey {
+                        stage_scope: Some(i),
+                        module: 0,
+                        name: name.into(),
+                    },
+                    b,
+                ));
             }
         }
-        root.binding(name).map(|b| (BindingKey { stage_scope: None, module: 0, name: name.into() }, b))
+        root.binding(name).map(|b| {
+            (
+                BindingKey {
+                    stage_scope: None,
+                    module: 0,
+                    name: name.into(),
+                },
+                b,
+            )
+        })
     }
 
-    fn stage(&mut self, ctx: &mut Ctx, index: Option<usize>, name: &str, from: Option<usize>, header: Span) -> Option<ir::Stage> {
-        let env = Env { module: 0, stage: index, locals: HashMap::new() };
+    fn stage(
+        &mut self,
+        ctx: &mut Ctx,
+        index: Option<usize>,
+        name: &str,
+        from: Option<usize>,
+        header: Span,
+    ) -> Option<ir::Stage> {
+        let env = Env {
+            module: 0,
+            stage: index,
+            locals: HashMap::new(),
+        };
         let where_ = match index {
             Some(_) => format!("stage `{name}`"),
             None => "the recipe".to_string(),
         };
         let missing = |this: &mut Self, what: &str, example: &str| {
-            let span = if index.is_some() { header } else { first_line(this.program) };
+            let span = if index.is_some() {
+                header
+            } else {
+                first_line(this.program)
+            };
             this.diags.push(
-                Diagnostic::error(Code::MissingBinding, span, format!("{where_} has no `{what}`"))
-                    .primary_label(format!("`{what}` is needed here"))
-                    .hint(format!("add for example `{what} = {example}`")),
+                Diagnostic::error(
+                    Code::MissingBinding,
+                    span,
+                    format!("{where_} has no `{what}`"),
+                )
+                .primary_label(format!("`{what}` is needed here"))
+                .hint(format!("add for example `{what} = {example}`")),
             );
         };
 
@@ -275,7 +374,14 @@ impl<'p> Checker<'p> {
             Some((key, binding)) => {
                 self.used.insert((0, "loss".into()));
                 ctx.evaluating.push((key.clone(), binding.name.span));
-                let env = if key.stage_scope.is_some() { env.clone() } else { Env { stage: None, ..env.clone() } };
+                let env = if key.stage_scope.is_some() {
+                    env.clone()
+                } else {
+                    Env {
+                        stage: None,
+                        ..env.clone()
+                    }
+                };
                 loss_ok = self.loss_terms(ctx, &env, &binding.value, &mut terms);
                 ctx.evaluating.pop();
             }
@@ -290,7 +396,15 @@ impl<'p> Checker<'p> {
                 Value::Data(d) => Some(d),
                 Value::Error => None,
                 other => {
-                    self.error(ctx, type_error(binding.value.span, "data", &other, "`pairs(…)`, `folders(…)`, `fashion_mnist(…)` or `synthetic(…)`"));
+                    self.error(
+                        ctx,
+                        type_error(
+                            binding.value.span,
+                            "data",
+                            &other,
+                            "`pairs(…)`, `folders(…)`, `fashion_mnist(…)` or `synthetic(…)`",
+                        ),
+                    );
                     None
                 }
             },
@@ -324,7 +438,15 @@ impl<'p> Checker<'p> {
                     Value::Part(model, part) => frozen.push((model, part)),
                     Value::Model { id, .. } => frozen.extend(Part::ALL.map(|p| (id, p))),
                     Value::Error => {}
-                    other => self.error(ctx, type_error(span, "freeze", &other, "a model or a part such as `student.text_tower`")),
+                    other => self.error(
+                        ctx,
+                        type_error(
+                            span,
+                            "freeze",
+                            &other,
+                            "a model or a part such as `student.text_tower`",
+                        ),
+                    ),
                 }
             }
         }
@@ -345,7 +467,10 @@ impl<'p> Checker<'p> {
                             ir::Tap::Scale => &[Part::Scale],
                         };
                         for &p in parts {
-                            if !self.models[*model].part_frozen(p) && !frozen.contains(&(*model, p)) && !trainable.contains(&(*model, p)) {
+                            if !self.models[*model].part_frozen(p)
+                                && !frozen.contains(&(*model, p))
+                                && !trainable.contains(&(*model, p))
+                            {
                                 trainable.push((*model, p));
                             }
                         }
@@ -357,11 +482,21 @@ impl<'p> Checker<'p> {
             trainable.sort();
             if trainable.is_empty() && !has_param {
                 let span = terms.first().map(|t| t.span).unwrap_or(header);
-                let all = terms.iter().map(|t| t.span).reduce(|a, b| a.to(b)).unwrap_or(span);
+                let all = terms
+                    .iter()
+                    .map(|t| t.span)
+                    .reduce(|a, b| a.to(b))
+                    .unwrap_or(span);
                 self.diags.push(
-                    Diagnostic::error(Code::NotALoss, all, format!("the loss of {where_} trains nothing"))
-                        .primary_label("every model this loss reads is frozen")
-                        .hint("make the loss depend on a trainable model (the student), or un-freeze it"),
+                    Diagnostic::error(
+                        Code::NotALoss,
+                        all,
+                        format!("the loss of {where_} trains nothing"),
+                    )
+                    .primary_label("every model this loss reads is frozen")
+                    .hint(
+                        "make the loss depend on a trainable model (the student), or un-freeze it",
+                    ),
                 );
             }
         }
@@ -400,19 +535,39 @@ impl<'p> Checker<'p> {
                     Value::Error => bad = true,
                     Value::Num(v) => {
                         if reciprocal && v == 0.0 {
-                            self.error(ctx, Diagnostic::error(Code::NotFinite, factor.span, "a loss term is divided by zero").primary_label("this is 0"));
+                            self.error(
+                                ctx,
+                                Diagnostic::error(
+                                    Code::NotFinite,
+                                    factor.span,
+                                    "a loss term is divided by zero",
+                                )
+                                .primary_label("this is 0"),
+                            );
                             bad = true;
                         } else {
                             let v = if reciprocal { 1.0 / v } else { v };
                             if !v.is_finite() {
-                                self.error(ctx, Diagnostic::error(Code::NotFinite, factor.span, "a loss weight must be a finite number").primary_label("this weight is not finite"));
+                                self.error(
+                                    ctx,
+                                    Diagnostic::error(
+                                        Code::NotFinite,
+                                        factor.span,
+                                        "a loss weight must be a finite number",
+                                    )
+                                    .primary_label("this weight is not finite"),
+                                );
                                 bad = true;
                             }
                             weight = weight.scaled(v);
                         }
                     }
-                    Value::Schedule(s) if !reciprocal && matches!(weight, Schedule::Constant(_)) => {
-                        let Schedule::Constant(c) = weight else { unreachable!() };
+                    Value::Schedule(s)
+                        if !reciprocal && matches!(weight, Schedule::Constant(_)) =>
+                    {
+                        let Schedule::Constant(c) = weight else {
+                            unreachable!()
+                        };
                         weight = s.scaled(c);
                     }
                     other => match self.to_tensor(ctx, other, factor.span) {
@@ -447,7 +602,13 @@ impl<'p> Checker<'p> {
             }
             for (other, other_shape, other_span, reciprocal) in tensors.into_iter().skip(1) {
                 let op = if reciprocal { BinOp::Div } else { BinOp::Mul };
-                match self.tensor_binary(ctx, op, (node, shape.clone(), span), (other, other_shape, other_span), summand.span) {
+                match self.tensor_binary(
+                    ctx,
+                    op,
+                    (node, shape.clone(), span),
+                    (other, other_shape, other_span),
+                    summand.span,
+                ) {
                     Some((n, s)) => {
                         node = n;
                         shape = s;
@@ -461,18 +622,33 @@ impl<'p> Checker<'p> {
             if !shape.is_scalar() {
                 self.error(
                     ctx,
-                    Diagnostic::error(Code::NotALoss, summand.span, format!("a loss term must be a scalar, but this one is a tensor {shape}"))
-                        .primary_label(format!("this is {shape}"))
-                        .hint("reduce it to a scalar, for example with `mean(…)`"),
+                    Diagnostic::error(
+                        Code::NotALoss,
+                        summand.span,
+                        format!("a loss term must be a scalar, but this one is a tensor {shape}"),
+                    )
+                    .primary_label(format!("this is {shape}"))
+                    .hint("reduce it to a scalar, for example with `mean(…)`"),
                 );
                 ok = false;
                 continue;
             }
-            let base = body_expr.and_then(label_of).unwrap_or_else(|| "term".to_string());
+            let base = body_expr
+                .and_then(label_of)
+                .unwrap_or_else(|| "term".to_string());
             let count = labels.entry(base.clone()).or_insert(0);
             *count += 1;
-            let label = if *count == 1 { base } else { format!("{base}#{count}") };
-            terms.push(Term { label, weight, node, span: summand.span });
+            let label = if *count == 1 {
+                base
+            } else {
+                format!("{base}#{count}")
+            };
+            terms.push(Term {
+                label,
+                weight,
+                node,
+                span: summand.span,
+            });
         }
         ok
     }
@@ -483,13 +659,27 @@ impl<'p> Checker<'p> {
             Value::TrainPart(p) => vec![(p, span)],
             Value::Error => return None,
             other => {
-                self.error(ctx, type_error(span, "train", &other, "a pipeline such as `adamw(lr: 1e-3) | epochs(10)`"));
+                self.error(
+                    ctx,
+                    type_error(
+                        span,
+                        "train",
+                        &other,
+                        "a pipeline such as `adamw(lr: 1e-3) | epochs(10)`",
+                    ),
+                );
                 return None;
             }
         };
         let mut seen: HashMap<&'static str, Span> = HashMap::new();
         let mut spec = ir::TrainSpec {
-            optimizer: ir::AdamW { lr: Schedule::Constant(0.0), weight_decay: 0.0, betas: (0.9, 0.999), eps: 1e-8, no_decay: vec![] },
+            optimizer: ir::AdamW {
+                lr: Schedule::Constant(0.0),
+                weight_decay: 0.0,
+                betas: (0.9, 0.999),
+                eps: 1e-8,
+                no_decay: vec![],
+            },
             length: ir::Length::Steps(0),
             clip_grad: None,
             accumulate: 1,
@@ -503,9 +693,13 @@ impl<'p> Checker<'p> {
             if let Some(previous) = seen.get(setting) {
                 self.error(
                     ctx,
-                    Diagnostic::error(Code::DuplicateTrainSetting, part_span, format!("the training pipeline sets its {setting} twice"))
-                        .primary_label("set again here")
-                        .label(*previous, "first set here"),
+                    Diagnostic::error(
+                        Code::DuplicateTrainSetting,
+                        part_span,
+                        format!("the training pipeline sets its {setting} twice"),
+                    )
+                    .primary_label("set again here")
+                    .label(*previous, "first set here"),
                 );
                 ok = false;
                 continue;
@@ -522,13 +716,20 @@ impl<'p> Checker<'p> {
                 TrainPart::Checkpoint(n) => spec.checkpoint_every = Some(n),
             }
         }
-        for (setting, example) in [("optimiser", "adamw(lr: 1e-3)"), ("length", "epochs(10)` or `steps(1000)")] {
+        for (setting, example) in [
+            ("optimiser", "adamw(lr: 1e-3)"),
+            ("length", "epochs(10)` or `steps(1000)"),
+        ] {
             if !seen.contains_key(setting) && ok {
                 self.error(
                     ctx,
-                    Diagnostic::error(Code::DuplicateTrainSetting, span, format!("the training pipeline has no {setting}"))
-                        .primary_label(format!("no {setting} here"))
-                        .hint(format!("add `| {example}`")),
+                    Diagnostic::error(
+                        Code::DuplicateTrainSetting,
+                        span,
+                        format!("the training pipeline has no {setting}"),
+                    )
+                    .primary_label(format!("no {setting} here"))
+                    .hint(format!("add `| {example}`")),
                 );
                 ok = false;
             }
@@ -542,7 +743,15 @@ impl<'p> Checker<'p> {
             return Vec::new();
         };
         self.used.insert((0, "eval".into()));
-        let value = self.eval_binding(&mut ctx, BindingKey { stage_scope: None, module: 0, name: "eval".into() }, binding.name.span);
+        let value = self.eval_binding(
+            &mut ctx,
+            BindingKey {
+                stage_scope: None,
+                module: 0,
+                name: "eval".into(),
+            },
+            binding.name.span,
+        );
         let items = match value {
             Value::List(items) => items,
             Value::Error => Vec::new(),
@@ -553,7 +762,10 @@ impl<'p> Checker<'p> {
             match item {
                 Value::Eval(e) => out.push(e),
                 Value::Error => {}
-                other => self.error(&ctx, type_error(span, "eval", &other, "`zero_shot(…)` or `retrieval(…)`")),
+                other => self.error(
+                    &ctx,
+                    type_error(span, "eval", &other, "`zero_shot(…)` or `retrieval(…)`"),
+                ),
             }
         }
         out
@@ -564,15 +776,22 @@ impl<'p> Checker<'p> {
         let mut unused: Vec<&ast::Binding> = root
             .bindings
             .keys()
-            .filter(|name| !SPECIAL_BINDINGS.contains(&name.as_str()) && !self.used.contains(&(0, (*name).clone())))
+            .filter(|name| {
+                !SPECIAL_BINDINGS.contains(&name.as_str())
+                    && !self.used.contains(&(0, (*name).clone()))
+            })
             .filter_map(|name| root.binding(name))
             .collect();
         unused.sort_by_key(|b| b.span.start);
         for b in unused {
             self.diags.push(
-                Diagnostic::warning(Code::UnusedBinding, b.name.span, format!("`{}` is never used", b.name.name))
-                    .primary_label("defined here, used nowhere")
-                    .hint("remove it, or use it in the loss, data, training or evaluation"),
+                Diagnostic::warning(
+                    Code::UnusedBinding,
+                    b.name.span,
+                    format!("`{}` is never used", b.name.name),
+                )
+                .primary_label("defined here, used nowhere")
+                .hint("remove it, or use it in the loss, data, training or evaluation"),
             );
         }
     }
@@ -586,9 +805,13 @@ impl<'p> Checker<'p> {
                 for p in &f.params {
                     if let Some(previous) = seen.get(p.name.name.as_str()) {
                         self.diags.push(
-                            Diagnostic::error(Code::DuplicateDefinition, p.name.span, format!("parameter `{}` is declared twice", p.name.name))
-                                .primary_label("declared again here")
-                                .label(*previous, "first declared here"),
+                            Diagnostic::error(
+                                Code::DuplicateDefinition,
+                                p.name.span,
+                                format!("parameter `{}` is declared twice", p.name.name),
+                            )
+                            .primary_label("declared again here")
+                            .label(*previous, "first declared here"),
                         );
                     }
                     seen.insert(&p.name.name, p.name.span);
@@ -599,11 +822,18 @@ impl<'p> Checker<'p> {
                 }
                 let mut lets: HashMap<&str, Span> = HashMap::new();
                 for l in &f.lets {
-                    if let Some(previous) = lets.get(l.name.name.as_str()).or_else(|| seen.get(l.name.name.as_str())) {
+                    if let Some(previous) = lets
+                        .get(l.name.name.as_str())
+                        .or_else(|| seen.get(l.name.name.as_str()))
+                    {
                         self.diags.push(
-                            Diagnostic::error(Code::DuplicateDefinition, l.name.span, format!("`{}` is defined twice in `{}`", l.name.name, f.name.name))
-                                .primary_label("defined again here")
-                                .label(*previous, "first defined here"),
+                            Diagnostic::error(
+                                Code::DuplicateDefinition,
+                                l.name.span,
+                                format!("`{}` is defined twice in `{}`", l.name.name, f.name.name),
+                            )
+                            .primary_label("defined again here")
+                            .label(*previous, "first defined here"),
                         );
                     }
                     lets.insert(&l.name.name, l.name.span);
@@ -614,9 +844,13 @@ impl<'p> Checker<'p> {
 
     fn check_type_name(&mut self, ty: &ast::Ident) {
         if !TYPE_NAMES.contains(&ty.name.as_str()) {
-            let mut d = Diagnostic::error(Code::UnknownName, ty.span, format!("there is no type `{}`", ty.name))
-                .primary_label("unknown type")
-                .note(format!("types are {}", TYPE_NAMES.join(", ")));
+            let mut d = Diagnostic::error(
+                Code::UnknownName,
+                ty.span,
+                format!("there is no type `{}`", ty.name),
+            )
+            .primary_label("unknown type")
+            .note(format!("types are {}", TYPE_NAMES.join(", ")));
             if let Some(s) = crate::suggest::closest(&ty.name, TYPE_NAMES.iter().copied()) {
                 d = d.hint(format!("did you mean `{s}`?"));
             }
@@ -632,10 +866,17 @@ impl<'p> Checker<'p> {
             return v.clone();
         }
         if let Some(position) = ctx.evaluating.iter().position(|(k, _)| *k == key) {
-            let chain: Vec<String> = ctx.evaluating[position..].iter().map(|(k, _)| format!("`{}`", k.name)).collect();
-            let mut d = Diagnostic::error(Code::Cycle, use_span, format!("`{}` is defined in terms of itself", key.name))
-                .primary_label(format!("`{}` used here", key.name))
-                .note(format!("the cycle: {} → `{}`", chain.join(" → "), key.name));
+            let chain: Vec<String> = ctx.evaluating[position..]
+                .iter()
+                .map(|(k, _)| format!("`{}`", k.name))
+                .collect();
+            let mut d = Diagnostic::error(
+                Code::Cycle,
+                use_span,
+                format!("`{}` is defined in terms of itself", key.name),
+            )
+            .primary_label(format!("`{}` used here", key.name))
+            .note(format!("the cycle: {} → `{}`", chain.join(" → "), key.name));
             for (k, span) in &ctx.evaluating[position..] {
                 if *span != use_span {
                     d = d.label(*span, format!("`{}` is being defined here", k.name));
@@ -645,14 +886,26 @@ impl<'p> Checker<'p> {
             return Value::Error;
         }
         let binding = match key.stage_scope {
-            Some(i) => self.program.root().stages().nth(i).unwrap().bindings.iter().find(|b| b.name.name == key.name),
+            Some(i) => self
+                .program
+                .root()
+                .stages()
+                .nth(i)
+                .unwrap()
+                .bindings
+                .iter()
+                .find(|b| b.name.name == key.name),
             None => self.program.modules[key.module].binding(&key.name),
         };
         let Some(binding) = binding else {
             return Value::Error;
         };
         ctx.evaluating.push((key.clone(), binding.name.span));
-        let env = Env { module: key.module, stage: key.stage_scope, locals: HashMap::new() };
+        let env = Env {
+            module: key.module,
+            stage: key.stage_scope,
+            locals: HashMap::new(),
+        };
         let value = self.eval(ctx, &env, &binding.value);
         ctx.evaluating.pop();
         if let Value::Model { id, mask: None } = &value {
@@ -679,7 +932,11 @@ impl<'p> Checker<'p> {
         let module = &self.program.modules[env.module];
         if module.bindings.contains_key(name) {
             self.used.insert((env.module, name.to_string()));
-            let key = BindingKey { stage_scope: None, module: env.module, name: name.to_string() };
+            let key = BindingKey {
+                stage_scope: None,
+                module: env.module,
+                name: name.to_string(),
+            };
             return Some(self.eval_binding(ctx, key, span));
         }
         if module.fns.contains_key(name) {
@@ -689,7 +946,11 @@ impl<'p> Checker<'p> {
             if self.program.modules[target].fns.contains_key(&item) {
                 return Some(Value::Func(FuncRef::User(target, item)));
             }
-            let key = BindingKey { stage_scope: None, module: target, name: item };
+            let key = BindingKey {
+                stage_scope: None,
+                module: target,
+                name: item,
+            };
             return Some(self.eval_binding(ctx, key, span));
         }
         if let Some(constant) = builtins::CONSTANTS.iter().find(|c| **c == name) {
@@ -710,7 +971,16 @@ impl<'p> Checker<'p> {
         names.extend(module.imports.keys().cloned());
         if env.module == 0 {
             if let Some(i) = env.stage {
-                names.extend(self.program.root().stages().nth(i).unwrap().bindings.iter().map(|b| b.name.name.clone()));
+                names.extend(
+                    self.program
+                        .root()
+                        .stages()
+                        .nth(i)
+                        .unwrap()
+                        .bindings
+                        .iter()
+                        .map(|b| b.name.name.clone()),
+                );
             }
         }
         names.extend(builtins::CONSTANTS.iter().map(|c| c.to_string()));
@@ -720,21 +990,31 @@ impl<'p> Checker<'p> {
 
     fn unknown_name(&mut self, ctx: &Ctx, env: &Env, name: &str, span: Span, as_function: bool) {
         let names = self.visible_names(env);
-        let (code, what) = if as_function { (Code::UnknownFunction, "function") } else { (Code::UnknownName, "name") };
-        let mut d = Diagnostic::error(code, span, format!("unknown {what} `{name}`")).primary_label(format!("no {what} `{name}` here"));
+        let (code, what) = if as_function {
+            (Code::UnknownFunction, "function")
+        } else {
+            (Code::UnknownName, "name")
+        };
+        let mut d = Diagnostic::error(code, span, format!("unknown {what} `{name}`"))
+            .primary_label(format!("no {what} `{name}` here"));
         if let Some(s) = crate::suggest::closest(name, names.iter().map(String::as_str)) {
             d = d.hint(format!("did you mean `{s}`?"));
         } else if let Some(module) = self.std_module_defining(name) {
-            d = d.hint(format!("`{name}` is in the standard library: add `use {module}.{name}`"));
+            d = d.hint(format!(
+                "`{name}` is in the standard library: add `use {module}.{name}`"
+            ));
         }
         self.error(ctx, d);
     }
 
     fn std_module_defining(&self, name: &str) -> Option<String> {
-        STD_MODULES.iter().filter(|(module, _)| *module != "prelude").find_map(|(module, text)| {
-            let needle = format!("fn {name}(");
-            text.contains(&needle).then(|| format!("std.{module}"))
-        })
+        STD_MODULES
+            .iter()
+            .filter(|(module, _)| *module != "prelude")
+            .find_map(|(module, text)| {
+                let needle = format!("fn {name}(");
+                text.contains(&needle).then(|| format!("std.{module}"))
+            })
     }
 
     // ----------------------------------------------------------------------------------------
@@ -746,8 +1026,12 @@ impl<'p> Checker<'p> {
                 if !value.is_finite() {
                     self.error(
                         ctx,
-                        Diagnostic::error(Code::NotFinite, expr.span, "this number is too large to represent")
-                            .primary_label("overflows a 64-bit float"),
+                        Diagnostic::error(
+                            Code::NotFinite,
+                            expr.span,
+                            "this number is too large to represent",
+                        )
+                        .primary_label("overflows a 64-bit float"),
                     );
                     return Value::Error;
                 }
@@ -762,7 +1046,12 @@ impl<'p> Checker<'p> {
                     Value::Error
                 }
             },
-            ExprKind::List(items) => Value::List(items.iter().map(|e| (self.eval(ctx, env, e), e.span)).collect()),
+            ExprKind::List(items) => Value::List(
+                items
+                    .iter()
+                    .map(|e| (self.eval(ctx, env, e), e.span))
+                    .collect(),
+            ),
             ExprKind::Paren(inner) => self.eval(ctx, env, inner),
             ExprKind::Field(base, field) => {
                 let value = self.eval(ctx, env, base);
@@ -776,7 +1065,8 @@ impl<'p> Checker<'p> {
                     Value::Error => Value::Error,
                     other => match self.to_tensor(ctx, other, inner.span) {
                         Some((node, shape)) => {
-                            let n = self.push_node(ctx, Op::Neg, vec![node], shape.clone(), expr.span);
+                            let n =
+                                self.push_node(ctx, Op::Neg, vec![node], shape.clone(), expr.span);
                             Value::Tensor(n, shape)
                         }
                         None => Value::Error,
@@ -791,7 +1081,14 @@ impl<'p> Checker<'p> {
         }
     }
 
-    fn eval_call(&mut self, ctx: &mut Ctx, env: &Env, callee: &Expr, args: &[ast::Arg], span: Span) -> Value {
+    fn eval_call(
+        &mut self,
+        ctx: &mut Ctx,
+        env: &Env,
+        callee: &Expr,
+        args: &[ast::Arg],
+        span: Span,
+    ) -> Value {
         match &callee.kind {
             ExprKind::Name(name) => match self.lookup(ctx, env, name, callee.span) {
                 Some(Value::Func(f)) => self.call(ctx, env, f, name, args, span),
@@ -799,7 +1096,12 @@ impl<'p> Checker<'p> {
                 Some(other) => {
                     self.error(
                         ctx,
-                        Diagnostic::error(Code::TypeMismatch, callee.span, format!("`{name}` is {}, not a function", other.kind())).primary_label("called here"),
+                        Diagnostic::error(
+                            Code::TypeMismatch,
+                            callee.span,
+                            format!("`{name}` is {}, not a function", other.kind()),
+                        )
+                        .primary_label("called here"),
                     );
                     Value::Error
                 }
@@ -817,22 +1119,51 @@ impl<'p> Checker<'p> {
                 self.method(ctx, env, receiver, base.span, method, args, span)
             }
             _ => {
-                self.error(ctx, Diagnostic::error(Code::TypeMismatch, callee.span, "only named functions can be called").primary_label("not a function name"));
+                self.error(
+                    ctx,
+                    Diagnostic::error(
+                        Code::TypeMismatch,
+                        callee.span,
+                        "only named functions can be called",
+                    )
+                    .primary_label("not a function name"),
+                );
                 Value::Error
             }
         }
     }
 
-    fn call(&mut self, ctx: &mut Ctx, env: &Env, f: FuncRef, name: &str, args: &[ast::Arg], span: Span) -> Value {
+    fn call(
+        &mut self,
+        ctx: &mut Ctx,
+        env: &Env,
+        f: FuncRef,
+        name: &str,
+        args: &[ast::Arg],
+        span: Span,
+    ) -> Value {
         match f {
             FuncRef::Builtin(b) => self.call_builtin(ctx, env, b, args, span),
-            FuncRef::User(module, fname) => self.call_user(ctx, env, module, &fname, name, args, span),
+            FuncRef::User(module, fname) => {
+                self.call_user(ctx, env, module, &fname, name, args, span)
+            }
         }
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn call_user(&mut self, ctx: &mut Ctx, env: &Env, module: ModuleId, fname: &str, shown: &str, args: &[ast::Arg], span: Span) -> Value {
-        let def = self.program.modules[module].fn_def(fname).expect("resolved functions exist");
+    fn call_user(
+        &mut self,
+        ctx: &mut Ctx,
+        env: &Env,
+        module: ModuleId,
+        fname: &str,
+        shown: &str,
+        args: &[ast::Arg],
+        span: Span,
+    ) -> Value {
+        let def = self.program.modules[module]
+            .fn_def(fname)
+            .expect("resolved functions exist");
         if ctx.calls.iter().any(|(m, n, _)| *m == module && n == fname) {
             self.error(
                 ctx,
@@ -846,7 +1177,11 @@ impl<'p> Checker<'p> {
         let sig: Vec<builtins::ParamSig> = def
             .params
             .iter()
-            .map(|p| builtins::ParamSig { name: leak(&p.name.name), required: p.default.is_none(), flag: p.ty.name == "Bool" })
+            .map(|p| builtins::ParamSig {
+                name: leak(&p.name.name),
+                required: p.default.is_none(),
+                flag: p.ty.name == "Bool",
+            })
             .collect();
         let Some(bound) = self.bind_args(ctx, env, shown, &sig, args, span) else {
             return Value::Error;
@@ -857,7 +1192,10 @@ impl<'p> Checker<'p> {
             let (value, vspan) = match slot {
                 Some(v) => v,
                 None => {
-                    let default = p.default.as_ref().expect("missing required arguments were reported");
+                    let default = p
+                        .default
+                        .as_ref()
+                        .expect("missing required arguments were reported");
                     (self.eval(ctx, &Env::module(module), default), default.span)
                 }
             };
@@ -872,7 +1210,11 @@ impl<'p> Checker<'p> {
             return Value::Error;
         }
         ctx.calls.push((module, fname.to_string(), span));
-        let mut fenv = Env { module, stage: None, locals };
+        let mut fenv = Env {
+            module,
+            stage: None,
+            locals,
+        };
         for l in &def.lets {
             let v = self.eval(ctx, &fenv, &l.value);
             fenv.locals.insert(l.name.name.clone(), v);
@@ -883,9 +1225,17 @@ impl<'p> Checker<'p> {
             if self.coerce_quiet(&result, &ret.name).is_none() && !result.is_error() {
                 self.error(
                     ctx,
-                    Diagnostic::error(Code::BadReturnType, def.body.span, format!("`{fname}` should give {} but gives {}", type_words(&ret.name), result.kind()))
-                        .primary_label(format!("this is {}", result.kind()))
-                        .label(ret.span, "declared result type"),
+                    Diagnostic::error(
+                        Code::BadReturnType,
+                        def.body.span,
+                        format!(
+                            "`{fname}` should give {} but gives {}",
+                            type_words(&ret.name),
+                            result.kind()
+                        ),
+                    )
+                    .primary_label(format!("this is {}", result.kind()))
+                    .label(ret.span, "declared result type"),
                 );
                 return Value::Error;
             }
@@ -895,7 +1245,15 @@ impl<'p> Checker<'p> {
 
     /// Checks that a value fits a declared parameter type, converting where the language
     /// allows (a number is a scalar; a known dimension is a number).
-    fn coerce(&mut self, ctx: &mut Ctx, value: Value, ty: &str, span: Span, param: &str, callee: &str) -> Option<Value> {
+    fn coerce(
+        &mut self,
+        ctx: &mut Ctx,
+        value: Value,
+        ty: &str,
+        span: Span,
+        param: &str,
+        callee: &str,
+    ) -> Option<Value> {
         if value.is_error() {
             return None;
         }
@@ -906,14 +1264,24 @@ impl<'p> Checker<'p> {
             Some(()) => {
                 if ty == "Scalar" || ty == "Tensor" {
                     if let Value::Num(_) | Value::Dim(..) | Value::Schedule(_) = value {
-                        return self.to_tensor(ctx, value, span).map(|(n, s)| Value::Tensor(n, s));
+                        return self
+                            .to_tensor(ctx, value, span)
+                            .map(|(n, s)| Value::Tensor(n, s));
                     }
                 }
                 Some(value)
             }
             None => {
-                let mut d = Diagnostic::error(Code::TypeMismatch, span, format!("`{callee}` expects {} for `{param}`, but this is {}", type_words(ty), value.kind()))
-                    .primary_label(format!("this is {}", value.kind()));
+                let mut d = Diagnostic::error(
+                    Code::TypeMismatch,
+                    span,
+                    format!(
+                        "`{callee}` expects {} for `{param}`, but this is {}",
+                        type_words(ty),
+                        value.kind()
+                    ),
+                )
+                .primary_label(format!("this is {}", value.kind()));
                 if ty == "Clip" {
                     if let Value::Tensor(..) = value {
                         d = d.hint("pass the model itself (`student`), not one of its outputs");
@@ -969,9 +1337,13 @@ impl<'p> Checker<'p> {
             other => {
                 self.error(
                     ctx,
-                    Diagnostic::error(Code::UnknownField, field.span, format!("{} has no field `{}`", other.kind(), field.name))
-                        .primary_label("no such field")
-                        .label(base_span, format!("this is {}", other.kind())),
+                    Diagnostic::error(
+                        Code::UnknownField,
+                        field.span,
+                        format!("{} has no field `{}`", other.kind(), field.name),
+                    )
+                    .primary_label("no such field")
+                    .label(base_span, format!("this is {}", other.kind())),
                 );
                 Value::Error
             }
@@ -979,16 +1351,34 @@ impl<'p> Checker<'p> {
     }
 
     fn unknown_field(&mut self, ctx: &Ctx, field: &ast::Ident, what: &str, fields: &[&str]) {
-        let mut d = Diagnostic::error(Code::UnknownField, field.span, format!("{what} has no field `{}`", field.name))
-            .primary_label("no such field")
-            .note(format!("the fields are {}", fields.iter().map(|f| format!("`{f}`")).collect::<Vec<_>>().join(", ")));
+        let mut d = Diagnostic::error(
+            Code::UnknownField,
+            field.span,
+            format!("{what} has no field `{}`", field.name),
+        )
+        .primary_label("no such field")
+        .note(format!(
+            "the fields are {}",
+            fields
+                .iter()
+                .map(|f| format!("`{f}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
         if let Some(s) = crate::suggest::closest(&field.name, fields.iter().copied()) {
             d = d.hint(format!("did you mean `{s}`?"));
         }
         self.error(ctx, d);
     }
 
-    fn model_field(&mut self, ctx: &mut Ctx, id: ir::ModelId, mask: Option<f64>, field: &ast::Ident, span: Span) -> Value {
+    fn model_field(
+        &mut self,
+        ctx: &mut Ctx,
+        id: ir::ModelId,
+        mask: Option<f64>,
+        field: &ast::Ident,
+        span: Span,
+    ) -> Value {
         let m = &self.models[id];
         let name = m.name.clone();
         let b = crate::shape::Dim::batch();
@@ -1003,11 +1393,25 @@ impl<'p> Checker<'p> {
             "scale" => (ir::Tap::Scale, Shape::scalar()),
             "patches" => (
                 ir::Tap::Patches,
-                Shape(vec![b, crate::shape::Dim::known(tokens(m)), crate::shape::Dim::named(m.vision.width, format!("{name}.image_width"))]),
+                Shape(vec![
+                    b,
+                    crate::shape::Dim::known(tokens(m)),
+                    crate::shape::Dim::named(m.vision.width, format!("{name}.image_width")),
+                ]),
             ),
             "dim" => return Value::Dim(embed, None),
-            "image_width" => return Value::Dim(crate::shape::Dim::named(m.vision.width, format!("{name}.image_width")), None),
-            "text_width" => return Value::Dim(crate::shape::Dim::named(m.text.width, format!("{name}.text_width")), None),
+            "image_width" => {
+                return Value::Dim(
+                    crate::shape::Dim::named(m.vision.width, format!("{name}.image_width")),
+                    None,
+                )
+            }
+            "text_width" => {
+                return Value::Dim(
+                    crate::shape::Dim::named(m.text.width, format!("{name}.text_width")),
+                    None,
+                )
+            }
             "vision" => return Value::Part(id, Part::Vision),
             "visual_projection" => return Value::Part(id, Part::VisionProjection),
             "text_tower" => return Value::Part(id, Part::Text),
@@ -1018,28 +1422,59 @@ impl<'p> Checker<'p> {
                 return Value::Error;
             }
         };
-        let node = self.push_node(ctx, Op::Tap { model: id, tap, mask }, vec![], shape.clone(), span);
+        let node = self.push_node(
+            ctx,
+            Op::Tap {
+                model: id,
+                tap,
+                mask,
+            },
+            vec![],
+            shape.clone(),
+            span,
+        );
         Value::Tensor(node, shape)
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn method(&mut self, ctx: &mut Ctx, env: &Env, receiver: Value, base_span: Span, method: &ast::Ident, args: &[ast::Arg], span: Span) -> Value {
+    fn method(
+        &mut self,
+        ctx: &mut Ctx,
+        env: &Env,
+        receiver: Value,
+        base_span: Span,
+        method: &ast::Ident,
+        args: &[ast::Arg],
+        span: Span,
+    ) -> Value {
         let (id, mask) = match receiver {
             Value::Error => return Value::Error,
             Value::Model { id, mask } => (id, mask),
             other => {
                 self.error(
                     ctx,
-                    Diagnostic::error(Code::UnknownField, method.span, format!("{} has no method `{}`", other.kind(), method.name))
-                        .primary_label("no such method")
-                        .label(base_span, format!("this is {}", other.kind())),
+                    Diagnostic::error(
+                        Code::UnknownField,
+                        method.span,
+                        format!("{} has no method `{}`", other.kind(), method.name),
+                    )
+                    .primary_label("no such method")
+                    .label(base_span, format!("this is {}", other.kind())),
                 );
                 return Value::Error;
             }
         };
         let sig: &[builtins::ParamSig] = match method.name.as_str() {
-            "image_layer" | "text_layer" => &[builtins::ParamSig { name: "k", required: true, flag: false }],
-            "masked" => &[builtins::ParamSig { name: "ratio", required: true, flag: false }],
+            "image_layer" | "text_layer" => &[builtins::ParamSig {
+                name: "k",
+                required: true,
+                flag: false,
+            }],
+            "masked" => &[builtins::ParamSig {
+                name: "ratio",
+                required: true,
+                flag: false,
+            }],
             _ => {
                 self.unknown_field(ctx, method, "a model", MODEL_FIELDS);
                 return Value::Error;
@@ -1062,27 +1497,54 @@ impl<'p> Checker<'p> {
         match method.name.as_str() {
             "masked" => {
                 if mask.is_some() {
-                    self.error(ctx, Diagnostic::error(Code::OutOfRange, span, "this model is already masked").primary_label("masked twice"));
+                    self.error(
+                        ctx,
+                        Diagnostic::error(Code::OutOfRange, span, "this model is already masked")
+                            .primary_label("masked twice"),
+                    );
                     return Value::Error;
                 }
                 if !(0.0..1.0).contains(&x) {
                     self.error(
                         ctx,
-                        Diagnostic::error(Code::OutOfRange, vspan, format!("a masking ratio must be in [0, 1), not {}", crate::fmt_num(x)))
-                            .primary_label("out of range")
-                            .hint("CLIP-KD's MFD drops 75% of the patches: `masked(0.75)`"),
+                        Diagnostic::error(
+                            Code::OutOfRange,
+                            vspan,
+                            format!(
+                                "a masking ratio must be in [0, 1), not {}",
+                                crate::fmt_num(x)
+                            ),
+                        )
+                        .primary_label("out of range")
+                        .hint("CLIP-KD's MFD drops 75% of the patches: `masked(0.75)`"),
                     );
                     return Value::Error;
                 }
                 if kept_patches(m.vision.patches(), x) == 0 {
-                    self.error(ctx, Diagnostic::error(Code::OutOfRange, vspan, format!("masking {} of {} patches keeps none", crate::fmt_num(x), m.vision.patches())).primary_label("too high"));
+                    self.error(
+                        ctx,
+                        Diagnostic::error(
+                            Code::OutOfRange,
+                            vspan,
+                            format!(
+                                "masking {} of {} patches keeps none",
+                                crate::fmt_num(x),
+                                m.vision.patches()
+                            ),
+                        )
+                        .primary_label("too high"),
+                    );
                     return Value::Error;
                 }
                 Value::Model { id, mask: Some(x) }
             }
             _ => {
                 let image = method.name == "image_layer";
-                let layers = if image { m.vision.layers } else { m.text.layers };
+                let layers = if image {
+                    m.vision.layers
+                } else {
+                    m.text.layers
+                };
                 if x.fract() != 0.0 || x < 0.0 || x > layers as f64 {
                     self.error(
                         ctx,
@@ -1098,12 +1560,34 @@ impl<'p> Checker<'p> {
                         Some(r) => kept_patches(m.vision.patches(), r) + 1,
                         None => m.vision.patches() + 1,
                     };
-                    Shape(vec![b, crate::shape::Dim::known(tokens), crate::shape::Dim::named(m.vision.width, format!("{}.image_width", m.name))])
+                    Shape(vec![
+                        b,
+                        crate::shape::Dim::known(tokens),
+                        crate::shape::Dim::named(m.vision.width, format!("{}.image_width", m.name)),
+                    ])
                 } else {
-                    Shape(vec![b, crate::shape::Dim::known(m.text.context), crate::shape::Dim::named(m.text.width, format!("{}.text_width", m.name))])
+                    Shape(vec![
+                        b,
+                        crate::shape::Dim::known(m.text.context),
+                        crate::shape::Dim::named(m.text.width, format!("{}.text_width", m.name)),
+                    ])
                 };
-                let tap = if image { ir::Tap::ImageLayer(k) } else { ir::Tap::TextLayer(k) };
-                let node = self.push_node(ctx, Op::Tap { model: id, tap, mask }, vec![], shape.clone(), span);
+                let tap = if image {
+                    ir::Tap::ImageLayer(k)
+                } else {
+                    ir::Tap::TextLayer(k)
+                };
+                let node = self.push_node(
+                    ctx,
+                    Op::Tap {
+                        model: id,
+                        tap,
+                        mask,
+                    },
+                    vec![],
+                    shape.clone(),
+                    span,
+                );
                 Value::Tensor(node, shape)
             }
         }
@@ -1112,7 +1596,14 @@ impl<'p> Checker<'p> {
     // ----------------------------------------------------------------------------------------
     // Arithmetic.
 
-    fn binary(&mut self, ctx: &mut Ctx, op: BinOp, (l, ls): (Value, Span), (r, rs): (Value, Span), span: Span) -> Value {
+    fn binary(
+        &mut self,
+        ctx: &mut Ctx,
+        op: BinOp,
+        (l, ls): (Value, Span),
+        (r, rs): (Value, Span),
+        span: Span,
+    ) -> Value {
         use Value as V;
         match (op, l, r) {
             (_, V::Error, _) | (_, _, V::Error) => V::Error,
@@ -1141,39 +1632,83 @@ impl<'p> Checker<'p> {
                 BinOp::Mul => V::Num(a * b),
                 BinOp::Div => {
                     if b == 0.0 {
-                        self.error(ctx, Diagnostic::error(Code::NotFinite, rs, "division by zero").primary_label("this is 0"));
+                        self.error(
+                            ctx,
+                            Diagnostic::error(Code::NotFinite, rs, "division by zero")
+                                .primary_label("this is 0"),
+                        );
                         V::Error
                     } else {
                         V::Num(a / b)
                     }
                 }
                 _ => {
-                    self.error(ctx, Diagnostic::error(Code::TypeMismatch, span, "`@` multiplies matrices, not numbers").primary_label("two numbers").hint("use `*`"));
+                    self.error(
+                        ctx,
+                        Diagnostic::error(
+                            Code::TypeMismatch,
+                            span,
+                            "`@` multiplies matrices, not numbers",
+                        )
+                        .primary_label("two numbers")
+                        .hint("use `*`"),
+                    );
                     V::Error
                 }
             },
             (BinOp::Add, V::Str(a), V::Str(b)) => V::Str(a + &b),
-            (BinOp::Mul | BinOp::Div, V::Schedule(s), V::Num(x)) => V::Schedule(s.scaled(if op == BinOp::Mul { x } else { 1.0 / x })),
-            (BinOp::Mul, V::Num(x), V::Schedule(s)) => V::Schedule(s.scaled(x)),
-            (op, V::Dim(a, _), V::Dim(b, _)) if a.size.is_some() && b.size.is_some() => {
-                self.binary(ctx, op, (V::Num(a.size.unwrap() as f64), ls), (V::Num(b.size.unwrap() as f64), rs), span)
+            (BinOp::Mul | BinOp::Div, V::Schedule(s), V::Num(x)) => {
+                V::Schedule(s.scaled(if op == BinOp::Mul { x } else { 1.0 / x }))
             }
-            (op, V::Dim(a, None), other) if a.size.is_some() => self.binary(ctx, op, (V::Num(a.size.unwrap() as f64), ls), (other, rs), span),
-            (op, other, V::Dim(b, None)) if b.size.is_some() => self.binary(ctx, op, (other, ls), (V::Num(b.size.unwrap() as f64), rs), span),
+            (BinOp::Mul, V::Num(x), V::Schedule(s)) => V::Schedule(s.scaled(x)),
+            (op, V::Dim(a, _), V::Dim(b, _)) if a.size.is_some() && b.size.is_some() => self
+                .binary(
+                    ctx,
+                    op,
+                    (V::Num(a.size.unwrap() as f64), ls),
+                    (V::Num(b.size.unwrap() as f64), rs),
+                    span,
+                ),
+            (op, V::Dim(a, None), other) if a.size.is_some() => self.binary(
+                ctx,
+                op,
+                (V::Num(a.size.unwrap() as f64), ls),
+                (other, rs),
+                span,
+            ),
+            (op, other, V::Dim(b, None)) if b.size.is_some() => self.binary(
+                ctx,
+                op,
+                (other, ls),
+                (V::Num(b.size.unwrap() as f64), rs),
+                span,
+            ),
             (op, l, r) => {
-                let numeric = |v: &Value| matches!(v, V::Tensor(..) | V::Num(_) | V::Dim(..) | V::Schedule(_));
+                let numeric = |v: &Value| {
+                    matches!(v, V::Tensor(..) | V::Num(_) | V::Dim(..) | V::Schedule(_))
+                };
                 if !numeric(&l) || !numeric(&r) {
                     let (bad, bad_span) = if numeric(&l) { (&r, rs) } else { (&l, ls) };
-                    let mut d = Diagnostic::error(Code::TypeMismatch, bad_span, format!("cannot use `{}` on {}", op.symbol(), bad.kind()))
-                        .primary_label(format!("this is {}", bad.kind()));
+                    let mut d = Diagnostic::error(
+                        Code::TypeMismatch,
+                        bad_span,
+                        format!("cannot use `{}` on {}", op.symbol(), bad.kind()),
+                    )
+                    .primary_label(format!("this is {}", bad.kind()));
                     if let V::Model { .. } = bad {
-                        d = d.hint("arithmetic works on a model's outputs, such as `.image` or `.text`");
+                        d = d.hint(
+                            "arithmetic works on a model's outputs, such as `.image` or `.text`",
+                        );
                     }
                     self.error(ctx, d);
                     return V::Error;
                 }
-                let Some((ln, lshape)) = self.to_tensor(ctx, l, ls) else { return V::Error };
-                let Some((rn, rshape)) = self.to_tensor(ctx, r, rs) else { return V::Error };
+                let Some((ln, lshape)) = self.to_tensor(ctx, l, ls) else {
+                    return V::Error;
+                };
+                let Some((rn, rshape)) = self.to_tensor(ctx, r, rs) else {
+                    return V::Error;
+                };
                 match self.tensor_binary(ctx, op, (ln, lshape, ls), (rn, rshape, rs), span) {
                     Some((n, s)) => V::Tensor(n, s),
                     None => V::Error,
@@ -1182,7 +1717,14 @@ impl<'p> Checker<'p> {
         }
     }
 
-    fn tensor_binary(&mut self, ctx: &mut Ctx, op: BinOp, (ln, ls, lspan): (NodeId, Shape, Span), (rn, rs, rspan): (NodeId, Shape, Span), span: Span) -> Option<(NodeId, Shape)> {
+    fn tensor_binary(
+        &mut self,
+        ctx: &mut Ctx,
+        op: BinOp,
+        (ln, ls, lspan): (NodeId, Shape, Span),
+        (rn, rs, rspan): (NodeId, Shape, Span),
+        span: Span,
+    ) -> Option<(NodeId, Shape)> {
         if op == BinOp::MatMul {
             return self.matmul(ctx, (ln, ls, lspan), (rn, rs, rspan), span);
         }
@@ -1193,10 +1735,14 @@ impl<'p> Checker<'p> {
                 BinOp::Mul => "multiply",
                 _ => "divide",
             };
-            let mut d = Diagnostic::error(Code::ShapeMismatch, span, format!("cannot {verb} tensors of shapes {ls} and {rs}"))
-                .primary_label("shapes do not broadcast")
-                .label(lspan, format!("this is {ls}"))
-                .label(rspan, format!("this is {rs}"));
+            let mut d = Diagnostic::error(
+                Code::ShapeMismatch,
+                span,
+                format!("cannot {verb} tensors of shapes {ls} and {rs}"),
+            )
+            .primary_label("shapes do not broadcast")
+            .label(lspan, format!("this is {ls}"))
+            .label(rspan, format!("this is {rs}"));
             d = width_hint(d, &ls, &rs);
             self.error(ctx, d);
             return None;
@@ -1207,17 +1753,30 @@ impl<'p> Checker<'p> {
             BinOp::Mul => Op::Mul,
             _ => Op::Div,
         };
-        Some((self.push_node(ctx, op, vec![ln, rn], shape.clone(), span), shape))
+        Some((
+            self.push_node(ctx, op, vec![ln, rn], shape.clone(), span),
+            shape,
+        ))
     }
 
-    fn matmul(&mut self, ctx: &mut Ctx, (ln, ls, lspan): (NodeId, Shape, Span), (rn, rs, rspan): (NodeId, Shape, Span), span: Span) -> Option<(NodeId, Shape)> {
+    fn matmul(
+        &mut self,
+        ctx: &mut Ctx,
+        (ln, ls, lspan): (NodeId, Shape, Span),
+        (rn, rs, rspan): (NodeId, Shape, Span),
+        span: Span,
+    ) -> Option<(NodeId, Shape)> {
         if ls.rank() < 2 || rs.rank() < 2 {
             self.error(
                 ctx,
-                Diagnostic::error(Code::ShapeMismatch, span, format!("a matrix product needs two matrices, not {ls} and {rs}"))
-                    .primary_label("rank below 2")
-                    .label(lspan, format!("this is {ls}"))
-                    .label(rspan, format!("this is {rs}")),
+                Diagnostic::error(
+                    Code::ShapeMismatch,
+                    span,
+                    format!("a matrix product needs two matrices, not {ls} and {rs}"),
+                )
+                .primary_label("rank below 2")
+                .label(lspan, format!("this is {ls}"))
+                .label(rspan, format!("this is {rs}")),
             );
             return None;
         }
@@ -1227,14 +1786,25 @@ impl<'p> Checker<'p> {
         let lead_r = Shape(rs.0[..rs.rank() - 2].to_vec());
         let lead = lead_l.broadcast(&lead_r);
         if k1 != k2 || lead.is_none() {
-            let mut d = Diagnostic::error(Code::ShapeMismatch, span, format!("cannot multiply matrices of shapes {ls} and {rs}"))
-                .primary_label(format!("inner dimensions {} and {} differ", k1.describe(), k2.describe()))
-                .label(lspan, format!("this is {ls}"))
-                .label(rspan, format!("this is {rs}"));
+            let mut d = Diagnostic::error(
+                Code::ShapeMismatch,
+                span,
+                format!("cannot multiply matrices of shapes {ls} and {rs}"),
+            )
+            .primary_label(format!(
+                "inner dimensions {} and {} differ",
+                k1.describe(),
+                k2.describe()
+            ))
+            .label(lspan, format!("this is {ls}"))
+            .label(rspan, format!("this is {rs}"));
             if k1 != k2 && rs.rank() == 2 && rs.0[1] == *k1 {
                 d = d.hint("the right side may need transposing: add `.T`");
             } else {
-                d = d.hint(format!("map one side onto the other's width first, for example `proj(x, to: {})`", k2.describe_short()));
+                d = d.hint(format!(
+                    "map one side onto the other's width first, for example `proj(x, to: {})`",
+                    k2.describe_short()
+                ));
             }
             self.error(ctx, d);
             return None;
@@ -1243,14 +1813,22 @@ impl<'p> Checker<'p> {
         dims.push(ls.0[ls.rank() - 2].clone());
         dims.push(rs.0[rs.rank() - 1].clone());
         let shape = Shape(dims);
-        Some((self.push_node(ctx, Op::MatMul, vec![ln, rn], shape.clone(), span), shape))
+        Some((
+            self.push_node(ctx, Op::MatMul, vec![ln, rn], shape.clone(), span),
+            shape,
+        ))
     }
 
     fn transpose(&mut self, ctx: &mut Ctx, node: NodeId, shape: Shape, span: Span) -> Value {
         if shape.rank() < 2 {
             self.error(
                 ctx,
-                Diagnostic::error(Code::ShapeMismatch, span, format!("only a matrix can be transposed, not a tensor {shape}")).primary_label("rank below 2"),
+                Diagnostic::error(
+                    Code::ShapeMismatch,
+                    span,
+                    format!("only a matrix can be transposed, not a tensor {shape}"),
+                )
+                .primary_label("rank below 2"),
             );
             return Value::Error;
         }
@@ -1258,7 +1836,10 @@ impl<'p> Checker<'p> {
         let n = dims.len();
         dims.swap(n - 1, n - 2);
         let shape = Shape(dims);
-        Value::Tensor(self.push_node(ctx, Op::Transpose, vec![node], shape.clone(), span), shape)
+        Value::Tensor(
+            self.push_node(ctx, Op::Transpose, vec![node], shape.clone(), span),
+            shape,
+        )
     }
 
     /// A value used as a tensor: numbers become constants, dimensions their size, schedules a
@@ -1266,16 +1847,33 @@ impl<'p> Checker<'p> {
     fn to_tensor(&mut self, ctx: &mut Ctx, value: Value, span: Span) -> Option<(NodeId, Shape)> {
         match value {
             Value::Tensor(n, s) => Some((n, s)),
-            Value::Num(v) => Some((self.push_node(ctx, Op::Const(v), vec![], Shape::scalar(), span), Shape::scalar())),
+            Value::Num(v) => Some((
+                self.push_node(ctx, Op::Const(v), vec![], Shape::scalar(), span),
+                Shape::scalar(),
+            )),
             Value::Dim(d, source) => match (d.size, source) {
-                (Some(size), _) => Some((self.push_node(ctx, Op::Const(size as f64), vec![], Shape::scalar(), span), Shape::scalar())),
-                (None, Some((node, axis))) => Some((self.push_node(ctx, Op::Size { axis }, vec![node], Shape::scalar(), span), Shape::scalar())),
+                (Some(size), _) => Some((
+                    self.push_node(ctx, Op::Const(size as f64), vec![], Shape::scalar(), span),
+                    Shape::scalar(),
+                )),
+                (None, Some((node, axis))) => Some((
+                    self.push_node(ctx, Op::Size { axis }, vec![node], Shape::scalar(), span),
+                    Shape::scalar(),
+                )),
                 (None, None) => None,
             },
-            Value::Schedule(s) => Some((self.push_node(ctx, Op::Scheduled(s), vec![], Shape::scalar(), span), Shape::scalar())),
+            Value::Schedule(s) => Some((
+                self.push_node(ctx, Op::Scheduled(s), vec![], Shape::scalar(), span),
+                Shape::scalar(),
+            )),
             Value::Error => None,
             other => {
-                let mut d = Diagnostic::error(Code::TypeMismatch, span, format!("expected a tensor, found {}", other.kind())).primary_label(format!("this is {}", other.kind()));
+                let mut d = Diagnostic::error(
+                    Code::TypeMismatch,
+                    span,
+                    format!("expected a tensor, found {}", other.kind()),
+                )
+                .primary_label(format!("this is {}", other.kind()));
                 if let Value::Model { .. } = other {
                     d = d.hint("use one of the model's outputs, such as `.image` or `.text`");
                 }
@@ -1285,7 +1883,14 @@ impl<'p> Checker<'p> {
         }
     }
 
-    fn push_node(&mut self, ctx: &mut Ctx, op: Op, inputs: Vec<NodeId>, shape: Shape, span: Span) -> NodeId {
+    fn push_node(
+        &mut self,
+        ctx: &mut Ctx,
+        op: Op,
+        inputs: Vec<NodeId>,
+        shape: Shape,
+        span: Span,
+    ) -> NodeId {
         let pure = !matches!(op, Op::Param(_));
         let key = format!("{op:?}|{inputs:?}");
         if pure {
@@ -1293,7 +1898,12 @@ impl<'p> Checker<'p> {
                 return n;
             }
         }
-        ctx.graph.nodes.push(Node { op, inputs, shape, span });
+        ctx.graph.nodes.push(Node {
+            op,
+            inputs,
+            shape,
+            span,
+        });
         let id = ctx.graph.nodes.len() - 1;
         if pure {
             ctx.node_keys.insert(key, id);
@@ -1302,7 +1912,9 @@ impl<'p> Checker<'p> {
     }
 }
 
-const TYPE_NAMES: &[&str] = &["Clip", "Tensor", "Scalar", "Num", "Int", "Dim", "Str", "Bool", "Schedule", "List"];
+const TYPE_NAMES: &[&str] = &[
+    "Clip", "Tensor", "Scalar", "Num", "Int", "Dim", "Str", "Bool", "Schedule", "List",
+];
 
 const MODEL_FIELDS: &[&str] = &[
     "image",
@@ -1344,14 +1956,26 @@ pub fn kept_patches(patches: u64, ratio: f64) -> u64 {
 }
 
 fn type_error(span: Span, what: &str, found: &Value, expected: &str) -> Diagnostic {
-    Diagnostic::error(Code::TypeMismatch, span, format!("`{what}` must be {expected}, but this is {}", found.kind())).primary_label(format!("this is {}", found.kind()))
+    Diagnostic::error(
+        Code::TypeMismatch,
+        span,
+        format!("`{what}` must be {expected}, but this is {}", found.kind()),
+    )
+    .primary_label(format!("this is {}", found.kind()))
 }
 
 /// Suggests a projection when two shapes differ only in their last (width) dimension.
 fn width_hint(d: Diagnostic, a: &Shape, b: &Shape) -> Diagnostic {
-    if a.rank() == b.rank() && a.rank() >= 1 && a.0[..a.rank() - 1] == b.0[..b.rank() - 1] && a.last() != b.last() {
+    if a.rank() == b.rank()
+        && a.rank() >= 1
+        && a.0[..a.rank() - 1] == b.0[..b.rank() - 1]
+        && a.last() != b.last()
+    {
         let target = b.last().unwrap();
-        d.hint(format!("the widths differ; project one side first, for example `proj(x, to: {})`", target.describe_short()))
+        d.hint(format!(
+            "the widths differ; project one side first, for example `proj(x, to: {})`",
+            target.describe_short()
+        ))
     } else {
         d
     }
@@ -1374,7 +1998,10 @@ fn first_line(program: &Program) -> Span {
     match root.ast.items.first() {
         Some(item) => {
             let s = item.span();
-            Span { end: s.start.max(s.end.min(s.start + 1)), ..s }
+            Span {
+                end: s.start.max(s.end.min(s.start + 1)),
+                ..s
+            }
         }
         None => Span::new(root.ast.file, 0, 0),
     }

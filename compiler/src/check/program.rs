@@ -82,9 +82,18 @@ impl Program {
 
     /// Loads the recipe at `path` (already read into `text`) and everything it imports.
     /// Returns `None` when the recipe itself does not parse.
-    pub fn load(path: &str, text: &str, loader: &dyn Loader, sources: &mut SourceMap, diags: &mut Diagnostics) -> Option<Program> {
+    pub fn load(
+        path: &str,
+        text: &str,
+        loader: &dyn Loader,
+        sources: &mut SourceMap,
+        diags: &mut Diagnostics,
+    ) -> Option<Program> {
         let mut program = Program::default();
-        let base = Path::new(path).parent().map(Path::to_path_buf).unwrap_or_default();
+        let base = Path::new(path)
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
         let file = sources.add(path, text);
         let ast = match parse(file, text) {
             Ok(ast) => ast,
@@ -97,7 +106,15 @@ impl Program {
         Some(program)
     }
 
-    fn add_module(&mut self, name: String, ast: ast::File, base: &Path, loader: &dyn Loader, sources: &mut SourceMap, diags: &mut Diagnostics) -> ModuleId {
+    fn add_module(
+        &mut self,
+        name: String,
+        ast: ast::File,
+        base: &Path,
+        loader: &dyn Loader,
+        sources: &mut SourceMap,
+        diags: &mut Diagnostics,
+    ) -> ModuleId {
         let id = self.modules.len();
         self.by_name.insert(name.clone(), id);
         let mut bindings = HashMap::new();
@@ -111,9 +128,13 @@ impl Program {
             };
             if let Some(previous) = first_span.get(&ident.name) {
                 diags.push(
-                    Diagnostic::error(Code::DuplicateDefinition, ident.span, format!("`{}` is defined twice", ident.name))
-                        .primary_label("defined again here")
-                        .label(*previous, "first defined here"),
+                    Diagnostic::error(
+                        Code::DuplicateDefinition,
+                        ident.span,
+                        format!("`{}` is defined twice", ident.name),
+                    )
+                    .primary_label("defined again here")
+                    .label(*previous, "first defined here"),
                 );
                 continue;
             }
@@ -124,14 +145,34 @@ impl Program {
                 bindings.insert(ident.name.clone(), index);
             }
         }
-        self.modules.push(Module { name: name.clone(), ast, bindings, fns, imports: HashMap::new() });
+        self.modules.push(Module {
+            name: name.clone(),
+            ast,
+            bindings,
+            fns,
+            imports: HashMap::new(),
+        });
 
         // Every module but the prelude sees the prelude's functions.
         let mut imports = HashMap::new();
         if name != "std.prelude" {
-            if let Some(prelude) = self.load_module(&["std".into(), "prelude".into()], base, loader, sources, diags, None) {
+            if let Some(prelude) = self.load_module(
+                &["std".into(), "prelude".into()],
+                base,
+                loader,
+                sources,
+                diags,
+                None,
+            ) {
                 for fname in self.modules[prelude].fns.keys() {
-                    imports.insert(fname.clone(), (prelude, fname.clone(), Span::new(crate::source::FileId(0), 0, 0)));
+                    imports.insert(
+                        fname.clone(),
+                        (
+                            prelude,
+                            fname.clone(),
+                            Span::new(crate::source::FileId(0), 0, 0),
+                        ),
+                    );
                 }
             }
         }
@@ -147,29 +188,53 @@ impl Program {
         for u in uses {
             let (module_path, names): (Vec<ast::Ident>, Vec<ast::Ident>) = match &u.names {
                 Some(names) => (u.path.clone(), names.clone()),
-                None if u.path.len() >= 2 => (u.path[..u.path.len() - 1].to_vec(), vec![u.path.last().unwrap().clone()]),
+                None if u.path.len() >= 2 => (
+                    u.path[..u.path.len() - 1].to_vec(),
+                    vec![u.path.last().unwrap().clone()],
+                ),
                 None => {
                     diags.push(
-                        Diagnostic::error(Code::UnknownModule, u.span, "`use` needs a module and an item")
-                            .primary_label("nothing to import")
-                            .hint("write `use std.clip_kd.{crd, fd}` or `use std.clip_kd.fd`"),
+                        Diagnostic::error(
+                            Code::UnknownModule,
+                            u.span,
+                            "`use` needs a module and an item",
+                        )
+                        .primary_label("nothing to import")
+                        .hint("write `use std.clip_kd.{crd, fd}` or `use std.clip_kd.fd`"),
                     );
                     continue;
                 }
             };
             let segments: Vec<String> = module_path.iter().map(|i| i.name.clone()).collect();
-            let path_span = module_path.first().unwrap().span.to(module_path.last().unwrap().span);
-            let Some(target) = self.load_module(&segments, base, loader, sources, diags, Some(path_span)) else {
+            let path_span = module_path
+                .first()
+                .unwrap()
+                .span
+                .to(module_path.last().unwrap().span);
+            let Some(target) =
+                self.load_module(&segments, base, loader, sources, diags, Some(path_span))
+            else {
                 continue;
             };
             for item in names {
                 let module = &self.modules[target];
-                let exists = module.fns.contains_key(&item.name) || module.bindings.contains_key(&item.name);
+                let exists =
+                    module.fns.contains_key(&item.name) || module.bindings.contains_key(&item.name);
                 if !exists {
-                    let candidates: Vec<&str> = module.fns.keys().chain(module.bindings.keys()).map(String::as_str).collect();
-                    let mut d = Diagnostic::error(Code::UnknownModule, item.span, format!("`{}` has no item `{}`", module.name, item.name))
-                        .primary_label("not defined in that module");
-                    if let Some(s) = crate::suggest::closest(&item.name, candidates.iter().copied()) {
+                    let candidates: Vec<&str> = module
+                        .fns
+                        .keys()
+                        .chain(module.bindings.keys())
+                        .map(String::as_str)
+                        .collect();
+                    let mut d = Diagnostic::error(
+                        Code::UnknownModule,
+                        item.span,
+                        format!("`{}` has no item `{}`", module.name, item.name),
+                    )
+                    .primary_label("not defined in that module");
+                    if let Some(s) = crate::suggest::closest(&item.name, candidates.iter().copied())
+                    {
                         d = d.hint(format!("did you mean `{s}`?"));
                     }
                     diags.push(d);
@@ -178,18 +243,26 @@ impl Program {
                 if let Some((_, _, previous)) = imports.get(&item.name) {
                     if previous.end > 0 {
                         diags.push(
-                            Diagnostic::error(Code::DuplicateDefinition, item.span, format!("`{}` is imported twice", item.name))
-                                .primary_label("imported again here")
-                                .label(*previous, "first imported here"),
+                            Diagnostic::error(
+                                Code::DuplicateDefinition,
+                                item.span,
+                                format!("`{}` is imported twice", item.name),
+                            )
+                            .primary_label("imported again here")
+                            .label(*previous, "first imported here"),
                         );
                         continue;
                     }
                 }
                 if let Some(local) = first_span.get(&item.name) {
                     diags.push(
-                        Diagnostic::error(Code::DuplicateDefinition, item.span, format!("`{}` is both imported and defined", item.name))
-                            .primary_label("imported here")
-                            .label(*local, "defined here"),
+                        Diagnostic::error(
+                            Code::DuplicateDefinition,
+                            item.span,
+                            format!("`{}` is both imported and defined", item.name),
+                        )
+                        .primary_label("imported here")
+                        .label(*local, "defined here"),
                     );
                     continue;
                 }
@@ -200,23 +273,45 @@ impl Program {
         id
     }
 
-    fn load_module(&mut self, segments: &[String], base: &Path, loader: &dyn Loader, sources: &mut SourceMap, diags: &mut Diagnostics, span: Option<Span>) -> Option<ModuleId> {
+    fn load_module(
+        &mut self,
+        segments: &[String],
+        base: &Path,
+        loader: &dyn Loader,
+        sources: &mut SourceMap,
+        diags: &mut Diagnostics,
+        span: Option<Span>,
+    ) -> Option<ModuleId> {
         let name = segments.join(".");
         if let Some(&id) = self.by_name.get(&name) {
             return Some(id);
         }
         let (display, text, module_base) = if segments[0] == "std" {
-            let found = (segments.len() == 2).then(|| STD_MODULES.iter().find(|(n, _)| *n == segments[1])).flatten();
+            let found = (segments.len() == 2)
+                .then(|| STD_MODULES.iter().find(|(n, _)| *n == segments[1]))
+                .flatten();
             match found {
                 Some((n, text)) => (format!("std/{n}.kd"), text.to_string(), PathBuf::new()),
                 None => {
                     if let Some(span) = span {
-                        let names = STD_MODULES.iter().filter(|(n, _)| *n != "prelude").map(|(n, _)| format!("std.{n}"));
+                        let names = STD_MODULES
+                            .iter()
+                            .filter(|(n, _)| *n != "prelude")
+                            .map(|(n, _)| format!("std.{n}"));
                         let listed: Vec<String> = names.collect();
-                        let mut d = Diagnostic::error(Code::UnknownModule, span, format!("there is no module `{name}`"))
-                            .primary_label("unknown module")
-                            .note(format!("the standard library's modules are {}", listed.join(", ")));
-                        if let Some(s) = crate::suggest::closest(&name, listed.iter().map(String::as_str)) {
+                        let mut d = Diagnostic::error(
+                            Code::UnknownModule,
+                            span,
+                            format!("there is no module `{name}`"),
+                        )
+                        .primary_label("unknown module")
+                        .note(format!(
+                            "the standard library's modules are {}",
+                            listed.join(", ")
+                        ));
+                        if let Some(s) =
+                            crate::suggest::closest(&name, listed.iter().map(String::as_str))
+                        {
                             d = d.hint(format!("did you mean `{s}`?"));
                         }
                         diags.push(d);
@@ -231,7 +326,11 @@ impl Program {
             }
             path.set_extension("kd");
             match loader.read(&path) {
-                Some(text) => (path.display().to_string(), text, path.parent().map(Path::to_path_buf).unwrap_or_default()),
+                Some(text) => (
+                    path.display().to_string(),
+                    text,
+                    path.parent().map(Path::to_path_buf).unwrap_or_default(),
+                ),
                 None => {
                     if let Some(span) = span {
                         diags.push(

@@ -17,7 +17,10 @@ pub enum Value {
     Enum(&'static str),
     List(Vec<(Value, Span)>),
     /// A model, possibly seen through MFD's patch mask.
-    Model { id: ModelId, mask: Option<f64> },
+    Model {
+        id: ModelId,
+        mask: Option<f64>,
+    },
     /// One part of a model, for `freeze`.
     Part(ModelId, Part),
     Vision(VisionSpec),

@@ -55,6 +55,8 @@ pub struct Use {
 pub struct FnDef {
     pub name: Ident,
     pub params: Vec<Param>,
+    /// Where the `)` closing the parameter list is.
+    pub params_close: u32,
     pub ret: Option<Ident>,
     pub lets: Vec<Let>,
     pub body: Expr,
@@ -82,6 +84,8 @@ pub struct Let {
 pub struct Stage {
     pub name: Ident,
     pub args: Vec<Arg>,
+    /// Where the `)` closing the arguments is (the name's end when there are none).
+    pub args_close: u32,
     pub bindings: Vec<Binding>,
     pub span: Span,
 }
@@ -134,9 +138,15 @@ impl BinOp {
 #[derive(Clone, Debug)]
 pub enum ExprKind {
     /// A number and its text as written (`10_000`, `1e-3`).
-    Number { value: f64, text: String },
+    Number {
+        value: f64,
+        text: String,
+    },
     /// A string's value and its text as written, quotes included.
-    Str { value: String, text: String },
+    Str {
+        value: String,
+        text: String,
+    },
     Bool(bool),
     Name(String),
     List(Vec<Expr>),

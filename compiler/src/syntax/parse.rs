@@ -12,14 +12,28 @@ use std::sync::OnceLock;
 /// as a single KD0001 diagnostic pointing at the first offending token.
 pub fn parse(file: FileId, text: &str) -> Result<File, Vec<Diagnostic>> {
     let pairs = KdParser::parse(Rule::file, text).map_err(|e| vec![syntax_error(file, text, e)])?;
-    let builder = Builder { file, errors: RefCell::new(Vec::new()) };
     let comments: Vec<Comment> = pairs
         .clone()
         .flatten()
         .filter(|p| p.as_rule() == Rule::COMMENT)
-        .map(|p| Comment { span: builder.span(&p), text: p.as_str().trim_end().to_string() })
+        .map(|p| Comment {
+            span: Span::new(file, p.as_span().start(), p.as_span().end()),
+            text: p.as_str().trim_end().to_string(),
+        })
         .collect();
-    let file_pair = pairs.into_iter().next().expect("the file rule always matches once");
+    let builder = Builder {
+        file,
+        text,
+        comment_ends: comments
+            .iter()
+            .map(|c| (c.span.end as usize, c.span.start as usize))
+            .collect(),
+        errors: RefCell::new(Vec::new()),
+    };
+    let file_pair = pairs
+        .into_iter()
+        .next()
+        .expect("the file rule always matches once");
     let mut items = Vec::new();
     for pair in children(file_pair) {
         match pair.as_rule() {
@@ -34,7 +48,11 @@ pub fn parse(file: FileId, text: &str) -> Result<File, Vec<Diagnostic>> {
     }
     let errors = builder.errors.into_inner();
     if errors.is_empty() {
-        Ok(File { file, items, comments })
+        Ok(File {
+            file,
+            items,
+            comments,
+        })
     } else {
         Err(errors)
     }
@@ -44,10 +62,16 @@ pub fn parse(file: FileId, text: &str) -> Result<File, Vec<Diagnostic>> {
 fn doc_comment(text: &str, comments: &[Comment], span: Span) -> Vec<String> {
     let mut doc = Vec::new();
     let mut end = span.start as usize;
-    let before: Vec<&Comment> = comments.iter().filter(|c| (c.span.end as usize) <= end).collect();
+    let before: Vec<&Comment> = comments
+        .iter()
+        .filter(|c| (c.span.end as usize) <= end)
+        .collect();
     for comment in before.into_iter().rev() {
         let between = &text[comment.span.end as usize..end];
-        if !between.trim().is_empty() || between.matches('\n').count() > 1 || !comment.text.starts_with("##") {
+        if !between.trim().is_empty()
+            || between.matches('\n').count() > 1
+            || !comment.text.starts_with("##")
+        {
             break;
         }
         doc.push(comment.text.trim_start_matches("##").trim().to_string());
@@ -58,7 +82,12 @@ fn doc_comment(text: &str, comments: &[Comment], span: Span) -> Vec<String> {
 }
 
 fn children(pair: Pair<'_, Rule>) -> impl Iterator<Item = Pair<'_, Rule>> {
-    pair.into_inner().filter(|p| !matches!(p.as_rule(), Rule::COMMENT | Rule::kw_use | Rule::kw_fn | Rule::kw_let | Rule::kw_stage))
+    pair.into_inner().filter(|p| {
+        !matches!(
+            p.as_rule(),
+            Rule::COMMENT | Rule::kw_use | Rule::kw_fn | Rule::kw_let | Rule::kw_stage
+        )
+    })
 }
 
 fn syntax_error(file: FileId, text: &str, error: pest::error::Error<Rule>) -> Diagnostic {
@@ -100,8 +129,12 @@ fn syntax_error(file: FileId, text: &str, error: pest::error::Error<Rule>) -> Di
             format!("{} or {}", first.join(", "), last)
         }
     };
-    let mut d = Diagnostic::error(Code::Syntax, span, format!("expected {expected_text}, found {found}"))
-        .primary_label(format!("expected {expected_text}"));
+    let mut d = Diagnostic::error(
+        Code::Syntax,
+        span,
+        format!("expected {expected_text}, found {found}"),
+    )
+    .primary_label(format!("expected {expected_text}"));
     if rest.starts_with('\'') {
         d = d.hint("strings are written with double quotes: \"like this\"");
     } else if rest.starts_with(';') {
@@ -112,8 +145,11 @@ fn syntax_error(file: FileId, text: &str, error: pest::error::Error<Rule>) -> Di
     d
 }
 
-struct Builder {
+struct Builder<'t> {
     file: FileId,
+    text: &'t str,
+    /// (end, start) of every comment, to trim trailing trivia off spans.
+    comment_ends: std::collections::HashMap<usize, usize>,
     errors: RefCell<Vec<Diagnostic>>,
 }
 
@@ -123,19 +159,59 @@ fn pratt() -> &'static PrattParser<Rule> {
         PrattParser::new()
             .op(Op::infix(Rule::pipe, Assoc::Left))
             .op(Op::infix(Rule::add, Assoc::Left) | Op::infix(Rule::sub, Assoc::Left))
-            .op(Op::infix(Rule::mul, Assoc::Left) | Op::infix(Rule::div, Assoc::Left) | Op::infix(Rule::matmul, Assoc::Left))
+            .op(Op::infix(Rule::mul, Assoc::Left)
+                | Op::infix(Rule::div, Assoc::Left)
+                | Op::infix(Rule::matmul, Assoc::Left))
             .op(Op::prefix(Rule::neg))
     })
 }
 
-impl Builder {
+impl Builder<'_> {
+    /// A pair's span without the white space and comments pest lets a rule swallow at its end
+    /// (a repetition that skips trivia and then matches nothing), so that a binding's span
+    /// ends at its last token.
     fn span(&self, pair: &Pair<'_, Rule>) -> Span {
         let s = pair.as_span();
-        Span::new(self.file, s.start(), s.end())
+        let mut end = s.end();
+        loop {
+            let trimmed = self.text[s.start()..end]
+                .trim_end_matches([' ', '\t', '\r', '\n'])
+                .len()
+                + s.start();
+            match self.comment_ends.get(&trimmed) {
+                Some(&start) if start >= s.start() && pair.as_rule() != Rule::COMMENT => {
+                    end = start
+                }
+                _ => {
+                    end = trimmed;
+                    break;
+                }
+            }
+        }
+        Span::new(self.file, s.start(), end)
+    }
+
+    /// The position of the first `)` at or after `from` that is not inside a comment.
+    fn closing_paren(&self, from: u32) -> u32 {
+        let mut at = from as usize;
+        while let Some(offset) = self.text[at..].find([')', '#']) {
+            let found = at + offset;
+            if self.text.as_bytes()[found] == b')' {
+                return found as u32;
+            }
+            at = found
+                + self.text[found..]
+                    .find('\n')
+                    .unwrap_or(self.text.len() - found);
+        }
+        from
     }
 
     fn ident(&self, pair: Pair<'_, Rule>) -> Ident {
-        Ident { name: pair.as_str().to_string(), span: self.span(&pair) }
+        Ident {
+            name: pair.as_str().to_string(),
+            span: self.span(&pair),
+        }
     }
 
     fn item(&self, pair: Pair<'_, Rule>) -> Item {
@@ -151,8 +227,12 @@ impl Builder {
     fn use_decl(&self, pair: Pair<'_, Rule>) -> Use {
         let span = self.span(&pair);
         let mut inner = children(pair);
-        let path = children(inner.next().unwrap()).map(|p| self.ident(p)).collect();
-        let names = inner.next().map(|group| children(group).map(|p| self.ident(p)).collect());
+        let path = children(inner.next().unwrap())
+            .map(|p| self.ident(p))
+            .collect();
+        let names = inner
+            .next()
+            .map(|group| children(group).map(|p| self.ident(p)).collect());
         Use { path, names, span }
     }
 
@@ -176,7 +256,11 @@ impl Builder {
                                 let mut parts = children(q);
                                 let name = self.ident(parts.next().unwrap());
                                 let value = self.expr(parts.next().unwrap());
-                                lets.push(Let { name, value, span: let_span });
+                                lets.push(Let {
+                                    name,
+                                    value,
+                                    span: let_span,
+                                });
                             }
                             _ => body = Some(self.expr(q)),
                         }
@@ -185,7 +269,19 @@ impl Builder {
                 other => unreachable!("unexpected {other:?} in fn"),
             }
         }
-        FnDef { name: name.unwrap(), params, ret, lets, body: body.unwrap(), doc: Vec::new(), span }
+        let name = name.unwrap();
+        let params_close =
+            self.closing_paren(params.last().map(|p| p.span.end).unwrap_or(name.span.end));
+        FnDef {
+            name,
+            params,
+            params_close,
+            ret,
+            lets,
+            body: body.unwrap(),
+            doc: Vec::new(),
+            span,
+        }
     }
 
     fn param(&self, pair: Pair<'_, Rule>) -> Param {
@@ -194,7 +290,12 @@ impl Builder {
         let name = self.ident(inner.next().unwrap());
         let ty = self.ident(inner.next().unwrap());
         let default = inner.next().map(|p| self.expr(p));
-        Param { name, ty, default, span }
+        Param {
+            name,
+            ty,
+            default,
+            span,
+        }
     }
 
     fn stage(&self, pair: Pair<'_, Rule>) -> Stage {
@@ -210,7 +311,19 @@ impl Builder {
                 other => unreachable!("unexpected {other:?} in stage"),
             }
         }
-        Stage { name: name.unwrap(), args, bindings, span }
+        let name = name.unwrap();
+        let args_close = if args.is_empty() {
+            name.span.end
+        } else {
+            self.closing_paren(args.last().unwrap().span.end)
+        };
+        Stage {
+            name,
+            args,
+            args_close,
+            bindings,
+            span,
+        }
     }
 
     fn binding(&self, pair: Pair<'_, Rule>) -> Binding {
@@ -230,9 +343,17 @@ impl Builder {
                         let mut inner = children(p);
                         let name = self.ident(inner.next().unwrap());
                         let value = self.expr(inner.next().unwrap());
-                        Arg { name: Some(name), value, span }
+                        Arg {
+                            name: Some(name),
+                            value,
+                            span,
+                        }
                     }
-                    _ => Arg { name: None, value: self.expr(p), span },
+                    _ => Arg {
+                        name: None,
+                        value: self.expr(p),
+                        span,
+                    },
                 }
             })
             .collect()
@@ -245,7 +366,10 @@ impl Builder {
             .map_primary(|p| self.postfix_expr(p))
             .map_prefix(|op, rhs| {
                 let span = self.span(&op).to(rhs.span);
-                Expr { kind: ExprKind::Neg(Box::new(rhs)), span }
+                Expr {
+                    kind: ExprKind::Neg(Box::new(rhs)),
+                    span,
+                }
             })
             .map_infix(|lhs, op, rhs| {
                 let op = match op.as_rule() {
@@ -258,7 +382,10 @@ impl Builder {
                     other => unreachable!("{other:?} is not an infix operator"),
                 };
                 let span = lhs.span.to(rhs.span);
-                Expr { kind: ExprKind::Binary(op, Box::new(lhs), Box::new(rhs)), span }
+                Expr {
+                    kind: ExprKind::Binary(op, Box::new(lhs), Box::new(rhs)),
+                    span,
+                }
             })
             .parse(operands.filter(|p| p.as_rule() != Rule::COMMENT))
     }
@@ -271,11 +398,20 @@ impl Builder {
             expr = match postfix.as_rule() {
                 Rule::field => {
                     let name = self.ident(children(postfix).next().unwrap());
-                    Expr { kind: ExprKind::Field(Box::new(expr), name), span }
+                    Expr {
+                        kind: ExprKind::Field(Box::new(expr), name),
+                        span,
+                    }
                 }
                 Rule::call => {
-                    let args = children(postfix).next().map(|a| self.args(a)).unwrap_or_default();
-                    Expr { kind: ExprKind::Call(Box::new(expr), args), span }
+                    let args = children(postfix)
+                        .next()
+                        .map(|a| self.args(a))
+                        .unwrap_or_default();
+                    Expr {
+                        kind: ExprKind::Call(Box::new(expr), args),
+                        span,
+                    }
                 }
                 other => unreachable!("{other:?} is not a postfix"),
             };
@@ -321,11 +457,16 @@ impl Builder {
                 Some((_, '\\')) => out.push('\\'),
                 Some((j, other)) => {
                     let start = span.start as usize + 1 + i;
-                    let escape_span = Span::new(self.file, start, start + 1 + (j - i - 1) + other.len_utf8());
+                    let escape_span =
+                        Span::new(self.file, start, start + 1 + (j - i - 1) + other.len_utf8());
                     self.errors.borrow_mut().push(
-                        Diagnostic::error(Code::Syntax, escape_span, format!("unknown escape `\\{other}` in a string"))
-                            .primary_label("not one of \\n, \\t, \\\", \\\\")
-                            .hint("write a backslash as `\\\\`"),
+                        Diagnostic::error(
+                            Code::Syntax,
+                            escape_span,
+                            format!("unknown escape `\\{other}` in a string"),
+                        )
+                        .primary_label("not one of \\n, \\t, \\\", \\\\")
+                        .hint("write a backslash as `\\\\`"),
                     );
                 }
                 None => {}
