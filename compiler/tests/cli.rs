@@ -1,0 +1,91 @@
+//! The `kdc` binary end to end: exit codes, where output goes, and that bad input gives a
+//! clear error rather than a panic.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+fn kdc(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kdc")).args(args).current_dir(root()).env("NO_COLOR", "1").output().expect("kdc runs")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn temp_recipe(name: &str, body: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("kdc-cli-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(format!("{name}.kd"));
+    std::fs::write(&path, body).unwrap();
+    path
+}
+
+#[test]
+fn check_accepts_the_whole_recipe_library() {
+    let out = kdc(&["check", "recipes"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("recipes: ok"));
+}
+
+#[test]
+fn check_rejects_a_wrong_recipe_with_code_location_and_exit_1() {
+    let path = temp_recipe("wrong", "student = clip(preset: \"ViT-T-16\")\nloss = clip_loss(studnet)\n");
+    let out = kdc(&["check", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(err.contains("error[KD0002]: unknown name `studnet`"), "{err}");
+    assert!(err.contains("wrong.kd:2:18"), "{err}");
+    assert!(err.contains("did you mean `student`?"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn a_missing_file_is_an_error_not_a_panic() {
+    let out = kdc(&["check", "no/such/recipe.kd"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(err.contains("cannot read recipe no/such/recipe.kd"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn fmt_check_passes_on_the_library_and_fails_on_messy_input() {
+    assert!(kdc(&["fmt", "--check", "recipes"]).status.success());
+    let path = temp_recipe("messy", "loss=clip_loss(m)\n");
+    let out = kdc(&["fmt", "--check", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("would reformat"));
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), "loss=clip_loss(m)\n", "--check must not write");
+    let out = kdc(&["fmt", path.to_str().unwrap()]);
+    assert!(out.status.success());
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), "loss = clip_loss(m)\n");
+}
+
+#[test]
+fn explain_prints_codes_and_recipes() {
+    let out = kdc(&["explain", "KD0009"]);
+    assert!(out.status.success());
+    assert!(text(&out.stdout).starts_with("KD0009: shape mismatch"));
+    let out = kdc(&["explain", "KD9999"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("there is no diagnostic code KD9999"));
+    let out = kdc(&["explain", "recipes/clip_kd/best.kd"]);
+    assert!(out.status.success());
+    let ir = text(&out.stdout);
+    assert!(ir.contains("loss = 1 × clip_loss + 1 × crd + 1 × icl + 2000 × fd"), "{ir}");
+    let out = kdc(&["explain", "recipes/clip_kd/best.kd", "--stage", "ast"]);
+    assert!(out.status.success());
+    assert!(text(&out.stdout).contains("use std.clip_kd.{crd, icl, fd}"));
+}
+
+#[test]
+fn run_without_a_recipe_compiles_the_embedded_demo_and_says_it_did_not_train() {
+    let out = kdc(&["run"]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(text(&out.stdout).contains("Fashion-MNIST train split"));
+    assert!(text(&out.stderr).contains("nothing was trained"));
+}
