@@ -324,6 +324,11 @@ UnusedBinding = 31, "unused binding",
 "A binding is defined but never used by the loss, data, training or evaluation. This is a
 warning: the value is checked but has no effect.
 
+Example:
+    lambda = 0.75
+    loss = clip_loss(student)
+`lambda` was meant to weight a term but nothing uses it.
+
 Fix: remove it, or use it.";
 
 MisplacedBinding = 32, "binding not allowed here",

@@ -38,7 +38,25 @@ pub struct Compiled {
 }
 
 /// Parses, loads and checks the recipe `path` whose text is `text`.
-pub fn compile(path: &str, text: &str, loader: &dyn Loader) -> Compiled {
+///
+/// The work runs on a thread of its own with a large stack: the parser and the checker recurse
+/// over expressions and bindings, and although both depths are bounded (`MAX_NESTING`, the
+/// binding-depth limit), the bound must never be reachable as a stack overflow, whatever stack
+/// the caller's thread has.
+pub fn compile(path: &str, text: &str, loader: &(dyn Loader + Sync)) -> Compiled {
+    std::thread::scope(|scope| {
+        std::thread::Builder::new()
+            .stack_size(COMPILER_STACK)
+            .spawn_scoped(scope, || compile_here(path, text, loader))
+            .expect("starting the compiler thread")
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
+}
+
+const COMPILER_STACK: usize = 256 << 20;
+
+fn compile_here(path: &str, text: &str, loader: &dyn Loader) -> Compiled {
     let mut sources = SourceMap::new();
     let mut diagnostics = Diagnostics::default();
     let program = Program::load(path, text, loader, &mut sources, &mut diagnostics);
@@ -46,18 +64,9 @@ pub fn compile(path: &str, text: &str, loader: &dyn Loader) -> Compiled {
     if let Some(program) = &program {
         let (checked, check_diags) = check::check(program);
         diagnostics.extend(check_diags);
-        recipe = if diagnostics.has_errors() {
-            None
-        } else {
-            checked
-        };
+        recipe = if diagnostics.has_errors() { None } else { checked };
     }
-    Compiled {
-        sources,
-        program,
-        recipe,
-        diagnostics,
-    }
+    Compiled { sources, program, recipe, diagnostics }
 }
 
 /// Reads modules from the file system.

@@ -108,6 +108,11 @@ pub const CONSTANTS: &[&str] = &[
     "scales",
 ];
 
+/// The flag parameters of a built-in (`frozen`), which may appear as bare names.
+pub fn flag_names(name: &str) -> Vec<&'static str> {
+    BUILTINS.iter().find(|b| b.name == name).map(|b| signature(b).into_iter().filter(|p| p.flag).map(|p| p.name).collect()).unwrap_or_default()
+}
+
 #[derive(Clone, Copy, Debug)]
 pub struct ParamSig {
     pub name: &'static str,

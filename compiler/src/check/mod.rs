@@ -109,6 +109,7 @@ impl<'p> Checker<'p> {
     fn recipe(&mut self) -> Option<Recipe> {
         let root = self.program.root();
         self.check_fn_signatures();
+        self.resolve_fn_bodies();
         for (index, item) in root.ast.items.iter().enumerate() {
             let _ = index;
             if let ast::Item::Stage(_) = item {}
@@ -842,6 +843,76 @@ impl<'p> Checker<'p> {
         }
     }
 
+    /// Every name in every function body is resolved once, whether or not the function is
+    /// called. (Shapes are checked at each call, with the arguments' real shapes.)
+    fn resolve_fn_bodies(&mut self) {
+        for (module_id, module) in self.program.modules.iter().enumerate() {
+            for item in &module.ast.items {
+                let ast::Item::Fn(f) = item else { continue };
+                let mut locals: Vec<String> = Vec::new();
+                for p in &f.params {
+                    if let Some(default) = &p.default {
+                        self.resolve_expr(module_id, &[], default);
+                    }
+                }
+                locals.extend(f.params.iter().map(|p| p.name.name.clone()));
+                for l in &f.lets {
+                    self.resolve_expr(module_id, &locals, &l.value);
+                    locals.push(l.name.name.clone());
+                }
+                self.resolve_expr(module_id, &locals, &f.body);
+            }
+        }
+    }
+
+    fn module_defines(&self, module: ModuleId, name: &str) -> bool {
+        let m = &self.program.modules[module];
+        m.bindings.contains_key(name)
+            || m.fns.contains_key(name)
+            || m.imports.contains_key(name)
+            || builtins::CONSTANTS.contains(&name)
+            || builtins::BUILTINS.iter().any(|b| b.name == name)
+    }
+
+    fn resolve_expr(&mut self, module: ModuleId, locals: &[String], e: &Expr) {
+        match &e.kind {
+            ExprKind::Name(n) => {
+                if !locals.contains(n) && !self.module_defines(module, n) {
+                    let env = Env { module, stage: None, locals: locals.iter().map(|l| (l.clone(), Value::Error)).collect() };
+                    self.unknown_name(&Ctx::default(), &env, n, e.span, false);
+                }
+            }
+            ExprKind::Call(callee, args) => {
+                let flags: Vec<&str> = match &callee.kind {
+                    ExprKind::Name(n) => {
+                        if !locals.contains(n) && !self.module_defines(module, n) {
+                            let env = Env { module, stage: None, locals: locals.iter().map(|l| (l.clone(), Value::Error)).collect() };
+                            self.unknown_name(&Ctx::default(), &env, n, callee.span, true);
+                        }
+                        builtins::flag_names(n)
+                    }
+                    _ => {
+                        self.resolve_expr(module, locals, callee);
+                        Vec::new()
+                    }
+                };
+                for a in args {
+                    let bare_flag = matches!(&a.value.kind, ExprKind::Name(n) if a.name.is_none() && flags.contains(&n.as_str()));
+                    if !bare_flag {
+                        self.resolve_expr(module, locals, &a.value);
+                    }
+                }
+            }
+            ExprKind::Field(base, _) | ExprKind::Paren(base) | ExprKind::Neg(base) => self.resolve_expr(module, locals, base),
+            ExprKind::List(items) => items.iter().for_each(|i| self.resolve_expr(module, locals, i)),
+            ExprKind::Binary(_, l, r) => {
+                self.resolve_expr(module, locals, l);
+                self.resolve_expr(module, locals, r);
+            }
+            ExprKind::Number { .. } | ExprKind::Str { .. } | ExprKind::Bool(_) => {}
+        }
+    }
+
     fn check_type_name(&mut self, ty: &ast::Ident) {
         if !TYPE_NAMES.contains(&ty.name.as_str()) {
             let mut d = Diagnostic::error(
@@ -883,6 +954,15 @@ impl<'p> Checker<'p> {
                 }
             }
             self.error(ctx, d);
+            return Value::Error;
+        }
+        if ctx.evaluating.len() >= MAX_BINDING_DEPTH {
+            self.error(
+                ctx,
+                Diagnostic::error(Code::Cycle, use_span, format!("bindings refer to one another more than {MAX_BINDING_DEPTH} deep"))
+                    .primary_label("too deep")
+                    .hint("shorten the chain of bindings"),
+            );
             return Value::Error;
         }
         let binding = match key.stage_scope {
@@ -989,6 +1069,10 @@ impl<'p> Checker<'p> {
     }
 
     fn unknown_name(&mut self, ctx: &Ctx, env: &Env, name: &str, span: Span, as_function: bool) {
+        // Names inside function bodies were all resolved once, up front.
+        if !ctx.calls.is_empty() {
+            return;
+        }
         let names = self.visible_names(env);
         let (code, what) = if as_function {
             (Code::UnknownFunction, "function")
@@ -1911,6 +1995,10 @@ impl<'p> Checker<'p> {
         id
     }
 }
+
+/// How deep bindings may refer to one another (`a = b`, `b = c`, …) before the checker gives
+/// up, so that no recipe can exhaust the stack.
+const MAX_BINDING_DEPTH: usize = 200;
 
 const TYPE_NAMES: &[&str] = &[
     "Clip", "Tensor", "Scalar", "Num", "Int", "Dim", "Str", "Bool", "Schedule", "List",

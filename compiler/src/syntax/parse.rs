@@ -11,6 +11,9 @@ use std::sync::OnceLock;
 /// Parses one source file. A syntax error stops parsing (pest has no recovery) and comes back
 /// as a single KD0001 diagnostic pointing at the first offending token.
 pub fn parse(file: FileId, text: &str) -> Result<File, Vec<Diagnostic>> {
+    if let Some(too_deep) = nesting_limit(file, text) {
+        return Err(vec![too_deep]);
+    }
     let pairs = KdParser::parse(Rule::file, text).map_err(|e| vec![syntax_error(file, text, e)])?;
     let comments: Vec<Comment> = pairs
         .clone()
@@ -56,6 +59,48 @@ pub fn parse(file: FileId, text: &str) -> Result<File, Vec<Diagnostic>> {
     } else {
         Err(errors)
     }
+}
+
+/// Brackets may nest at most this deep; deeper input is rejected before the recursive parser
+/// sees it, so that no input can exhaust the stack.
+pub const MAX_NESTING: usize = 64;
+
+fn nesting_limit(file: FileId, text: &str) -> Option<Diagnostic> {
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut in_comment = false;
+    let mut escaped = false;
+    for (i, c) in text.char_indices() {
+        if in_comment {
+            in_comment = c != '\n';
+        } else if in_string {
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' || c == '\n' {
+                in_string = false;
+            }
+        } else {
+            match c {
+                '#' => in_comment = true,
+                '"' => in_string = true,
+                '(' | '[' | '{' => {
+                    depth += 1;
+                    if depth > MAX_NESTING {
+                        return Some(
+                            Diagnostic::error(Code::Syntax, Span::new(file, i, i + 1), format!("brackets are nested more than {MAX_NESTING} deep"))
+                                .primary_label("too deep")
+                                .hint("name intermediate values with `let` or bindings instead"),
+                        );
+                    }
+                }
+                ')' | ']' | '}' => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+        }
+    }
+    None
 }
 
 /// The `##` lines directly above `span` with nothing but white space between them.
