@@ -64,9 +64,18 @@ fn compile_here(path: &str, text: &str, loader: &dyn Loader) -> Compiled {
     if let Some(program) = &program {
         let (checked, check_diags) = check::check(program);
         diagnostics.extend(check_diags);
-        recipe = if diagnostics.has_errors() { None } else { checked };
+        recipe = if diagnostics.has_errors() {
+            None
+        } else {
+            checked
+        };
     }
-    Compiled { sources, program, recipe, diagnostics }
+    Compiled {
+        sources,
+        program,
+        recipe,
+        diagnostics,
+    }
 }
 
 /// Reads modules from the file system.

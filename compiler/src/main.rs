@@ -43,9 +43,10 @@ enum Command {
         #[arg(required = true)]
         recipes: Vec<PathBuf>,
     },
-    /// Show what a recipe computes, or what a diagnostic code means (`kdc explain KD0009`).
+    /// Show what a recipe computes, what a diagnostic code means (`kdc explain KD0009`), or
+    /// what a function computes (`kdc explain crd`).
     Explain {
-        /// A recipe file or a diagnostic code.
+        /// A recipe file, a diagnostic code or a function name.
         target: String,
         /// What to show of a recipe.
         #[arg(long, value_enum, default_value = "ir")]
@@ -203,6 +204,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
             if let Some(code) = Code::parse(&target) {
                 println!("{}: {}\n\n{}", code, code.title(), code.explanation());
                 return Ok(ExitCode::SUCCESS);
+            }
+            if !Path::new(&target).exists() {
+                if let Some(text) = kdc::check::describe_function(&target) {
+                    println!("{text}");
+                    return Ok(ExitCode::SUCCESS);
+                }
             }
             if target.to_ascii_uppercase().starts_with("KD") && !Path::new(&target).exists() {
                 bail!(

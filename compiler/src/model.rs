@@ -597,6 +597,41 @@ pub const BERT_PRESETS: &[BertPreset] = &[
     },
 ];
 
+impl Preset {
+    /// The preset's image tower (MLP ratio 4), trainable.
+    pub fn vision(&self) -> VisionSpec {
+        let (image_size, patch, width, layers, heads) = self.vision;
+        VisionSpec {
+            image_size,
+            patch,
+            width,
+            layers,
+            heads,
+            mlp: 4 * width,
+            act: self.act,
+            frozen: false,
+        }
+    }
+
+    /// The preset's text tower (CLIP's causal transformer, MLP ratio 4), trainable.
+    pub fn text(&self) -> TextSpec {
+        let (context, vocab, width, layers, heads) = self.text;
+        TextSpec {
+            kind: TextKind::Clip,
+            context,
+            vocab,
+            width,
+            layers,
+            heads,
+            mlp: 4 * width,
+            act: self.act,
+            frozen: false,
+            preset: None,
+            weights: None,
+        }
+    }
+}
+
 pub fn preset(name: &str) -> Option<&'static Preset> {
     PRESETS.iter().find(|p| p.name == name)
 }
@@ -610,34 +645,11 @@ mod tests {
     use super::*;
 
     fn spec(p: &Preset) -> ModelSpec {
-        let (image_size, patch, width, layers, heads) = p.vision;
-        let (context, vocab, twidth, tlayers, theads) = p.text;
         ModelSpec {
             name: "m".into(),
             preset: Some(p.name.into()),
-            vision: VisionSpec {
-                image_size,
-                patch,
-                width,
-                layers,
-                heads,
-                mlp: 4 * width,
-                act: p.act,
-                frozen: false,
-            },
-            text: TextSpec {
-                kind: TextKind::Clip,
-                context,
-                vocab,
-                width: twidth,
-                layers: tlayers,
-                heads: theads,
-                mlp: 4 * twidth,
-                act: p.act,
-                frozen: false,
-                preset: None,
-                weights: None,
-            },
+            vision: p.vision(),
+            text: p.text(),
             embed: p.embed,
             weights: None,
             frozen: false,
@@ -645,7 +657,7 @@ mod tests {
             tokenizer: TokenizerSpec {
                 kind: "clip_bpe".into(),
                 path: None,
-                context,
+                context: p.text.0,
             },
             preprocess: PreprocessSpec {
                 resize: 224,

@@ -5,11 +5,19 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 fn kdc(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kdc")).args(args).current_dir(root()).env("NO_COLOR", "1").output().expect("kdc runs")
+    Command::new(env!("CARGO_BIN_EXE_kdc"))
+        .args(args)
+        .current_dir(root())
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("kdc runs")
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -33,11 +41,17 @@ fn check_accepts_the_whole_recipe_library() {
 
 #[test]
 fn check_rejects_a_wrong_recipe_with_code_location_and_exit_1() {
-    let path = temp_recipe("wrong", "student = clip(preset: \"ViT-T-16\")\nloss = clip_loss(studnet)\n");
+    let path = temp_recipe(
+        "wrong",
+        "student = clip(preset: \"ViT-T-16\")\nloss = clip_loss(studnet)\n",
+    );
     let out = kdc(&["check", path.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     let err = text(&out.stderr);
-    assert!(err.contains("error[KD0002]: unknown name `studnet`"), "{err}");
+    assert!(
+        err.contains("error[KD0002]: unknown name `studnet`"),
+        "{err}"
+    );
     assert!(err.contains("wrong.kd:2:18"), "{err}");
     assert!(err.contains("did you mean `student`?"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
@@ -48,7 +62,10 @@ fn a_missing_file_is_an_error_not_a_panic() {
     let out = kdc(&["check", "no/such/recipe.kd"]);
     assert_eq!(out.status.code(), Some(1));
     let err = text(&out.stderr);
-    assert!(err.contains("cannot read recipe no/such/recipe.kd"), "{err}");
+    assert!(
+        err.contains("cannot read recipe no/such/recipe.kd"),
+        "{err}"
+    );
     assert!(!err.contains("panicked"), "{err}");
 }
 
@@ -59,10 +76,17 @@ fn fmt_check_passes_on_the_library_and_fails_on_messy_input() {
     let out = kdc(&["fmt", "--check", path.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("would reformat"));
-    assert_eq!(std::fs::read_to_string(&path).unwrap(), "loss=clip_loss(m)\n", "--check must not write");
+    assert_eq!(
+        std::fs::read_to_string(&path).unwrap(),
+        "loss=clip_loss(m)\n",
+        "--check must not write"
+    );
     let out = kdc(&["fmt", path.to_str().unwrap()]);
     assert!(out.status.success());
-    assert_eq!(std::fs::read_to_string(&path).unwrap(), "loss = clip_loss(m)\n");
+    assert_eq!(
+        std::fs::read_to_string(&path).unwrap(),
+        "loss = clip_loss(m)\n"
+    );
 }
 
 #[test]
@@ -73,10 +97,22 @@ fn explain_prints_codes_and_recipes() {
     let out = kdc(&["explain", "KD9999"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("there is no diagnostic code KD9999"));
+    let out = kdc(&["explain", "crd"]);
+    assert!(out.status.success());
+    assert!(
+        text(&out.stdout).contains("KL(p_T^{I→T} ‖ p_S^{I→T})"),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = kdc(&["explain", "mse"]);
+    assert!(text(&out.stdout).starts_with("mse(a, b)"));
     let out = kdc(&["explain", "recipes/clip_kd/best.kd"]);
     assert!(out.status.success());
     let ir = text(&out.stdout);
-    assert!(ir.contains("loss = 1 × clip_loss + 1 × crd + 1 × icl + 2000 × fd"), "{ir}");
+    assert!(
+        ir.contains("loss = 1 × clip_loss + 1 × crd + 1 × icl + 2000 × fd"),
+        "{ir}"
+    );
     let out = kdc(&["explain", "recipes/clip_kd/best.kd", "--stage", "ast"]);
     assert!(out.status.success());
     assert!(text(&out.stdout).contains("use std.clip_kd.{crd, icl, fd}"));

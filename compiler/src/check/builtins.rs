@@ -108,9 +108,25 @@ pub const CONSTANTS: &[&str] = &[
     "scales",
 ];
 
+/// `name(params): doc` for a built-in function, for `kdc explain NAME`.
+pub fn describe(name: &str) -> Option<String> {
+    let b = BUILTINS.iter().find(|b| b.name == name)?;
+    Some(format!("{}({})  [built-in]\n\n{}", b.name, b.params, b.doc))
+}
+
 /// The flag parameters of a built-in (`frozen`), which may appear as bare names.
 pub fn flag_names(name: &str) -> Vec<&'static str> {
-    BUILTINS.iter().find(|b| b.name == name).map(|b| signature(b).into_iter().filter(|p| p.flag).map(|p| p.name).collect()).unwrap_or_default()
+    BUILTINS
+        .iter()
+        .find(|b| b.name == name)
+        .map(|b| {
+            signature(b)
+                .into_iter()
+                .filter(|p| p.flag)
+                .map(|p| p.name)
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -797,21 +813,8 @@ impl<'p> Checker<'p> {
         match name {
             "clip" => self.clip(ctx, b, span),
             "vit" => {
-                let (size, patch, width, layers, heads) = (
-                    self.count(ctx, b, "size"),
-                    self.count(ctx, b, "patch"),
-                    self.count(ctx, b, "width"),
-                    self.count(ctx, b, "layers"),
-                    self.count(ctx, b, "heads"),
-                );
-                let mlp = if b.has("mlp") {
-                    self.count(ctx, b, "mlp")
-                } else {
-                    width.map(|w| 4 * w)
-                };
-                let frozen = self.boolean(ctx, b, "frozen").unwrap_or(false);
-                let (Some(size), Some(patch), Some(width), Some(layers), Some(heads), Some(mlp)) =
-                    (size, patch, width, layers, heads, mlp)
+                let Some((size, patch, width, layers, heads, mlp, frozen)) =
+                    self.tower_sizes(ctx, b, ["size", "patch"])
                 else {
                     return Value::Error;
                 };
@@ -828,7 +831,6 @@ impl<'p> Checker<'p> {
                         .label(b.span("size"), "image size"),
                     );
                 }
-                self.heads_divide(ctx, b, width, heads);
                 Value::Vision(VisionSpec {
                     image_size: size,
                     patch,
@@ -841,25 +843,11 @@ impl<'p> Checker<'p> {
                 })
             }
             "transformer" => {
-                let (context, vocab, width, layers, heads) = (
-                    self.count(ctx, b, "context"),
-                    self.count(ctx, b, "vocab"),
-                    self.count(ctx, b, "width"),
-                    self.count(ctx, b, "layers"),
-                    self.count(ctx, b, "heads"),
-                );
-                let mlp = if b.has("mlp") {
-                    self.count(ctx, b, "mlp")
-                } else {
-                    width.map(|w| 4 * w)
-                };
-                let frozen = self.boolean(ctx, b, "frozen").unwrap_or(false);
-                let (Some(context), Some(vocab), Some(width), Some(layers), Some(heads), Some(mlp)) =
-                    (context, vocab, width, layers, heads, mlp)
+                let Some((context, vocab, width, layers, heads, mlp, frozen)) =
+                    self.tower_sizes(ctx, b, ["context", "vocab"])
                 else {
                     return Value::Error;
                 };
-                self.heads_divide(ctx, b, width, heads);
                 Value::Text(TextSpec {
                     kind: TextKind::Clip,
                     context,
@@ -1391,6 +1379,32 @@ impl<'p> Checker<'p> {
         }
     }
 
+    /// The sizes every transformer tower has: two of its own (`size`, `patch` or `context`,
+    /// `vocab`), then width, layers, heads, MLP width (4 × width unless given) and `frozen`.
+    #[allow(clippy::type_complexity)]
+    fn tower_sizes(
+        &mut self,
+        ctx: &Ctx,
+        b: &Bound,
+        first: [&str; 2],
+    ) -> Option<(u64, u64, u64, u64, u64, u64, bool)> {
+        let (a, c) = (self.count(ctx, b, first[0]), self.count(ctx, b, first[1]));
+        let (width, layers, heads) = (
+            self.count(ctx, b, "width"),
+            self.count(ctx, b, "layers"),
+            self.count(ctx, b, "heads"),
+        );
+        let mlp = if b.has("mlp") {
+            self.count(ctx, b, "mlp")
+        } else {
+            width.map(|w| 4 * w)
+        };
+        let frozen = self.boolean(ctx, b, "frozen").unwrap_or(false);
+        let (a, c, width, layers, heads, mlp) = (a?, c?, width?, layers?, heads?, mlp?);
+        self.heads_divide(ctx, b, width, heads);
+        Some((a, c, width, layers, heads, mlp, frozen))
+    }
+
     fn triple(&mut self, ctx: &Ctx, b: &Bound, name: &str) -> Option<[f64; 3]> {
         let list = self.num_list(ctx, b, name)?;
         if list.len() != 3 {
@@ -1657,31 +1671,7 @@ impl<'p> Checker<'p> {
                 self.bad(ctx, b, d);
                 return Value::Error;
             };
-            let (image_size, patch, width, layers, heads) = p.vision;
-            let (context, vocab, twidth, tlayers, theads) = p.text;
-            let vision = VisionSpec {
-                image_size,
-                patch,
-                width,
-                layers,
-                heads,
-                mlp: 4 * width,
-                act: p.act,
-                frozen: false,
-            };
-            let text = TextSpec {
-                kind: TextKind::Clip,
-                context,
-                vocab,
-                width: twidth,
-                layers: tlayers,
-                heads: theads,
-                mlp: 4 * twidth,
-                act: p.act,
-                frozen: false,
-                preset: None,
-                weights: None,
-            };
+            let (vision, text) = (p.vision(), p.text());
             if act.is_some_and(|a| a != p.act) {
                 self.bad(
                     ctx,

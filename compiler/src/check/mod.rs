@@ -9,6 +9,46 @@ mod value;
 
 pub use program::{Loader, Program, STD_MODULES};
 
+/// What a function is, for `kdc explain NAME`: a built-in's signature and summary, or a
+/// standard-library function's signature and `##` documentation (its formula).
+pub fn describe_function(name: &str) -> Option<String> {
+    if let Some(text) = builtins::describe(name) {
+        return Some(text);
+    }
+    for (module, text) in STD_MODULES {
+        let Ok(ast) = crate::syntax::parse(crate::source::FileId(0), text) else {
+            continue;
+        };
+        for item in &ast.items {
+            if let ast::Item::Fn(f) = item {
+                if f.name.name == name {
+                    let params: Vec<String> = f
+                        .params
+                        .iter()
+                        .map(|p| format!("{}: {}", p.name.name, p.ty.name))
+                        .collect();
+                    let ret = f
+                        .ret
+                        .as_ref()
+                        .map(|r| format!(" -> {}", r.name))
+                        .unwrap_or_default();
+                    let import = if *module == "prelude" {
+                        "always in scope".to_string()
+                    } else {
+                        format!("use std.{module}.{name}")
+                    };
+                    return Some(format!(
+                        "fn {name}({}){ret}  [{import}]\n\n{}",
+                        params.join(", "),
+                        f.doc.join("\n")
+                    ));
+                }
+            }
+        }
+    }
+    None
+}
+
 use crate::codes::Code;
 use crate::diag::{Diagnostic, Diagnostics};
 use crate::ir::{self, Graph, Node, NodeId, Op, ParamSpec, Recipe, Schedule, Term};
@@ -878,7 +918,11 @@ impl<'p> Checker<'p> {
         match &e.kind {
             ExprKind::Name(n) => {
                 if !locals.contains(n) && !self.module_defines(module, n) {
-                    let env = Env { module, stage: None, locals: locals.iter().map(|l| (l.clone(), Value::Error)).collect() };
+                    let env = Env {
+                        module,
+                        stage: None,
+                        locals: locals.iter().map(|l| (l.clone(), Value::Error)).collect(),
+                    };
                     self.unknown_name(&Ctx::default(), &env, n, e.span, false);
                 }
             }
@@ -886,7 +930,11 @@ impl<'p> Checker<'p> {
                 let flags: Vec<&str> = match &callee.kind {
                     ExprKind::Name(n) => {
                         if !locals.contains(n) && !self.module_defines(module, n) {
-                            let env = Env { module, stage: None, locals: locals.iter().map(|l| (l.clone(), Value::Error)).collect() };
+                            let env = Env {
+                                module,
+                                stage: None,
+                                locals: locals.iter().map(|l| (l.clone(), Value::Error)).collect(),
+                            };
                             self.unknown_name(&Ctx::default(), &env, n, callee.span, true);
                         }
                         builtins::flag_names(n)
@@ -903,8 +951,12 @@ impl<'p> Checker<'p> {
                     }
                 }
             }
-            ExprKind::Field(base, _) | ExprKind::Paren(base) | ExprKind::Neg(base) => self.resolve_expr(module, locals, base),
-            ExprKind::List(items) => items.iter().for_each(|i| self.resolve_expr(module, locals, i)),
+            ExprKind::Field(base, _) | ExprKind::Paren(base) | ExprKind::Neg(base) => {
+                self.resolve_expr(module, locals, base)
+            }
+            ExprKind::List(items) => items
+                .iter()
+                .for_each(|i| self.resolve_expr(module, locals, i)),
             ExprKind::Binary(_, l, r) => {
                 self.resolve_expr(module, locals, l);
                 self.resolve_expr(module, locals, r);
@@ -959,9 +1011,13 @@ impl<'p> Checker<'p> {
         if ctx.evaluating.len() >= MAX_BINDING_DEPTH {
             self.error(
                 ctx,
-                Diagnostic::error(Code::Cycle, use_span, format!("bindings refer to one another more than {MAX_BINDING_DEPTH} deep"))
-                    .primary_label("too deep")
-                    .hint("shorten the chain of bindings"),
+                Diagnostic::error(
+                    Code::Cycle,
+                    use_span,
+                    format!("bindings refer to one another more than {MAX_BINDING_DEPTH} deep"),
+                )
+                .primary_label("too deep")
+                .hint("shorten the chain of bindings"),
             );
             return Value::Error;
         }

@@ -89,9 +89,13 @@ fn nesting_limit(file: FileId, text: &str) -> Option<Diagnostic> {
                     depth += 1;
                     if depth > MAX_NESTING {
                         return Some(
-                            Diagnostic::error(Code::Syntax, Span::new(file, i, i + 1), format!("brackets are nested more than {MAX_NESTING} deep"))
-                                .primary_label("too deep")
-                                .hint("name intermediate values with `let` or bindings instead"),
+                            Diagnostic::error(
+                                Code::Syntax,
+                                Span::new(file, i, i + 1),
+                                format!("brackets are nested more than {MAX_NESTING} deep"),
+                            )
+                            .primary_label("too deep")
+                            .hint("name intermediate values with `let` or bindings instead"),
                         );
                     }
                 }
