@@ -15,6 +15,7 @@
 pub mod check;
 pub mod codes;
 pub mod diag;
+pub mod engine;
 pub mod explain;
 pub mod format;
 pub mod ir;

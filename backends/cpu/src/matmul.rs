@@ -1,0 +1,200 @@
+//! Batched matrix products on top of the `gemm` crate.
+
+use std::any::TypeId;
+
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+use crate::Real;
+
+/// Flops (`m·n·k`) of one product above which `gemm` is allowed to use the whole rayon pool.
+const GEMM_PAR_MIN: usize = 64 * 64 * 64;
+
+/// Batched matrix product, overwriting `out`:
+///
+/// `out[β, i, j] = Σ_{p<k} A_β[i, p] · B_β[p, j]` for `β < batch`, `i < m`, `j < n`, where
+///
+/// * `A_β[i, p] = a[off_a + i·k + p]` (a stored `[m, k]`), or `a[off_a + p·m + i]` when `a_trans`
+///   (a stored `[k, m]`, so the product uses `aᵀ`), with `off_a = β·m·k` if `a_batched` else 0
+///   (one matrix shared by every batch item);
+/// * `B_β[p, j] = b[off_b + p·n + j]` (b stored `[k, n]`), or `b[off_b + j·k + p]` when `b_trans`
+///   (b stored `[n, k]`), with `off_b = β·k·n` if `b_batched` else 0;
+/// * `out` is `[batch, m, n]`.
+///
+/// Examples: a linear layer `y = x·Wᵀ` with `x: [batch, m, k]`, `W: [n, k]` is
+/// `matmul(x, w, y, batch, m, k, n, false, true, true, false)` (computed as one `[batch·m, k]`
+/// product); attention scores `q·kᵀ` are `b_trans` with both operands batched; the weight
+/// gradient `dW = dyᵀ·x` summed over the batch is `matmul(dy, x, dw, 1, n, batch·m, k, true,
+/// false, false, false)` on the flattened `[batch·m, ·]` matrices.
+///
+/// Lengths: `a.len() == (batch if a_batched else 1)·m·k`, likewise `b` with `k·n`,
+/// `out.len() == batch·m·n`; panics otherwise. `k == 0` gives zeros.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul<T: Real>(
+    a: &[T],
+    b: &[T],
+    out: &mut [T],
+    batch: usize,
+    m: usize,
+    k: usize,
+    n: usize,
+    a_trans: bool,
+    b_trans: bool,
+    a_batched: bool,
+    b_batched: bool,
+) {
+    matmul_impl(a, b, out, batch, m, k, n, a_trans, b_trans, a_batched, b_batched, false);
+}
+
+/// Accumulating batched matrix product: `out[β, i, j] += Σ_{p<k} A_β[i, p] · B_β[p, j]`, with
+/// operands, flags and lengths exactly as in [`matmul`]. Useful to accumulate gradients.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_acc<T: Real>(
+    a: &[T],
+    b: &[T],
+    out: &mut [T],
+    batch: usize,
+    m: usize,
+    k: usize,
+    n: usize,
+    a_trans: bool,
+    b_trans: bool,
+    a_batched: bool,
+    b_batched: bool,
+) {
+    matmul_impl(a, b, out, batch, m, k, n, a_trans, b_trans, a_batched, b_batched, true);
+}
+
+#[allow(clippy::too_many_arguments)]
+fn matmul_impl<T: Real>(
+    a: &[T],
+    b: &[T],
+    out: &mut [T],
+    batch: usize,
+    m: usize,
+    k: usize,
+    n: usize,
+    a_trans: bool,
+    b_trans: bool,
+    a_batched: bool,
+    b_batched: bool,
+    accumulate: bool,
+) {
+    let a_item = m * k;
+    let b_item = k * n;
+    let o_item = m * n;
+    assert_eq!(a.len(), if a_batched { batch * a_item } else { a_item }, "matmul: a has the wrong length");
+    assert_eq!(b.len(), if b_batched { batch * b_item } else { b_item }, "matmul: b has the wrong length");
+    assert_eq!(out.len(), batch * o_item, "matmul: out has the wrong length");
+    if out.is_empty() {
+        return;
+    }
+    // Strides (row, column) of op(a) as an [m, k] matrix and of op(b) as a [k, n] matrix.
+    let (a_rs, a_cs) = if a_trans { (1, m) } else { (k, 1) };
+    let (b_rs, b_cs) = if b_trans { (1, k) } else { (n, 1) };
+    let strides = Strides { a_rs, a_cs, b_rs, b_cs };
+
+    // A batch of row-major a's against one shared b is a single [batch·m, k] × [k, n] product.
+    if batch > 1 && a_batched && !a_trans && !b_batched {
+        let rows = batch * m;
+        let par = parallelism(rows * k * n);
+        gemm_one(a, b, out, rows, k, n, strides, accumulate, par);
+        return;
+    }
+
+    let work = o_item * k;
+    let item = |i: usize, o: &mut [T], par: Parallelism| {
+        let a_i = if a_batched { &a[i * a_item..(i + 1) * a_item] } else { a };
+        let b_i = if b_batched { &b[i * b_item..(i + 1) * b_item] } else { b };
+        gemm_one(a_i, b_i, o, m, k, n, strides, accumulate, par);
+    };
+    if batch == 1 || work >= GEMM_PAR_MIN || batch * work < GEMM_PAR_MIN {
+        // Few or large products: one after another, each using the pool if it is big enough.
+        let par = parallelism(work);
+        for (i, o) in out.chunks_exact_mut(o_item).enumerate() {
+            item(i, o, par);
+        }
+    } else {
+        // Many small products (attention heads): one product per task.
+        let per_task = (GEMM_PAR_MIN / 4 / work.max(1)).max(1);
+        out.par_chunks_exact_mut(o_item)
+            .enumerate()
+            .with_min_len(per_task)
+            .for_each(|(i, o)| item(i, o, Parallelism::None));
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Strides {
+    a_rs: usize,
+    a_cs: usize,
+    b_rs: usize,
+    b_cs: usize,
+}
+
+#[inline]
+fn parallelism(flops: usize) -> Parallelism {
+    if flops >= GEMM_PAR_MIN && rayon::current_num_threads() > 1 {
+        Parallelism::Rayon(0)
+    } else {
+        Parallelism::None
+    }
+}
+
+/// `out[m, n] (+)= op(a)[m, k] · op(b)[k, n]` with the given strides; `out` row-major.
+#[allow(clippy::too_many_arguments)]
+fn gemm_one<T: Real>(
+    a: &[T],
+    b: &[T],
+    out: &mut [T],
+    m: usize,
+    k: usize,
+    n: usize,
+    s: Strides,
+    accumulate: bool,
+    par: Parallelism,
+) {
+    debug_assert_eq!(out.len(), m * n);
+    let id = TypeId::of::<T>();
+    if id == TypeId::of::<f32>() || id == TypeId::of::<f64>() {
+        // SAFETY: `a` holds the m×k matrix addressed by (a_rs, a_cs) (its length was checked by
+        // the caller: max offset (m-1)·a_rs + (k-1)·a_cs < m·k), likewise `b` and `out`, and
+        // `out` does not alias the inputs (it is a unique borrow). T is f32 or f64, which gemm
+        // supports.
+        unsafe {
+            gemm::gemm(
+                m,
+                n,
+                k,
+                out.as_mut_ptr(),
+                1,
+                n as isize,
+                accumulate,
+                a.as_ptr(),
+                s.a_cs as isize,
+                s.a_rs as isize,
+                b.as_ptr(),
+                s.b_cs as isize,
+                s.b_rs as isize,
+                if accumulate { T::one() } else { T::zero() },
+                T::one(),
+                false,
+                false,
+                false,
+                par,
+            );
+        }
+    } else {
+        // Any other float type: a plain triple loop.
+        for i in 0..m {
+            for j in 0..n {
+                let mut acc = T::zero();
+                for p in 0..k {
+                    acc = acc + a[i * s.a_rs + p * s.a_cs] * b[p * s.b_rs + j * s.b_cs];
+                }
+                let o = &mut out[i * n + j];
+                *o = if accumulate { *o + acc } else { acc };
+            }
+        }
+    }
+}

@@ -1,0 +1,193 @@
+//! Running an engine graph: every node becomes a node of a luminal 0.2.0 `Graph` (kept boxed:
+//! its tensors hold a pointer to it) whose operator is kdc's own, calling the CPU backend's
+//! kernel for that operation. luminal orders the nodes, hands each its inputs (moving a tensor
+//! into its last consumer) and frees intermediates as soon as nothing needs them. luminal's
+//! own CPU compiler is not used.
+
+use super::graph::{Graph, Id, Op};
+use super::kernels;
+use luminal::op::InputTensor;
+use luminal::op::Operator;
+use luminal::prelude::{Graph as LGraph, NodeIndex, ShapeTracker, Tensor};
+use std::collections::HashMap;
+
+/// kdc's operator inside luminal: the engine operation with its static shapes. `node` makes
+/// every operator distinct, so luminal's common-subexpression pass (which compares operators
+/// for equality) can never merge two of them; kdc deduplicates its own graph before this.
+#[derive(Debug)]
+struct Kernel {
+    node: Id,
+    op: Op,
+    input_shapes: Vec<Vec<usize>>,
+    shape: Vec<usize>,
+}
+
+impl PartialEq for Kernel {
+    fn eq(&self, other: &Kernel) -> bool {
+        self.node == other.node
+    }
+}
+
+impl Operator for Kernel {
+    fn process(&mut self, inputs: Vec<(InputTensor, ShapeTracker)>) -> Vec<Tensor> {
+        let slices: Vec<&[f32]> = inputs.iter().map(|(t, _)| data(t.borrowed())).collect();
+        let out = kernels::run(&self.op, &slices, &self.input_shapes, &self.shape);
+        vec![Tensor::new(out)]
+    }
+}
+
+/// A value the runner sets before each execution (a parameter, a batch input, a scalar).
+#[derive(Debug, PartialEq)]
+struct Source {
+    name: String,
+}
+
+impl Operator for Source {
+    fn process(&mut self, _: Vec<(InputTensor, ShapeTracker)>) -> Vec<Tensor> {
+        panic!("kdc runtime: no value was set for {}", self.name)
+    }
+}
+
+fn data(t: &Tensor) -> &[f32] {
+    t.data
+        .as_any()
+        .downcast_ref::<Vec<f32>>()
+        .expect("kdc tensors hold Vec<f32>")
+}
+
+/// A compiled graph ready to execute repeatedly.
+pub struct Executable {
+    graph: Box<LGraph>,
+    nodes: Vec<Option<NodeIndex>>,
+    /// Parameter index → its source node.
+    params: Vec<Option<NodeIndex>>,
+    inputs: HashMap<String, NodeIndex>,
+    outputs: Vec<Id>,
+    shapes: Vec<Vec<usize>>,
+}
+
+impl Executable {
+    /// Builds the luminal graph for the nodes that `outputs` need.
+    pub fn new(g: &Graph, outputs: &[Id]) -> Executable {
+        let live = g.live(outputs);
+        let mut graph = Box::new(LGraph::new());
+        let mut nodes = vec![None; g.nodes.len()];
+        let mut params = vec![None; g.params.len()];
+        let mut inputs = HashMap::new();
+        for (i, node) in g.nodes.iter().enumerate() {
+            if !live[i] {
+                continue;
+            }
+            let index = match &node.op {
+                Op::Param(p) => {
+                    let index = graph
+                        .add_op(Source {
+                            name: g.params[*p].name.clone(),
+                        })
+                        .finish();
+                    params[*p] = Some(index);
+                    index
+                }
+                Op::Input(name) | Op::Scalar(name) => {
+                    let index = graph.add_op(Source { name: name.clone() }).finish();
+                    inputs.insert(name.clone(), index);
+                    index
+                }
+                op => {
+                    let kernel = Kernel {
+                        node: i,
+                        op: op.clone(),
+                        input_shapes: node
+                            .inputs
+                            .iter()
+                            .map(|&n| g.nodes[n].shape.clone())
+                            .collect(),
+                        shape: node.shape.clone(),
+                    };
+                    let mut new = graph.add_op(kernel);
+                    for &source in &node.inputs {
+                        new = new.input(
+                            nodes[source].expect("inputs come first"),
+                            0,
+                            ShapeTracker::new(&[]),
+                        );
+                    }
+                    new.finish()
+                }
+            };
+            nodes[i] = Some(index);
+        }
+        let kept: Vec<NodeIndex> = params
+            .iter()
+            .flatten()
+            .copied()
+            .chain(outputs.iter().map(|&o| nodes[o].unwrap()))
+            .collect();
+        graph.keep_tensors(kept);
+        Executable {
+            graph,
+            nodes,
+            params,
+            inputs,
+            outputs: outputs.to_vec(),
+            shapes: g.nodes.iter().map(|n| n.shape.clone()).collect(),
+        }
+    }
+
+    /// Whether parameter `p` is used by this graph.
+    pub fn uses_param(&self, p: usize) -> bool {
+        self.params[p].is_some()
+    }
+
+    /// Moves a parameter's values into the graph.
+    pub fn set_param(&mut self, p: usize, values: Vec<f32>) {
+        if let Some(index) = self.params[p] {
+            self.graph.set_tensor(index, 0, Tensor::new(values));
+        }
+    }
+
+    /// Takes a parameter's values back out (to update them).
+    pub fn take_param(&mut self, p: usize) -> Option<Vec<f32>> {
+        let index = self.params[p]?;
+        self.graph.get_tensor(index, 0).map(into_vec)
+    }
+
+    pub fn has_input(&self, name: &str) -> bool {
+        self.inputs.contains_key(name)
+    }
+
+    pub fn set_input(&mut self, name: &str, values: Vec<f32>) {
+        if let Some(&index) = self.inputs.get(name) {
+            self.graph.set_tensor(index, 0, Tensor::new(values));
+        }
+    }
+
+    /// Runs the graph and returns the outputs, in the order given at construction.
+    pub fn run(&mut self) -> Vec<Vec<f32>> {
+        self.graph.execute();
+        let outputs = self.outputs.clone();
+        // Kept outputs must leave the graph, or the next run would skip their nodes.
+        outputs
+            .iter()
+            .map(|&o| {
+                let index = self.nodes[o].unwrap();
+                let t = self
+                    .graph
+                    .get_tensor(index, 0)
+                    .unwrap_or_else(|| panic!("output %{o} was not computed"));
+                let v = into_vec(t);
+                debug_assert_eq!(v.len(), super::graph::numel(&self.shapes[o]));
+                v
+            })
+            .collect()
+    }
+}
+
+fn into_vec(mut t: Tensor) -> Vec<f32> {
+    std::mem::take(
+        t.data
+            .as_any_mut()
+            .downcast_mut::<Vec<f32>>()
+            .expect("kdc tensors hold Vec<f32>"),
+    )
+}

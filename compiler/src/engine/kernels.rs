@@ -1,0 +1,763 @@
+//! The dispatch from engine operations to CPU kernels. Each operation reads its inputs as
+//! contiguous row-major f32 slices with the static shapes recorded at compile time and
+//! returns a new buffer.
+
+use super::graph::{numel, Binary, Op, Reduce, Unary};
+
+/// Runs one operation.
+pub fn run(op: &Op, inputs: &[&[f32]], shapes: &[Vec<usize>], out_shape: &[usize]) -> Vec<f32> {
+    let n = numel(out_shape);
+    match op {
+        Op::Fill(v) => vec![*v; n],
+        Op::Eye => {
+            let (r, c) = (out_shape[0], out_shape[1]);
+            let mut out = vec![0.0; n];
+            for i in 0..r.min(c) {
+                out[i * c + i] = 1.0;
+            }
+            out
+        }
+        Op::CausalMask => {
+            let l = out_shape[0];
+            let mut out = vec![0.0; n];
+            for i in 0..l {
+                for j in i + 1..l {
+                    out[i * l + j] = f32::MIN;
+                }
+            }
+            out
+        }
+        Op::Unary(f) => inputs[0].iter().map(|&x| unary(*f, x)).collect(),
+        Op::UnaryBackward(f) => inputs[0]
+            .iter()
+            .zip(inputs[1])
+            .zip(inputs[2])
+            .map(|((&x, &y), &dy)| dy * unary_derivative(*f, x, y))
+            .collect(),
+        Op::Binary(f) => binary(*f, inputs[0], &shapes[0], inputs[1], &shapes[1], out_shape),
+        Op::MatMul { ta, tb } => matmul(
+            inputs[0], &shapes[0], *ta, inputs[1], &shapes[1], *tb, out_shape,
+        ),
+        Op::Permute(perm) => permute(inputs[0], &shapes[0], perm),
+        Op::Reshape | Op::Detach => inputs[0].to_vec(),
+        Op::Broadcast => binary(Binary::Add, inputs[0], &shapes[0], &[0.0], &[], out_shape),
+        Op::SumTo => sum_to(inputs[0], &shapes[0], out_shape),
+        Op::Reduce { kind, axis } => reduce(*kind, *axis, inputs[0], &shapes[0]),
+        Op::ReduceBackward { kind, axis } => {
+            reduce_backward(*kind, *axis, inputs[0], &shapes[0], inputs[1])
+        }
+        Op::Softmax { axis } => along(inputs[0], &shapes[0], *axis, |x, y| softmax(x, y, false)),
+        Op::LogSoftmax { axis } => along(inputs[0], &shapes[0], *axis, |x, y| softmax(x, y, true)),
+        Op::SoftmaxBackward { axis } => {
+            along2(inputs[0], inputs[1], &shapes[0], *axis, |y, dy, dx| {
+                let dot: f32 = y.iter().zip(dy).map(|(a, b)| a * b).sum();
+                for i in 0..y.len() {
+                    dx[i] = y[i] * (dy[i] - dot);
+                }
+            })
+        }
+        Op::LogSoftmaxBackward { axis } => {
+            along2(inputs[0], inputs[1], &shapes[0], *axis, |y, dy, dx| {
+                let sum: f32 = dy.iter().sum();
+                for i in 0..y.len() {
+                    dx[i] = dy[i] - y[i].exp() * sum;
+                }
+            })
+        }
+        Op::Normalize { axis } => along(inputs[0], &shapes[0], *axis, |x, y| {
+            let norm = x.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
+            for i in 0..x.len() {
+                y[i] = x[i] / norm;
+            }
+        }),
+        Op::NormalizeBackward { axis } => {
+            along2(inputs[0], inputs[1], &shapes[0], *axis, |x, dy, dx| {
+                let norm = x.iter().map(|v| v * v).sum::<f32>().sqrt();
+                if norm <= 1e-12 {
+                    dx.iter_mut().zip(dy).for_each(|(d, g)| *d = g / 1e-12);
+                    return;
+                }
+                let dot: f32 = x.iter().zip(dy).map(|(a, b)| a * b).sum();
+                for i in 0..x.len() {
+                    dx[i] = dy[i] / norm - x[i] * dot / (norm * norm * norm);
+                }
+            })
+        }
+        Op::LayerNorm { eps } => layer_norm(
+            inputs[0],
+            inputs[1],
+            inputs[2],
+            *out_shape.last().unwrap(),
+            *eps,
+        ),
+        Op::LayerNormBackward { eps } => layer_norm_backward(
+            inputs[0],
+            inputs[1],
+            inputs[2],
+            *shapes[0].last().unwrap(),
+            *eps,
+        ),
+        Op::LayerNormParamGrads { eps } => {
+            layer_norm_param_grads(inputs[0], inputs[1], *shapes[0].last().unwrap(), *eps)
+        }
+        Op::Embedding => {
+            let w = shapes[0][1];
+            let mut out = Vec::with_capacity(n);
+            for &id in inputs[1] {
+                let r = id as usize;
+                out.extend_from_slice(&inputs[0][r * w..(r + 1) * w]);
+            }
+            out
+        }
+        Op::EmbeddingBackward => {
+            let w = out_shape[1];
+            let mut out = vec![0.0; n];
+            for (k, &id) in inputs[0].iter().enumerate() {
+                let r = id as usize;
+                for j in 0..w {
+                    out[r * w + j] += inputs[1][k * w + j];
+                }
+            }
+            out
+        }
+        Op::GatherRows => {
+            let (b, t, w) = (shapes[0][0], shapes[0][1], shapes[0][2]);
+            let k = shapes[1][1];
+            let mut out = Vec::with_capacity(n);
+            for i in 0..b {
+                for j in 0..k {
+                    let r = inputs[1][i * k + j] as usize;
+                    out.extend_from_slice(&inputs[0][(i * t + r) * w..(i * t + r + 1) * w]);
+                }
+            }
+            out
+        }
+        Op::ScatterRows => {
+            let (b, t, w) = (out_shape[0], out_shape[1], out_shape[2]);
+            let k = shapes[0][1];
+            let mut out = vec![0.0; n];
+            for i in 0..b {
+                for j in 0..k {
+                    let r = inputs[0][i * k + j] as usize;
+                    for c in 0..w {
+                        out[(i * t + r) * w + c] += inputs[1][(i * k + j) * w + c];
+                    }
+                }
+            }
+            out
+        }
+        Op::Concat { axis } => {
+            let outer: usize = out_shape[..*axis].iter().product();
+            let inner: usize = out_shape[axis + 1..].iter().product();
+            let (a, b) = (shapes[0][*axis] * inner, shapes[1][*axis] * inner);
+            let mut out = Vec::with_capacity(n);
+            for o in 0..outer {
+                out.extend_from_slice(&inputs[0][o * a..(o + 1) * a]);
+                out.extend_from_slice(&inputs[1][o * b..(o + 1) * b]);
+            }
+            out
+        }
+        Op::Slice { axis, start } => {
+            let outer: usize = out_shape[..*axis].iter().product();
+            let inner: usize = out_shape[axis + 1..].iter().product();
+            let (full, len) = (shapes[0][*axis] * inner, out_shape[*axis] * inner);
+            let mut out = Vec::with_capacity(n);
+            for o in 0..outer {
+                out.extend_from_slice(
+                    &inputs[0][o * full + start * inner..o * full + start * inner + len],
+                );
+            }
+            out
+        }
+        Op::SliceBackward { axis, start } => {
+            let outer: usize = out_shape[..*axis].iter().product();
+            let inner: usize = out_shape[axis + 1..].iter().product();
+            let (full, len) = (out_shape[*axis] * inner, shapes[0][*axis] * inner);
+            let mut out = vec![0.0; n];
+            for o in 0..outer {
+                out[o * full + start * inner..o * full + start * inner + len]
+                    .copy_from_slice(&inputs[0][o * len..(o + 1) * len]);
+            }
+            out
+        }
+        Op::Mse
+        | Op::L1
+        | Op::SmoothL1 { .. }
+        | Op::Kl
+        | Op::CrossEntropyDiagonal
+        | Op::CrossEntropySoft => vec![loss(op, inputs, shapes) as f32],
+        Op::LossBackward { loss: l, which } => loss_backward(l, *which, inputs, shapes),
+        Op::Param(_) | Op::Input(_) | Op::Scalar(_) => unreachable!("sources are set, not run"),
+    }
+}
+
+fn unary(f: Unary, x: f32) -> f32 {
+    match f {
+        Unary::Neg => -x,
+        Unary::Exp => x.exp(),
+        Unary::Log => x.ln(),
+        Unary::Sqrt => x.sqrt(),
+        Unary::Abs => x.abs(),
+        Unary::Gelu => 0.5 * x * (1.0 + erf(x as f64 / std::f64::consts::SQRT_2) as f32),
+        Unary::QuickGelu => x / (1.0 + (-1.702 * x).exp()),
+    }
+}
+
+fn unary_derivative(f: Unary, x: f32, y: f32) -> f32 {
+    match f {
+        Unary::Neg => -1.0,
+        Unary::Exp => y,
+        Unary::Log => 1.0 / x,
+        Unary::Sqrt => 0.5 / y,
+        Unary::Abs => x.signum() * (x != 0.0) as i32 as f32,
+        Unary::Gelu => {
+            let cdf = 0.5 * (1.0 + erf(x as f64 / std::f64::consts::SQRT_2)) as f32;
+            let pdf = (-0.5 * x * x).exp() / (2.0 * std::f32::consts::PI).sqrt();
+            cdf + x * pdf
+        }
+        Unary::QuickGelu => {
+            let s = 1.0 / (1.0 + (-1.702 * x).exp());
+            s + 1.702 * x * s * (1.0 - s)
+        }
+    }
+}
+
+/// erf to double precision (Abramowitz–Stegun 7.1.26 is too coarse; this uses the
+/// complementary-error-function Chebyshev fit of Numerical Recipes, |error| < 1.2e-7).
+pub fn erf(x: f64) -> f64 {
+    let z = x.abs();
+    let t = 1.0 / (1.0 + 0.5 * z);
+    let r = t
+        * (-z * z - 1.26551223
+            + t * (1.00002368
+                + t * (0.37409196
+                    + t * (0.09678418
+                        + t * (-0.18628806
+                            + t * (0.27886807
+                                + t * (-1.13520398
+                                    + t * (1.48851587 + t * (-0.82215223 + t * 0.17087277)))))))))
+            .exp();
+    if x >= 0.0 {
+        1.0 - r
+    } else {
+        r - 1.0
+    }
+}
+
+fn strides(shape: &[usize]) -> Vec<usize> {
+    let mut s = vec![1; shape.len()];
+    for i in (0..shape.len().saturating_sub(1)).rev() {
+        s[i] = s[i + 1] * shape[i + 1];
+    }
+    s
+}
+
+/// Strides of `shape` broadcast to `out` (0 along broadcast axes).
+fn broadcast_strides(shape: &[usize], out: &[usize]) -> Vec<usize> {
+    let s = strides(shape);
+    let offset = out.len() - shape.len();
+    (0..out.len())
+        .map(|i| {
+            if i < offset || shape[i - offset] == 1 && out[i] != 1 {
+                0
+            } else {
+                s[i - offset]
+            }
+        })
+        .collect()
+}
+
+fn binary(
+    f: Binary,
+    a: &[f32],
+    sa: &[usize],
+    b: &[f32],
+    sb: &[usize],
+    out_shape: &[usize],
+) -> Vec<f32> {
+    let apply = |x: f32, y: f32| match f {
+        Binary::Add => x + y,
+        Binary::Sub => x - y,
+        Binary::Mul => x * y,
+        Binary::Div => x / y,
+    };
+    let n = numel(out_shape);
+    if sa == sb {
+        return a.iter().zip(b).map(|(&x, &y)| apply(x, y)).collect();
+    }
+    if b.len() == 1 && a.len() == n {
+        let y = b[0];
+        return a.iter().map(|&x| apply(x, y)).collect();
+    }
+    if a.len() == 1 && b.len() == n {
+        let x = a[0];
+        return b.iter().map(|&y| apply(x, y)).collect();
+    }
+    let (ta, tb) = (
+        broadcast_strides(sa, out_shape),
+        broadcast_strides(sb, out_shape),
+    );
+    let mut out = Vec::with_capacity(n);
+    let mut index = vec![0usize; out_shape.len()];
+    let (mut ia, mut ib) = (0usize, 0usize);
+    for _ in 0..n {
+        out.push(apply(a[ia], b[ib]));
+        for d in (0..out_shape.len()).rev() {
+            index[d] += 1;
+            ia += ta[d];
+            ib += tb[d];
+            if index[d] < out_shape[d] {
+                break;
+            }
+            ia -= ta[d] * out_shape[d];
+            ib -= tb[d] * out_shape[d];
+            index[d] = 0;
+        }
+    }
+    out
+}
+
+fn sum_to(x: &[f32], sx: &[usize], out_shape: &[usize]) -> Vec<f32> {
+    let t = broadcast_strides(out_shape, sx);
+    let mut out = vec![0.0; numel(out_shape)];
+    let mut index = vec![0usize; sx.len()];
+    let mut io = 0usize;
+    for &v in x {
+        out[io] += v;
+        for d in (0..sx.len()).rev() {
+            index[d] += 1;
+            io += t[d];
+            if index[d] < sx[d] {
+                break;
+            }
+            io -= t[d] * sx[d];
+            index[d] = 0;
+        }
+    }
+    out
+}
+
+fn permute(x: &[f32], shape: &[usize], perm: &[usize]) -> Vec<f32> {
+    let s = strides(shape);
+    let out_shape: Vec<usize> = perm.iter().map(|&p| shape[p]).collect();
+    let src: Vec<usize> = perm.iter().map(|&p| s[p]).collect();
+    let n = x.len();
+    let mut out = Vec::with_capacity(n);
+    let mut index = vec![0usize; shape.len()];
+    let mut i = 0usize;
+    for _ in 0..n {
+        out.push(x[i]);
+        for d in (0..out_shape.len()).rev() {
+            index[d] += 1;
+            i += src[d];
+            if index[d] < out_shape[d] {
+                break;
+            }
+            i -= src[d] * out_shape[d];
+            index[d] = 0;
+        }
+    }
+    out
+}
+
+fn matmul(
+    a: &[f32],
+    sa: &[usize],
+    ta: bool,
+    b: &[f32],
+    sb: &[usize],
+    tb: bool,
+    out_shape: &[usize],
+) -> Vec<f32> {
+    let r = out_shape.len();
+    let (m, n) = (out_shape[r - 2], out_shape[r - 1]);
+    let k = if ta {
+        sa[sa.len() - 2]
+    } else {
+        sa[sa.len() - 1]
+    };
+    let batch: usize = out_shape[..r - 2].iter().product();
+    let a_batched = sa.len() > 2;
+    let b_batched = sb.len() > 2;
+    let mut out = vec![0.0f32; numel(out_shape)];
+    // Strides (row, column) of op(A) [m, k] and op(B) [k, n] as stored.
+    let (a_rs, a_cs) = if ta {
+        (1isize, m as isize)
+    } else {
+        (k as isize, 1isize)
+    };
+    let (b_rs, b_cs) = if tb {
+        (1isize, k as isize)
+    } else {
+        (n as isize, 1isize)
+    };
+    for i in 0..batch {
+        let a_off = if a_batched { i * m * k } else { 0 };
+        let b_off = if b_batched { i * k * n } else { 0 };
+        let c = &mut out[i * m * n..(i + 1) * m * n];
+        // SAFETY: the pointers and strides describe in-bounds matrices of the given sizes.
+        unsafe {
+            gemm::gemm(
+                m,
+                n,
+                k,
+                c.as_mut_ptr(),
+                1,
+                n as isize,
+                false,
+                a[a_off..].as_ptr(),
+                a_cs,
+                a_rs,
+                b[b_off..].as_ptr(),
+                b_cs,
+                b_rs,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::Rayon(0),
+            );
+        }
+    }
+    out
+}
+
+/// The tensor as [outer, n, inner] around `axis`; `f` maps each length-n fibre.
+fn along(x: &[f32], shape: &[usize], axis: usize, f: impl Fn(&[f32], &mut [f32])) -> Vec<f32> {
+    let n = shape[axis];
+    let inner: usize = shape[axis + 1..].iter().product();
+    let outer: usize = shape[..axis].iter().product();
+    let mut out = vec![0.0; x.len()];
+    let (mut fibre, mut result) = (vec![0.0; n], vec![0.0; n]);
+    for o in 0..outer {
+        for i in 0..inner {
+            for j in 0..n {
+                fibre[j] = x[(o * n + j) * inner + i];
+            }
+            f(&fibre, &mut result);
+            for j in 0..n {
+                out[(o * n + j) * inner + i] = result[j];
+            }
+        }
+    }
+    out
+}
+
+fn along2(
+    x: &[f32],
+    y: &[f32],
+    shape: &[usize],
+    axis: usize,
+    f: impl Fn(&[f32], &[f32], &mut [f32]),
+) -> Vec<f32> {
+    let n = shape[axis];
+    let inner: usize = shape[axis + 1..].iter().product();
+    let outer: usize = shape[..axis].iter().product();
+    let mut out = vec![0.0; x.len()];
+    let (mut fx, mut fy, mut result) = (vec![0.0; n], vec![0.0; n], vec![0.0; n]);
+    for o in 0..outer {
+        for i in 0..inner {
+            for j in 0..n {
+                fx[j] = x[(o * n + j) * inner + i];
+                fy[j] = y[(o * n + j) * inner + i];
+            }
+            f(&fx, &fy, &mut result);
+            for j in 0..n {
+                out[(o * n + j) * inner + i] = result[j];
+            }
+        }
+    }
+    out
+}
+
+fn softmax(x: &[f32], y: &mut [f32], log: bool) {
+    let max = x.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f32 = x.iter().map(|v| (v - max).exp()).sum();
+    for i in 0..x.len() {
+        y[i] = if log {
+            x[i] - max - sum.ln()
+        } else {
+            (x[i] - max).exp() / sum
+        };
+    }
+}
+
+fn reduce(kind: Reduce, axis: Option<usize>, x: &[f32], shape: &[usize]) -> Vec<f32> {
+    let (outer, n, inner) = match axis {
+        Some(a) => (
+            shape[..a].iter().product::<usize>(),
+            shape[a],
+            shape[a + 1..].iter().product::<usize>(),
+        ),
+        None => (1, x.len(), 1),
+    };
+    let mut out = vec![0.0; outer * inner];
+    for o in 0..outer {
+        for i in 0..inner {
+            let get = |j: usize| x[(o * n + j) * inner + i] as f64;
+            let sum: f64 = (0..n).map(get).sum();
+            out[o * inner + i] = match kind {
+                Reduce::Sum => sum as f32,
+                Reduce::Mean => (sum / n as f64) as f32,
+                Reduce::Var => {
+                    let mean = sum / n as f64;
+                    ((0..n).map(|j| (get(j) - mean).powi(2)).sum::<f64>() / n as f64) as f32
+                }
+            };
+        }
+    }
+    out
+}
+
+fn reduce_backward(
+    kind: Reduce,
+    axis: Option<usize>,
+    x: &[f32],
+    shape: &[usize],
+    dy: &[f32],
+) -> Vec<f32> {
+    let (outer, n, inner) = match axis {
+        Some(a) => (
+            shape[..a].iter().product::<usize>(),
+            shape[a],
+            shape[a + 1..].iter().product::<usize>(),
+        ),
+        None => (1, x.len(), 1),
+    };
+    let mut dx = vec![0.0; x.len()];
+    for o in 0..outer {
+        for i in 0..inner {
+            let g = dy[o * inner + i];
+            let mean = if kind == Reduce::Var {
+                (0..n).map(|j| x[(o * n + j) * inner + i]).sum::<f32>() / n as f32
+            } else {
+                0.0
+            };
+            for j in 0..n {
+                let at = (o * n + j) * inner + i;
+                dx[at] = match kind {
+                    Reduce::Sum => g,
+                    Reduce::Mean => g / n as f32,
+                    Reduce::Var => g * 2.0 * (x[at] - mean) / n as f32,
+                };
+            }
+        }
+    }
+    dx
+}
+
+fn layer_norm(x: &[f32], gain: &[f32], bias: &[f32], w: usize, eps: f32) -> Vec<f32> {
+    let mut out = vec![0.0; x.len()];
+    for (row, o) in x.chunks_exact(w).zip(out.chunks_exact_mut(w)) {
+        let mean = row.iter().sum::<f32>() / w as f32;
+        let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / w as f32;
+        let rstd = 1.0 / (var + eps).sqrt();
+        for j in 0..w {
+            o[j] = (row[j] - mean) * rstd * gain[j] + bias[j];
+        }
+    }
+    out
+}
+
+fn layer_norm_backward(x: &[f32], gain: &[f32], dy: &[f32], w: usize, eps: f32) -> Vec<f32> {
+    let mut dx = vec![0.0; x.len()];
+    for ((row, g), d) in x
+        .chunks_exact(w)
+        .zip(dy.chunks_exact(w))
+        .zip(dx.chunks_exact_mut(w))
+    {
+        let mean = row.iter().sum::<f32>() / w as f32;
+        let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / w as f32;
+        let rstd = 1.0 / (var + eps).sqrt();
+        let mut sum_g = 0.0;
+        let mut sum_gx = 0.0;
+        for j in 0..w {
+            let gh = g[j] * gain[j];
+            let xh = (row[j] - mean) * rstd;
+            sum_g += gh;
+            sum_gx += gh * xh;
+        }
+        for j in 0..w {
+            let xh = (row[j] - mean) * rstd;
+            d[j] = rstd * (g[j] * gain[j] - sum_g / w as f32 - xh * sum_gx / w as f32);
+        }
+    }
+    dx
+}
+
+fn layer_norm_param_grads(x: &[f32], dy: &[f32], w: usize, eps: f32) -> Vec<f32> {
+    let mut out = vec![0.0; 2 * w];
+    for (row, g) in x.chunks_exact(w).zip(dy.chunks_exact(w)) {
+        let mean = row.iter().sum::<f32>() / w as f32;
+        let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / w as f32;
+        let rstd = 1.0 / (var + eps).sqrt();
+        for j in 0..w {
+            out[j] += g[j] * (row[j] - mean) * rstd;
+            out[w + j] += g[j];
+        }
+    }
+    out
+}
+
+fn rows_cols(shape: &[usize]) -> (usize, usize) {
+    let c = *shape.last().unwrap_or(&1);
+    (numel(shape) / c.max(1), c)
+}
+
+fn loss(op: &Op, inputs: &[&[f32]], shapes: &[Vec<usize>]) -> f64 {
+    let a = inputs[0];
+    match op {
+        Op::Mse => {
+            a.iter()
+                .zip(inputs[1])
+                .map(|(&x, &y)| ((x - y) as f64).powi(2))
+                .sum::<f64>()
+                / a.len() as f64
+        }
+        Op::L1 => {
+            a.iter()
+                .zip(inputs[1])
+                .map(|(&x, &y)| ((x - y) as f64).abs())
+                .sum::<f64>()
+                / a.len() as f64
+        }
+        Op::SmoothL1 { beta } => {
+            let beta = *beta as f64;
+            a.iter()
+                .zip(inputs[1])
+                .map(|(&x, &y)| {
+                    let d = ((x - y) as f64).abs();
+                    if d < beta {
+                        0.5 * d * d / beta
+                    } else {
+                        d - 0.5 * beta
+                    }
+                })
+                .sum::<f64>()
+                / a.len() as f64
+        }
+        Op::Kl => {
+            let (rows, _) = rows_cols(&shapes[0]);
+            a.iter()
+                .zip(inputs[1])
+                .map(|(&lp, &lq)| (lp as f64).exp() * (lp - lq) as f64)
+                .sum::<f64>()
+                / rows as f64
+        }
+        Op::CrossEntropyDiagonal => {
+            let (rows, cols) = rows_cols(&shapes[0]);
+            let mut total = 0.0;
+            for (i, row) in a.chunks_exact(cols).enumerate() {
+                let max = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
+                let lse = max
+                    + row
+                        .iter()
+                        .map(|&v| (v as f64 - max).exp())
+                        .sum::<f64>()
+                        .ln();
+                total += lse - row[i] as f64;
+            }
+            total / rows as f64
+        }
+        Op::CrossEntropySoft => {
+            let (rows, cols) = rows_cols(&shapes[0]);
+            let mut total = 0.0;
+            for (row, target) in a.chunks_exact(cols).zip(inputs[1].chunks_exact(cols)) {
+                let max = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
+                let lse = max
+                    + row
+                        .iter()
+                        .map(|&v| (v as f64 - max).exp())
+                        .sum::<f64>()
+                        .ln();
+                total += row
+                    .iter()
+                    .zip(target)
+                    .map(|(&z, &t)| -(t as f64) * (z as f64 - lse))
+                    .sum::<f64>();
+            }
+            total / rows as f64
+        }
+        _ => unreachable!(),
+    }
+}
+
+fn loss_backward(op: &Op, which: usize, inputs: &[&[f32]], shapes: &[Vec<usize>]) -> Vec<f32> {
+    let g = *inputs.last().unwrap().first().unwrap();
+    let a = inputs[0];
+    let sign = if which == 0 { 1.0 } else { -1.0 };
+    match op {
+        Op::Mse => a
+            .iter()
+            .zip(inputs[1])
+            .map(|(&x, &y)| sign * g * 2.0 * (x - y) / a.len() as f32)
+            .collect(),
+        Op::L1 => a
+            .iter()
+            .zip(inputs[1])
+            .map(|(&x, &y)| sign * g * (x - y).signum() * ((x != y) as i32 as f32) / a.len() as f32)
+            .collect(),
+        Op::SmoothL1 { beta } => a
+            .iter()
+            .zip(inputs[1])
+            .map(|(&x, &y)| {
+                let d = x - y;
+                let local = if d.abs() < *beta {
+                    d / beta
+                } else {
+                    d.signum()
+                };
+                sign * g * local / a.len() as f32
+            })
+            .collect(),
+        Op::Kl => {
+            let (rows, _) = rows_cols(&shapes[0]);
+            let scale = g / rows as f32;
+            if which == 0 {
+                a.iter()
+                    .zip(inputs[1])
+                    .map(|(&lp, &lq)| scale * lp.exp() * (lp - lq + 1.0))
+                    .collect()
+            } else {
+                a.iter().map(|&lp| -scale * lp.exp()).collect()
+            }
+        }
+        Op::CrossEntropyDiagonal => {
+            let (rows, cols) = rows_cols(&shapes[0]);
+            let mut d = vec![0.0; a.len()];
+            for (i, (row, out)) in a
+                .chunks_exact(cols)
+                .zip(d.chunks_exact_mut(cols))
+                .enumerate()
+            {
+                softmax(row, out, false);
+                out[i] -= 1.0;
+                out.iter_mut().for_each(|v| *v *= g / rows as f32);
+            }
+            d
+        }
+        Op::CrossEntropySoft => {
+            let (rows, cols) = rows_cols(&shapes[0]);
+            let mut d = vec![0.0; a.len()];
+            for ((row, target), out) in a
+                .chunks_exact(cols)
+                .zip(inputs[1].chunks_exact(cols))
+                .zip(d.chunks_exact_mut(cols))
+            {
+                if which == 0 {
+                    softmax(row, out, false);
+                    let mass: f32 = target.iter().sum();
+                    for j in 0..cols {
+                        out[j] = g * (out[j] * mass - target[j]) / rows as f32;
+                    }
+                } else {
+                    softmax(row, out, true);
+                    out.iter_mut().for_each(|v| *v *= -g / rows as f32);
+                }
+            }
+            d
+        }
+        _ => unreachable!(),
+    }
+}

@@ -1,0 +1,99 @@
+//! The engine's CLIP towers reproduce a tiny random Hugging Face `CLIPModel` (fixture made by
+//! tests/fixtures/make_fixtures.py with transformers): every hidden state, the pooled outputs
+//! and the projected embeddings, within 1e-4.
+
+use kdc::engine::clip::{self, ModelParams, TextInputs};
+use kdc::engine::exec::Executable;
+use kdc::engine::graph::Graph;
+use kdc::engine::weights;
+use std::path::{Path, PathBuf};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// The fixture's model as a recipe describes it (the teacher of demo/clip_kd_small.kd).
+fn spec() -> kdc::model::ModelSpec {
+    let path = root().join("recipes/demo/clip_kd_small.kd");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let compiled = kdc::compile(path.to_str().unwrap(), &text, &kdc::FsLoader);
+    let recipe = compiled.recipe.expect("the small recipe checks");
+    recipe
+        .models
+        .into_iter()
+        .find(|m| m.name == "teacher")
+        .unwrap()
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+#[test]
+fn towers_match_hugging_face() {
+    let spec = spec();
+    let dir = root().join("tests/fixtures/hf_clip_tiny");
+    let model = weights::read_safetensors(&dir.join("model.safetensors")).unwrap();
+    let io = weights::read_safetensors(&dir.join("io.safetensors")).unwrap();
+    let (b, l) = (3usize, 16usize);
+
+    let mut g = Graph::default();
+    let params = ModelParams::new(&mut g, &spec, |_| false);
+    let pixels = g.input("pixels", vec![b, 3, 32, 32]);
+    let ids = g.input("ids", vec![b, l]);
+    let eot = g.input("eot", vec![b, 1]);
+    let vision = clip::vision(&mut g, &spec, &params, pixels, None);
+    let text = clip::text(
+        &mut g,
+        &spec,
+        &params,
+        &TextInputs {
+            ids,
+            eot: Some(eot),
+            mask: None,
+        },
+    );
+    let scale = clip::logit_scale(&mut g, &params);
+
+    let mut checks: Vec<(String, usize)> = Vec::new();
+    for (i, &h) in vision.hidden.iter().enumerate() {
+        checks.push((format!("vision.hidden_states.{i}"), h));
+    }
+    for (i, &h) in text.hidden.iter().enumerate() {
+        checks.push((format!("text.hidden_states.{i}"), h));
+    }
+    checks.push(("vision.pooler_output".into(), vision.pooled));
+    checks.push(("text.pooler_output".into(), text.pooled));
+    checks.push(("image_embeds_unnormalized".into(), vision.embed));
+    checks.push(("text_embeds_unnormalized".into(), text.embed));
+    checks.push(("logit_scale_exp".into(), scale));
+    let outputs: Vec<usize> = checks.iter().map(|c| c.1).collect();
+    let mut exec = Executable::new(&g, &outputs);
+    for (name, &id) in &params.by_name {
+        let kdc::engine::graph::Op::Param(p) = g.nodes[id].op else {
+            unreachable!()
+        };
+        let values = weights::find(&model, name, &g.params[p].shape)
+            .unwrap_or_else(|| panic!("fixture lacks {name}"));
+        exec.set_param(p, values);
+    }
+    exec.set_input("pixels", io["pixel_values"].1.clone());
+    exec.set_input("ids", io["input_ids"].1.clone());
+    exec.set_input("eot", io["eot_positions"].1.clone());
+    let results = exec.run();
+    let mut worst = 0.0f32;
+    for ((name, _), got) in checks.iter().zip(&results) {
+        let expected = &io[name.as_str()].1;
+        let d = max_diff(got, expected);
+        worst = worst.max(d);
+        assert!(d < 1e-4, "{name}: max |difference| {d}");
+    }
+    assert!(worst > 0.0, "suspiciously exact");
+}
