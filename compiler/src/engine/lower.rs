@@ -55,6 +55,10 @@ struct Lowering<'r> {
     text_cache: HashMap<ir::ModelId, clip::TextOut>,
     inputs: Vec<(String, Vec<usize>)>,
     input_ids: HashMap<String, Id>,
+    /// Taps replaced by trainable parameters named `tap:<model>.<tap>` (for testing the loss
+    /// library on given features), with the parameters made so far.
+    tap_params: Vec<String>,
+    tap_nodes: HashMap<String, Id>,
 }
 
 impl Lowering<'_> {
@@ -124,6 +128,21 @@ impl Lowering<'_> {
     }
 
     fn tap(&mut self, model: ir::ModelId, tap: Tap, mask: Option<f64>) -> Id {
+        let name = format!("{}.{}", self.recipe.models[model].name, tap_name(tap));
+        if self.tap_params.contains(&name) {
+            if let Some(&id) = self.tap_nodes.get(&name) {
+                return id;
+            }
+            let spec = &self.recipe.models[model];
+            let shape = match tap {
+                Tap::Image | Tap::Text => vec![self.batch, spec.embed as usize],
+                Tap::Scale => vec![],
+                _ => panic!("only embeddings and scales can be given directly"),
+            };
+            let id = self.g.param(format!("tap:{name}"), shape, true);
+            self.tap_nodes.insert(name, id);
+            return id;
+        }
         match tap {
             Tap::Image => self.vision(model, mask).embed,
             Tap::Text => self.text(model).embed,
@@ -151,8 +170,31 @@ impl Lowering<'_> {
     }
 }
 
+fn tap_name(tap: Tap) -> String {
+    match tap {
+        Tap::Image => "image".into(),
+        Tap::Text => "text".into(),
+        Tap::Scale => "scale".into(),
+        Tap::Patches => "patches".into(),
+        Tap::ImageLayer(k) => format!("image_layer({k})"),
+        Tap::TextLayer(k) => format!("text_layer({k})"),
+    }
+}
+
 /// Lowers stage `stage_index` of `recipe` for batches of `batch`.
 pub fn lower(recipe: &Recipe, stage_index: usize, batch: usize) -> Step {
+    lower_with(recipe, stage_index, batch, &[])
+}
+
+/// Like `lower`, with the taps named in `tap_params` (`student.image`, `teacher.scale`)
+/// replaced by trainable parameters `tap:<name>`, so a loss can be evaluated and
+/// differentiated on given features.
+pub fn lower_with(
+    recipe: &Recipe,
+    stage_index: usize,
+    batch: usize,
+    tap_params: &[String],
+) -> Step {
     let stage = &recipe.stages[stage_index];
     let mut l = Lowering {
         recipe,
@@ -164,6 +206,8 @@ pub fn lower(recipe: &Recipe, stage_index: usize, batch: usize) -> Step {
         text_cache: HashMap::new(),
         inputs: Vec::new(),
         input_ids: HashMap::new(),
+        tap_params: tap_params.to_vec(),
+        tap_nodes: HashMap::new(),
     };
     // The loss's own parameters first, so their indices are stable.
     let mut loss_params = Vec::new();

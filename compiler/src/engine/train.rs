@@ -47,6 +47,19 @@ pub struct Options {
     pub log: Option<PathBuf>,
 }
 
+/// Everything one evaluation of a step saw and produced.
+#[derive(Clone, Debug)]
+pub struct Evaluation {
+    pub loss: f64,
+    pub terms: Vec<(String, f64)>,
+    /// Every parameter: name (`student/vision_model…`, `loss/clip_kd.icl_scale`), shape, values.
+    pub params: Vec<(String, Vec<usize>, Vec<f32>)>,
+    /// The gradient of the total loss for every trainable parameter the loss reaches.
+    pub grads: Vec<(String, Vec<f32>)>,
+    /// The batch: name (`pixels:student`, `ids:student`, `eot:student`), shape, values.
+    pub inputs: Vec<(String, Vec<usize>, Vec<f32>)>,
+}
+
 /// A stage ready to train.
 pub struct Trainer<'r> {
     recipe: &'r Recipe,
@@ -194,7 +207,7 @@ impl<'r> Trainer<'r> {
                 "ids" | "eot" | "mask" => {
                     // One caption per row, shared by the ids, eot and mask inputs of a model.
                     let spec = spec.expect("text inputs belong to a model");
-                    let l = shape[1];
+                    let l = spec.tokenizer.context as usize;
                     let mut caption = Rng::derive(
                         self.rng_seed ^ step.wrapping_mul(0x9E37),
                         &format!("caption:{}", spec.tokenizer.kind),
@@ -234,6 +247,74 @@ impl<'r> Trainer<'r> {
             out.push((name.clone(), values));
         }
         out
+    }
+
+    /// The loss, each term and every gradient at `step` (one micro-batch), without updating
+    /// anything: for tests against other implementations.
+    pub fn evaluate(&mut self, step: u64) -> Evaluation {
+        let inputs = self.batch_inputs(step);
+        let stage = &self.recipe.stages[self.stage_index];
+        for (p, v) in self.values.iter_mut().enumerate() {
+            if let Some(values) = v.take() {
+                self.exec.set_param(p, values);
+            }
+        }
+        for (name, values) in &inputs {
+            self.exec.set_input(name, values.clone());
+        }
+        for ((_, schedule, _), name) in self.step.terms.iter().zip(&self.step.weight_inputs) {
+            self.exec
+                .set_input(name, vec![schedule.at(step, self.total_steps) as f32]);
+        }
+        let _ = stage;
+        let outputs = self.exec.run();
+        for (p, v) in self.values.iter_mut().enumerate() {
+            if v.is_none() {
+                *v = self.exec.take_param(p);
+            }
+        }
+        let g = &self.step.graph;
+        let first_grad = 1 + self.step.terms.len();
+        Evaluation {
+            loss: outputs[0][0] as f64,
+            terms: self
+                .step
+                .terms
+                .iter()
+                .enumerate()
+                .map(|(i, t)| (t.0.clone(), outputs[1 + i][0] as f64))
+                .collect(),
+            params: g
+                .params
+                .iter()
+                .enumerate()
+                .filter_map(|(i, p)| {
+                    self.values[i]
+                        .clone()
+                        .map(|v| (p.name.clone(), p.shape.clone(), v))
+                })
+                .collect(),
+            grads: self
+                .step
+                .grads
+                .iter()
+                .enumerate()
+                .map(|(k, &(p, _))| (g.params[p].name.clone(), outputs[first_grad + k].clone()))
+                .collect(),
+            inputs: inputs
+                .into_iter()
+                .map(|(name, v)| {
+                    let shape = self
+                        .step
+                        .inputs
+                        .iter()
+                        .find(|i| i.0 == name)
+                        .map(|i| i.1.clone())
+                        .unwrap_or_default();
+                    (name, shape, v)
+                })
+                .collect(),
+        }
     }
 
     /// One optimiser step. Returns what it measured.
