@@ -165,21 +165,26 @@ impl Executable {
     /// Runs the graph and returns the outputs, in the order given at construction.
     pub fn run(&mut self) -> Vec<Vec<f32>> {
         self.graph.execute();
+        // Kept outputs must leave the graph, or the next run would skip their nodes. An output
+        // that is a source (a gradient that is a parameter, say) is copied instead, and one
+        // listed twice is taken once.
+        let mut taken: std::collections::HashMap<Id, Vec<f32>> = std::collections::HashMap::new();
         let outputs = self.outputs.clone();
-        // Kept outputs must leave the graph, or the next run would skip their nodes.
-        outputs
-            .iter()
-            .map(|&o| {
-                let index = self.nodes[o].unwrap();
-                let t = self
-                    .graph
-                    .get_tensor(index, 0)
-                    .unwrap_or_else(|| panic!("output %{o} was not computed"));
-                let v = into_vec(t);
-                debug_assert_eq!(v.len(), super::graph::numel(&self.shapes[o]));
-                v
-            })
-            .collect()
+        let sources: std::collections::HashSet<NodeIndex> = self.params.iter().flatten().chain(self.inputs.values()).copied().collect();
+        for &o in &outputs {
+            if taken.contains_key(&o) {
+                continue;
+            }
+            let index = self.nodes[o].unwrap();
+            let values = if sources.contains(&index) {
+                data(self.graph.get_tensor_ref(index, 0).unwrap_or_else(|| panic!("source %{o} was not set"))).to_vec()
+            } else {
+                into_vec(self.graph.get_tensor(index, 0).unwrap_or_else(|| panic!("output %{o} was not computed")))
+            };
+            debug_assert_eq!(values.len(), super::graph::numel(&self.shapes[o]));
+            taken.insert(o, values);
+        }
+        outputs.iter().map(|o| taken[o].clone()).collect()
     }
 }
 
