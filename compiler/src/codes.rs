@@ -269,7 +269,8 @@ UnknownField = 23, "unknown field",
 Example:
     student.img
 A model has fields `image`, `text`, `scale`, `dim`, `patches`, `image_width`, `text_width`,
-`vision`, `text_tower` and methods `image_layer(k)`, `text_layer(k)`, `masked(ratio)`.
+the parts `vision`, `visual_projection`, `text_tower`, `text_projection`, `logit_scale` (for
+`freeze`), and methods `image_layer(k)`, `text_layer(k)`, `masked(ratio)`.
 
 Fix: use one of the fields listed in the message.";
 
@@ -285,22 +286,12 @@ Fix: give the two parts distinct names.";
 
 ConflictingArguments = 25, "arguments conflict",
 "Two arguments that exclude each other were both given, such as a `preset:` together with an
-explicit `image:` tower, or both `epochs` and `steps`.
+explicit `image:` tower, or a preset and a different activation.
 
 Example:
-    train = adamw(lr: 1e-3) | epochs(3) | steps(1000)
+    student = clip(preset: \"ViT-T-16\", embed: 256)
 
 Fix: keep one of them.";
-
-MissingFile = 26, "file not found",
-"A file the recipe names (weights, a CSV, a tokenizer, a module) does not exist relative to
-the recipe. This is a warning for data and weights, which may be produced later or live on
-another machine, and an error for modules, which are needed to check the recipe.
-
-Example:
-    teacher = clip(preset: \"ViT-B-16\", weights: \"teachers/missing.safetensors\", frozen)
-
-Fix: correct the path (relative to the recipe file).";
 
 LayerOutOfRange = 27, "layer out of range",
 "A tap names a layer the tower does not have.
@@ -332,14 +323,14 @@ Example:
 Fix: remove it, or use it.";
 
 MisplacedBinding = 32, "binding not allowed here",
-"A binding has a name kdc gives a special meaning to (`loss`, `data`, `train`, `eval`,
-`freeze`) but a value of the wrong kind, or a stage binds a name that only makes sense at the
-top level (a model).
+"A binding kdc gives a meaning to appears where it has none: `eval` inside a stage (evaluation
+runs once, on the recipe's models, after training), or a stage binding that nothing in the
+stage uses.
 
 Example:
-    stage features { student = clip(preset: \"ViT-T-16\") }
+    stage features { eval = [zero_shot(…)] }
 
-Fix: define models at the top level; stages choose losses, data, training and what to freeze.";
+Fix: move `eval` to the top level; remove or use the stage binding.";
 
 PatchDoesNotDivide = 33, "patch size does not divide image size",
 "A ViT cuts the image into patch × patch squares, so the patch size must divide the image

@@ -14,10 +14,24 @@ fn check(name: &str, shapes: &[Vec<usize>], positive: bool, f: impl Fn(&mut Grap
     let mut rng = Rng::new(name.len() as u64 * 7919);
     let values: Vec<Vec<f32>> = shapes
         .iter()
-        .map(|s| (0..s.iter().product::<usize>()).map(|_| if positive { (0.5 + rng.uniform()) as f32 } else { rng.normal() as f32 }).collect())
+        .map(|s| {
+            (0..s.iter().product::<usize>())
+                .map(|_| {
+                    if positive {
+                        (0.5 + rng.uniform()) as f32
+                    } else {
+                        rng.normal() as f32
+                    }
+                })
+                .collect()
+        })
         .collect();
     let build = |g: &mut Graph| -> (Vec<Id>, Id) {
-        let params: Vec<Id> = shapes.iter().enumerate().map(|(i, s)| g.param(format!("x{i}"), s.clone(), true)).collect();
+        let params: Vec<Id> = shapes
+            .iter()
+            .enumerate()
+            .map(|(i, s)| g.param(format!("x{i}"), s.clone(), true))
+            .collect();
         let y = f(g, &params);
         let shape = g.shape(y).to_vec();
         let mut r = Rng::new(99);
@@ -59,10 +73,14 @@ fn check(name: &str, shapes: &[Vec<usize>], positive: bool, f: impl Fn(&mut Grap
             plus[p][j] += eps;
             let mut minus = values.clone();
             minus[p][j] -= eps;
-            let numeric = (evaluate(&mut exec, &plus)[0][0] - evaluate(&mut exec, &minus)[0][0]) / (2.0 * eps);
+            let numeric = (evaluate(&mut exec, &plus)[0][0] - evaluate(&mut exec, &minus)[0][0])
+                / (2.0 * eps);
             worst = worst.max((numeric - grad[j]).abs());
         }
-        assert!(worst <= 2e-2 * scale + 1e-3, "{name}: gradient of input {p} is off by {worst} (largest component {scale})");
+        assert!(
+            worst <= 2e-2 * scale + 1e-3,
+            "{name}: gradient of input {p} is off by {worst} (largest component {scale})"
+        );
     }
     let differentiable = shapes.len();
     assert!(grads.len() <= differentiable);
@@ -70,18 +88,48 @@ fn check(name: &str, shapes: &[Vec<usize>], positive: bool, f: impl Fn(&mut Grap
 
 #[test]
 fn unary_operators() {
-    for (f, positive) in [(Unary::Neg, false), (Unary::Exp, false), (Unary::Log, true), (Unary::Sqrt, true), (Unary::Abs, false), (Unary::Gelu, false), (Unary::QuickGelu, false)] {
-        check(&format!("{f:?}"), &[vec![3, 5]], positive, |g, x| g.unary(f, x[0]));
+    for (f, positive) in [
+        (Unary::Neg, false),
+        (Unary::Exp, false),
+        (Unary::Log, true),
+        (Unary::Sqrt, true),
+        (Unary::Abs, false),
+        (Unary::Gelu, false),
+        (Unary::QuickGelu, false),
+    ] {
+        check(&format!("{f:?}"), &[vec![3, 5]], positive, |g, x| {
+            g.unary(f, x[0])
+        });
     }
 }
 
 #[test]
 fn binary_operators_with_broadcasting() {
     for f in [Binary::Add, Binary::Sub, Binary::Mul, Binary::Div] {
-        check(&format!("{f:?} same"), &[vec![3, 4], vec![3, 4]], true, |g, x| g.binary(f, x[0], x[1]));
-        check(&format!("{f:?} row"), &[vec![2, 3, 4], vec![4]], true, |g, x| g.binary(f, x[0], x[1]));
-        check(&format!("{f:?} column"), &[vec![3, 1], vec![3, 4]], true, |g, x| g.binary(f, x[0], x[1]));
-        check(&format!("{f:?} scalar"), &[vec![3, 4], vec![]], true, |g, x| g.binary(f, x[0], x[1]));
+        check(
+            &format!("{f:?} same"),
+            &[vec![3, 4], vec![3, 4]],
+            true,
+            |g, x| g.binary(f, x[0], x[1]),
+        );
+        check(
+            &format!("{f:?} row"),
+            &[vec![2, 3, 4], vec![4]],
+            true,
+            |g, x| g.binary(f, x[0], x[1]),
+        );
+        check(
+            &format!("{f:?} column"),
+            &[vec![3, 1], vec![3, 4]],
+            true,
+            |g, x| g.binary(f, x[0], x[1]),
+        );
+        check(
+            &format!("{f:?} scalar"),
+            &[vec![3, 4], vec![]],
+            true,
+            |g, x| g.binary(f, x[0], x[1]),
+        );
     }
 }
 
@@ -90,24 +138,54 @@ fn matrix_products() {
     for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
         let a = if ta { vec![4, 3] } else { vec![3, 4] };
         let b = if tb { vec![5, 4] } else { vec![4, 5] };
-        check(&format!("matmul {ta} {tb}"), &[a.clone(), b.clone()], false, |g, x| g.matmul_t(x[0], x[1], ta, tb));
+        check(
+            &format!("matmul {ta} {tb}"),
+            &[a.clone(), b.clone()],
+            false,
+            |g, x| g.matmul_t(x[0], x[1], ta, tb),
+        );
         let mut ba = vec![2];
         ba.extend(&a);
         let mut bb = vec![2];
         bb.extend(&b);
-        check(&format!("batched matmul {ta} {tb}"), &[ba.clone(), bb], false, |g, x| g.matmul_t(x[0], x[1], ta, tb));
-        check(&format!("shared right {ta} {tb}"), &[ba, b.clone()], false, |g, x| g.matmul_t(x[0], x[1], ta, tb));
+        check(
+            &format!("batched matmul {ta} {tb}"),
+            &[ba.clone(), bb],
+            false,
+            |g, x| g.matmul_t(x[0], x[1], ta, tb),
+        );
+        check(
+            &format!("shared right {ta} {tb}"),
+            &[ba, b.clone()],
+            false,
+            |g, x| g.matmul_t(x[0], x[1], ta, tb),
+        );
     }
-    check("linear layer", &[vec![2, 3, 4], vec![5, 4], vec![5]], false, |g, x| kdc::engine::clip::linear(g, x[0], x[1], Some(x[2])));
+    check(
+        "linear layer",
+        &[vec![2, 3, 4], vec![5, 4], vec![5]],
+        false,
+        |g, x| kdc::engine::clip::linear(g, x[0], x[1], Some(x[2])),
+    );
 }
 
 #[test]
 fn movement() {
-    check("permute", &[vec![2, 3, 4]], false, |g, x| g.permute(x[0], vec![2, 0, 1]));
-    check("reshape", &[vec![2, 6]], false, |g, x| g.reshape(x[0], vec![3, 4]));
-    check("broadcast", &[vec![1, 4]], false, |g, x| g.broadcast(x[0], vec![3, 4]));
-    check("sum_to", &[vec![3, 4]], false, |g, x| g.sum_to(x[0], vec![1, 4]));
-    check("concat", &[vec![2, 3], vec![2, 2]], false, |g, x| g.concat(x[0], x[1], 1));
+    check("permute", &[vec![2, 3, 4]], false, |g, x| {
+        g.permute(x[0], vec![2, 0, 1])
+    });
+    check("reshape", &[vec![2, 6]], false, |g, x| {
+        g.reshape(x[0], vec![3, 4])
+    });
+    check("broadcast", &[vec![1, 4]], false, |g, x| {
+        g.broadcast(x[0], vec![3, 4])
+    });
+    check("sum_to", &[vec![3, 4]], false, |g, x| {
+        g.sum_to(x[0], vec![1, 4])
+    });
+    check("concat", &[vec![2, 3], vec![2, 2]], false, |g, x| {
+        g.concat(x[0], x[1], 1)
+    });
     check("slice", &[vec![3, 5]], false, |g, x| g.slice(x[0], 1, 1, 3));
     check("gather rows", &[vec![2, 5, 3]], false, |g, x| {
         let index = g.param("index", vec![2, 2], false);
@@ -120,14 +198,32 @@ fn movement() {
 #[test]
 fn reductions_and_normalisations() {
     for kind in [Reduce::Sum, Reduce::Mean, Reduce::Var] {
-        check(&format!("{kind:?} axis"), &[vec![3, 4, 2]], false, |g, x| g.reduce(kind, x[0], Some(1)));
-        check(&format!("{kind:?} all"), &[vec![3, 4]], false, |g, x| g.reduce(kind, x[0], None));
+        check(
+            &format!("{kind:?} axis"),
+            &[vec![3, 4, 2]],
+            false,
+            |g, x| g.reduce(kind, x[0], Some(1)),
+        );
+        check(&format!("{kind:?} all"), &[vec![3, 4]], false, |g, x| {
+            g.reduce(kind, x[0], None)
+        });
     }
     check("softmax", &[vec![3, 5]], false, |g, x| g.softmax(x[0], 1));
-    check("softmax axis 0", &[vec![3, 5]], false, |g, x| g.softmax(x[0], 0));
-    check("log_softmax", &[vec![3, 5]], false, |g, x| g.log_softmax(x[0], 1));
-    check("normalize", &[vec![3, 5]], false, |g, x| g.normalize(x[0], 1));
-    check("layer norm", &[vec![3, 6], vec![6], vec![6]], false, |g, x| g.layer_norm(x[0], x[1], x[2], 1e-5));
+    check("softmax axis 0", &[vec![3, 5]], false, |g, x| {
+        g.softmax(x[0], 0)
+    });
+    check("log_softmax", &[vec![3, 5]], false, |g, x| {
+        g.log_softmax(x[0], 1)
+    });
+    check("normalize", &[vec![3, 5]], false, |g, x| {
+        g.normalize(x[0], 1)
+    });
+    check(
+        "layer norm",
+        &[vec![3, 6], vec![6], vec![6]],
+        false,
+        |g, x| g.layer_norm(x[0], x[1], x[2], 1e-5),
+    );
 }
 
 #[test]
@@ -140,17 +236,30 @@ fn embedding_lookup() {
 
 #[test]
 fn losses() {
-    check("mse", &[vec![3, 4], vec![3, 4]], false, |g, x| g.loss(Op::Mse, vec![x[0], x[1]]));
-    check("l1", &[vec![3, 4], vec![3, 4]], false, |g, x| g.loss(Op::L1, vec![x[0], x[1]]));
-    check("smooth_l1", &[vec![3, 4], vec![3, 4]], false, |g, x| g.loss(Op::SmoothL1 { beta: 0.7 }, vec![x[0], x[1]]));
+    check("mse", &[vec![3, 4], vec![3, 4]], false, |g, x| {
+        g.loss(Op::Mse, vec![x[0], x[1]])
+    });
+    check("l1", &[vec![3, 4], vec![3, 4]], false, |g, x| {
+        g.loss(Op::L1, vec![x[0], x[1]])
+    });
+    check("smooth_l1", &[vec![3, 4], vec![3, 4]], false, |g, x| {
+        g.loss(Op::SmoothL1 { beta: 0.7 }, vec![x[0], x[1]])
+    });
     check("kl", &[vec![3, 4], vec![3, 4]], false, |g, x| {
         let p = g.log_softmax(x[0], 1);
         let q = g.log_softmax(x[1], 1);
         g.loss(Op::Kl, vec![p, q])
     });
-    check("cross_entropy diagonal", &[vec![4, 4]], false, |g, x| g.loss(Op::CrossEntropyDiagonal, vec![x[0]]));
-    check("cross_entropy soft", &[vec![3, 4], vec![3, 4]], false, |g, x| {
-        let t = g.softmax(x[1], 1);
-        g.loss(Op::CrossEntropySoft, vec![x[0], t])
+    check("cross_entropy diagonal", &[vec![4, 4]], false, |g, x| {
+        g.loss(Op::CrossEntropyDiagonal, vec![x[0]])
     });
+    check(
+        "cross_entropy soft",
+        &[vec![3, 4], vec![3, 4]],
+        false,
+        |g, x| {
+            let t = g.softmax(x[1], 1);
+            g.loss(Op::CrossEntropySoft, vec![x[0], t])
+        },
+    );
 }

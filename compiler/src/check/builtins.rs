@@ -49,12 +49,12 @@ builtins! {
     "synthetic" ("batch, samples?, shuffle?, seed?") "Random images and token ids.";
     // Training.
     "adamw" ("lr, weight_decay?, betas?, eps?, no_decay?") "AdamW with decoupled weight decay.";
-    "epochs" ("n") "Train for n passes over the data.";
-    "steps" ("n") "Train for n optimiser steps.";
+    "epochs" ("count") "Train for this many passes over the data.";
+    "steps" ("count") "Train for this many optimiser steps.";
     "clip_grad" ("norm") "Clip the global gradient norm.";
-    "accumulate" ("n") "Accumulate gradients over n micro-batches per step.";
-    "precision" ("p") "Numeric precision: fp32, bf16 or fp16.";
-    "seed" ("n") "The random seed for initialisation, masking and shuffling.";
+    "accumulate" ("count") "Accumulate gradients over this many micro-batches per step.";
+    "precision" ("format") "Numeric precision: fp32, bf16 or fp16.";
+    "seed" ("value") "The random seed for initialisation, masking and shuffling.";
     "checkpoint" ("every") "Write a checkpoint every n steps.";
     // Schedules.
     "cosine" ("peak, warmup?, end?, steps?") "Linear warm-up to `peak`, then a half cosine to `end`.";
@@ -93,6 +93,10 @@ builtins! {
     "size" ("x, axis") "The size of an axis.";
 }
 
+/// The largest size, count or step number a recipe may give: far beyond any real model or
+/// run, and small enough that products of sizes cannot overflow.
+const MAX_COUNT: f64 = 1e9;
+
 /// Built-in constants.
 pub const CONSTANTS: &[&str] = &[
     "quick_gelu",
@@ -107,6 +111,33 @@ pub const CONSTANTS: &[&str] = &[
     "biases",
     "scales",
 ];
+
+/// What is wrong with a learning-rate schedule, if anything: it must never be negative and
+/// must be positive somewhere.
+fn learning_rate_problem(lr: &Schedule) -> Option<String> {
+    let (values, peak): (Vec<f64>, f64) = match lr {
+        Schedule::Constant(v) => (vec![*v], *v),
+        Schedule::Cosine { peak, end, .. } => (vec![*peak, *end], *peak),
+        Schedule::Ramp { from, to, .. } => (vec![*from, *to], from.max(*to)),
+        Schedule::Step { values, .. } => (
+            values.clone(),
+            values.iter().cloned().fold(f64::MIN, f64::max),
+        ),
+        Schedule::Scaled(f, inner) => {
+            if *f <= 0.0 {
+                return Some(format!(
+                    "is scaled by {}, which is not positive",
+                    fmt_num(*f)
+                ));
+            }
+            return learning_rate_problem(inner);
+        }
+    };
+    if let Some(v) = values.iter().find(|v| **v < 0.0) {
+        return Some(format!("would become negative ({})", fmt_num(*v)));
+    }
+    (peak <= 0.0).then(|| format!("must be positive, not {}", fmt_num(peak)))
+}
 
 /// `name(params): doc` for a built-in function, for `kdc explain NAME`.
 pub fn describe(name: &str) -> Option<String> {
@@ -201,6 +232,7 @@ impl<'p> Checker<'p> {
         let mut values: Vec<Option<(Value, Span)>> = vec![None; sig.len()];
         let mut ok = true;
         let mut next_positional = 0;
+        let mut suggested: Vec<&'static str> = Vec::new();
         let param_list = || {
             sig.iter()
                 .map(|p| format!("`{}`", p.name))
@@ -230,6 +262,7 @@ impl<'p> Checker<'p> {
                             crate::suggest::closest(&name.name, sig.iter().map(|p| p.name))
                         {
                             d = d.hint(format!("did you mean `{s}`?"));
+                            suggested.push(s);
                         }
                         self.error(ctx, d);
                         self.eval(ctx, env, &arg.value);
@@ -287,10 +320,12 @@ impl<'p> Checker<'p> {
             let v = self.eval(ctx, env, &arg.value);
             values[index] = Some((v, arg.value.span));
         }
+        // A required parameter that an unknown argument was suggested for is not reported
+        // missing too: the suggestion already says what to write.
         let missing: Vec<&str> = sig
             .iter()
             .zip(&values)
-            .filter(|(p, v)| p.required && v.is_none())
+            .filter(|(p, v)| p.required && v.is_none() && !suggested.contains(&p.name))
             .map(|(p, _)| p.name)
             .collect();
         if !missing.is_empty() {
@@ -464,6 +499,24 @@ impl<'p> Checker<'p> {
 
     fn whole(&mut self, ctx: &Ctx, b: &Bound, name: &str) -> Option<f64> {
         let v = self.num(ctx, b, name)?;
+        if v.abs() > MAX_COUNT {
+            self.bad(
+                ctx,
+                b,
+                Diagnostic::error(
+                    Code::OutOfRange,
+                    b.span(name),
+                    format!(
+                        "`{name}` of `{}` is {}, more than kdc supports ({})",
+                        b.callee,
+                        fmt_num(v),
+                        fmt_num(MAX_COUNT)
+                    ),
+                )
+                .primary_label("too large"),
+            );
+            return None;
+        }
         if v.fract() != 0.0 {
             self.bad(
                 ctx,
@@ -1101,28 +1154,16 @@ impl<'p> Checker<'p> {
             "adamw" => {
                 let lr = self.schedule(ctx, b, "lr");
                 if let Some(lr) = &lr {
-                    let peak = match lr {
-                        Schedule::Constant(v) => *v,
-                        Schedule::Cosine { peak, .. } => *peak,
-                        Schedule::Ramp { from, to, .. } => from.max(*to),
-                        Schedule::Step { values, .. } => {
-                            values.iter().cloned().fold(f64::MIN, f64::max)
-                        }
-                        Schedule::Scaled(f, _) => *f,
-                    };
-                    if peak <= 0.0 {
+                    if let Some(problem) = learning_rate_problem(lr) {
                         self.bad(
                             ctx,
                             b,
                             Diagnostic::error(
                                 Code::OutOfRange,
                                 b.span("lr"),
-                                format!(
-                                    "the learning rate must be positive, not {}",
-                                    fmt_num(peak)
-                                ),
+                                format!("the learning rate {problem}"),
                             )
-                            .primary_label("not positive"),
+                            .primary_label("not a valid learning rate"),
                         );
                     }
                 }
@@ -1181,11 +1222,11 @@ impl<'p> Checker<'p> {
                 }
             }
             "epochs" => self
-                .count(ctx, b, "n")
+                .count(ctx, b, "count")
                 .map(|n| Value::TrainPart(TrainPart::Epochs(n)))
                 .unwrap_or(Value::Error),
             "steps" => self
-                .count(ctx, b, "n")
+                .count(ctx, b, "count")
                 .map(|n| Value::TrainPart(TrainPart::Steps(n)))
                 .unwrap_or(Value::Error),
             "clip_grad" => self
@@ -1193,15 +1234,15 @@ impl<'p> Checker<'p> {
                 .map(|n| Value::TrainPart(TrainPart::ClipGrad(n)))
                 .unwrap_or(Value::Error),
             "accumulate" => self
-                .count(ctx, b, "n")
+                .count(ctx, b, "count")
                 .map(|n| Value::TrainPart(TrainPart::Accumulate(n)))
                 .unwrap_or(Value::Error),
             "precision" => self
-                .choice(ctx, b, "p", &["fp32", "bf16", "fp16"])
+                .choice(ctx, b, "format", &["fp32", "bf16", "fp16"])
                 .map(|p| Value::TrainPart(TrainPart::Precision(p)))
                 .unwrap_or(Value::Error),
             "seed" => self
-                .natural(ctx, b, "n")
+                .natural(ctx, b, "value")
                 .map(|n| Value::TrainPart(TrainPart::Seed(n)))
                 .unwrap_or(Value::Error),
             "checkpoint" => self
@@ -1682,10 +1723,15 @@ impl<'p> Checker<'p> {
                         format!("preset \"{name}\" uses {}", p.act.name()),
                     )
                     .primary_label("a different activation")
-                    .hint(format!(
-                        "use the preset \"{name}-quickgelu\" or \"{}\" instead",
-                        name.trim_end_matches("-quickgelu")
-                    )),
+                    .hint({
+                        let base = name.trim_end_matches("-quickgelu");
+                        let other = if name.ends_with("-quickgelu") { base.to_string() } else { format!("{base}-quickgelu") };
+                        if model::preset(&other).is_some() {
+                            format!("use the preset \"{other}\" instead")
+                        } else {
+                            format!("preset \"{name}\" exists only with {}; describe the towers explicitly for another activation", p.act.name())
+                        }
+                    }),
                 );
                 return Value::Error;
             }
@@ -1747,10 +1793,20 @@ impl<'p> Checker<'p> {
         let logit_scale = match b.get("logit_scale") {
             None => LogitScaleSpec::default(),
             Some((Value::ScaleOption(s), _)) => s,
-            Some((Value::Num(v), _)) if v > 0.0 && v.is_finite() => LogitScaleSpec {
+            Some((Value::Num(v), _)) if (1.0..=100.0).contains(&v) => LogitScaleSpec {
                 init: v,
                 ..LogitScaleSpec::default()
             },
+            Some((Value::Num(v), span)) => {
+                self.bad(
+                    ctx,
+                    b,
+                    Diagnostic::error(Code::OutOfRange, span, format!("an initial logit scale of {} is outside the default clamp [1, 100]", fmt_num(v)))
+                        .primary_label("out of range")
+                        .hint("write `learnable(init: …, min: …, max: …)` for another range, or `fixed(…)`"),
+                );
+                return Value::Error;
+            }
             Some((other, s)) => {
                 self.wrong_kind(
                     ctx,
@@ -2537,7 +2593,7 @@ impl<'p> Checker<'p> {
                 let (value, vspan) = b.get("n").unwrap();
                 let dim = match value {
                     Value::Dim(d, _) => d,
-                    Value::Num(_) => match self.count(ctx, b, "n") {
+                    Value::Num(_) => match self.count(ctx, b, "count") {
                         Some(n) => Dim::known(n),
                         None => return Value::Error,
                     },

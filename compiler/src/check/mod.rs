@@ -68,6 +68,7 @@ pub fn check(program: &Program) -> (Option<Recipe>, Diagnostics) {
         models: Vec::new(),
         model_sites: HashMap::new(),
         used: HashSet::new(),
+        used_stage: HashSet::new(),
     };
     let recipe = checker.recipe();
     let diags = checker.diags;
@@ -87,6 +88,8 @@ struct Checker<'p> {
     model_sites: HashMap<Span, ir::ModelId>,
     /// Bindings that something looked up, for unused-binding warnings.
     used: HashSet<(ModuleId, String)>,
+    /// Stage bindings that something looked up: (stage, name).
+    used_stage: HashSet<(usize, String)>,
 }
 
 /// A binding is identified by the stage it is evaluated for and where it is defined.
@@ -209,13 +212,33 @@ impl<'p> Checker<'p> {
                 let mut ctx = Ctx::default();
                 ir_stages.push(self.stage(&mut ctx, Some(i), &s.name.name, from, s.name.span));
                 for b in &s.bindings {
-                    if !SPECIAL_BINDINGS.contains(&b.name.name.as_str()) {
+                    if b.name.name == "eval" {
+                        self.diags.push(
+                            Diagnostic::error(Code::MisplacedBinding, b.name.span, "`eval` belongs at the top level, not in a stage")
+                                .primary_label("inside stage")
+                                .hint("evaluation runs once, on the recipe's models, after the last stage: move it out of the stage"),
+                        );
+                    } else if !SPECIAL_BINDINGS.contains(&b.name.name.as_str()) {
                         let key = BindingKey {
                             stage_scope: Some(i),
                             module: 0,
                             name: b.name.name.clone(),
                         };
-                        self.eval_binding(&mut ctx, key, b.name.span);
+                        if let Value::Model { .. } = self.eval_binding(&mut ctx, key, b.name.span) {
+                            self.diags.push(
+                                Diagnostic::error(Code::MisplacedBinding, b.name.span, format!("stage `{}` defines a model", s.name.name))
+                                    .primary_label("a model inside a stage")
+                                    .hint("define models at the top level, where every stage sees the same one; a stage chooses what to freeze with `freeze = [...]`"),
+                            );
+                            continue;
+                        }
+                        if !self.used_stage.contains(&(i, b.name.name.clone())) {
+                            self.diags.push(
+                                Diagnostic::warning(Code::UnusedBinding, b.name.span, format!("`{}` is never used in stage `{}`", b.name.name, s.name.name))
+                                    .primary_label("defined here, used nowhere")
+                                    .note("a stage's bindings are seen by that stage's own bindings only, not by the top level's"),
+                            );
+                        }
                     }
                 }
             }
@@ -910,6 +933,7 @@ impl<'p> Checker<'p> {
         m.bindings.contains_key(name)
             || m.fns.contains_key(name)
             || m.imports.contains_key(name)
+            || m.failed_imports.contains(name)
             || builtins::CONSTANTS.contains(&name)
             || builtins::BUILTINS.iter().any(|b| b.name == name)
     }
@@ -1059,9 +1083,10 @@ impl<'p> Checker<'p> {
         }
         if env.module == 0 {
             if let Some((key, _)) = self.stage_binding(env.stage, name) {
-                if key.stage_scope.is_none() {
-                    self.used.insert((0, name.to_string()));
-                }
+                match key.stage_scope {
+                    None => self.used.insert((0, name.to_string())),
+                    Some(i) => self.used_stage.insert((i, name.to_string())),
+                };
                 return Some(self.eval_binding(ctx, key, span));
             }
         }
@@ -1088,6 +1113,9 @@ impl<'p> Checker<'p> {
                 name: item,
             };
             return Some(self.eval_binding(ctx, key, span));
+        }
+        if module.failed_imports.contains(name) {
+            return Some(Value::Error);
         }
         if let Some(constant) = builtins::CONSTANTS.iter().find(|c| **c == name) {
             return Some(Value::Enum(constant));
@@ -1320,7 +1348,7 @@ impl<'p> Checker<'p> {
             .map(|p| builtins::ParamSig {
                 name: leak(&p.name.name),
                 required: p.default.is_none(),
-                flag: p.ty.name == "Bool",
+                flag: false,
             })
             .collect();
         let Some(bound) = self.bind_args(ctx, env, shown, &sig, args, span) else {
@@ -1424,7 +1452,7 @@ impl<'p> Checker<'p> {
                 .primary_label(format!("this is {}", value.kind()));
                 if ty == "Clip" {
                     if let Value::Tensor(..) = value {
-                        d = d.hint("pass the model itself (`student`), not one of its outputs");
+                        d = d.hint("pass a model itself, not one of its outputs such as `.image`");
                     }
                 }
                 if ty == "Tensor" || ty == "Scalar" {
@@ -2110,8 +2138,12 @@ fn type_error(span: Span, what: &str, found: &Value, expected: &str) -> Diagnost
 
 /// Suggests a projection when two shapes differ only in their last (width) dimension.
 fn width_hint(d: Diagnostic, a: &Shape, b: &Shape) -> Diagnostic {
+    // Only widths known before training (model dimensions) can be projected.
+    let known = |s: &Shape| s.last().is_some_and(|d| d.size.is_some());
     if a.rank() == b.rank()
         && a.rank() >= 1
+        && known(a)
+        && known(b)
         && a.0[..a.rank() - 1] == b.0[..b.rank() - 1]
         && a.last() != b.last()
     {
@@ -2137,17 +2169,14 @@ impl crate::shape::Dim {
     }
 }
 
+/// Where a missing top-level binding is reported: the end of the recipe, where it would go.
 fn first_line(program: &Program) -> Span {
     let root = program.root();
-    match root.ast.items.first() {
-        Some(item) => {
-            let s = item.span();
-            Span {
-                end: s.start.max(s.end.min(s.start + 1)),
-                ..s
-            }
-        }
-        None => Span::new(root.ast.file, 0, 0),
+    let end = root.ast.items.last().map(|i| i.span().end).unwrap_or(0);
+    Span {
+        file: root.ast.file,
+        start: end,
+        end,
     }
 }
 

@@ -39,6 +39,8 @@ pub struct Module {
     pub fns: HashMap<String, usize>,
     /// Imported names: (module, item name in that module, span of the import).
     pub imports: HashMap<String, (ModuleId, String, Span)>,
+    /// Names whose import failed (already reported): uses of them are not reported again.
+    pub failed_imports: std::collections::HashSet<String>,
 }
 
 impl Module {
@@ -151,10 +153,12 @@ impl Program {
             bindings,
             fns,
             imports: HashMap::new(),
+            failed_imports: Default::default(),
         });
 
         // Every module but the prelude sees the prelude's functions.
         let mut imports = HashMap::new();
+        let mut failed = std::collections::HashSet::new();
         if name != "std.prelude" {
             if let Some(prelude) = self.load_module(
                 &["std".into(), "prelude".into()],
@@ -188,6 +192,28 @@ impl Program {
         for u in uses {
             let (module_path, names): (Vec<ast::Ident>, Vec<ast::Ident>) = match &u.names {
                 Some(names) => (u.path.clone(), names.clone()),
+                // `use std.clip_kd` names a whole module: kdc imports items, by name.
+                None if u.path.len() == 2
+                    && u.path[0].name == "std"
+                    && STD_MODULES.iter().any(|(n, _)| *n == u.path[1].name) =>
+                {
+                    diags.push(
+                        Diagnostic::error(
+                            Code::UnknownModule,
+                            u.span,
+                            format!(
+                                "`use` imports items of a module, not the module `std.{}` itself",
+                                u.path[1].name
+                            ),
+                        )
+                        .primary_label("no item named")
+                        .hint(format!(
+                            "name the items: `use std.{}.{{crd, fd}}`",
+                            u.path[1].name
+                        )),
+                    );
+                    continue;
+                }
                 None if u.path.len() >= 2 => (
                     u.path[..u.path.len() - 1].to_vec(),
                     vec![u.path.last().unwrap().clone()],
@@ -214,6 +240,7 @@ impl Program {
             let Some(target) =
                 self.load_module(&segments, base, loader, sources, diags, Some(path_span))
             else {
+                failed.extend(names.iter().map(|n| n.name.clone()));
                 continue;
             };
             for item in names {
@@ -238,6 +265,7 @@ impl Program {
                         d = d.hint(format!("did you mean `{s}`?"));
                     }
                     diags.push(d);
+                    failed.insert(item.name.clone());
                     continue;
                 }
                 if let Some((_, _, previous)) = imports.get(&item.name) {
@@ -270,6 +298,7 @@ impl Program {
             }
         }
         self.modules[id].imports = imports;
+        self.modules[id].failed_imports = failed;
         id
     }
 

@@ -170,16 +170,31 @@ impl Executable {
         // listed twice is taken once.
         let mut taken: std::collections::HashMap<Id, Vec<f32>> = std::collections::HashMap::new();
         let outputs = self.outputs.clone();
-        let sources: std::collections::HashSet<NodeIndex> = self.params.iter().flatten().chain(self.inputs.values()).copied().collect();
+        let sources: std::collections::HashSet<NodeIndex> = self
+            .params
+            .iter()
+            .flatten()
+            .chain(self.inputs.values())
+            .copied()
+            .collect();
         for &o in &outputs {
             if taken.contains_key(&o) {
                 continue;
             }
             let index = self.nodes[o].unwrap();
             let values = if sources.contains(&index) {
-                data(self.graph.get_tensor_ref(index, 0).unwrap_or_else(|| panic!("source %{o} was not set"))).to_vec()
+                data(
+                    self.graph
+                        .get_tensor_ref(index, 0)
+                        .unwrap_or_else(|| panic!("source %{o} was not set")),
+                )
+                .to_vec()
             } else {
-                into_vec(self.graph.get_tensor(index, 0).unwrap_or_else(|| panic!("output %{o} was not computed")))
+                into_vec(
+                    self.graph
+                        .get_tensor(index, 0)
+                        .unwrap_or_else(|| panic!("output %{o} was not computed")),
+                )
             };
             debug_assert_eq!(values.len(), super::graph::numel(&self.shapes[o]));
             taken.insert(o, values);

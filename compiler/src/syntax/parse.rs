@@ -139,7 +139,134 @@ fn children(pair: Pair<'_, Rule>) -> impl Iterator<Item = Pair<'_, Rule>> {
     })
 }
 
+/// What the brackets and quotes of a text say, scanned outside comments and strings: the
+/// first unterminated string, closing bracket without its opener, or opener never closed.
+enum Balance {
+    Fine,
+    UnterminatedString(usize),
+    Unexpected {
+        at: usize,
+        opener: Option<(usize, char)>,
+    },
+    Unclosed(usize, char),
+}
+
+fn balance(text: &str) -> Balance {
+    let mut stack: Vec<(usize, char)> = Vec::new();
+    let mut chars = text.char_indices().peekable();
+    while let Some((i, c)) = chars.next() {
+        match c {
+            '#' => {
+                while chars.peek().is_some_and(|(_, c)| *c != '\n') {
+                    chars.next();
+                }
+            }
+            '"' => loop {
+                match chars.next() {
+                    Some((_, '\\')) => {
+                        chars.next();
+                    }
+                    Some((_, '"')) => break,
+                    Some((_, '\n')) | None => return Balance::UnterminatedString(i),
+                    Some(_) => {}
+                }
+            },
+            '(' | '[' | '{' => stack.push((i, c)),
+            ')' | ']' | '}' => {
+                let want = match c {
+                    ')' => '(',
+                    ']' => '[',
+                    _ => '{',
+                };
+                match stack.pop() {
+                    Some((_, open)) if open == want => {}
+                    other => {
+                        return Balance::Unexpected {
+                            at: i,
+                            opener: other,
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    match stack.pop() {
+        Some((i, c)) => Balance::Unclosed(i, c),
+        None => Balance::Fine,
+    }
+}
+
+/// Bracket depth at a position, outside comments and strings.
+fn depth_at(text: &str, position: usize) -> usize {
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut in_comment = false;
+    for (i, c) in text.char_indices() {
+        if i >= position {
+            break;
+        }
+        match (in_comment, in_string, c) {
+            (true, _, '\n') => in_comment = false,
+            (true, _, _) => {}
+            (_, true, '"') | (_, true, '\n') => in_string = false,
+            (_, true, _) => {}
+            (_, _, '#') => in_comment = true,
+            (_, _, '"') => in_string = true,
+            (_, _, '(' | '[' | '{') => depth += 1,
+            (_, _, ')' | ']' | '}') => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    depth
+}
+
 fn syntax_error(file: FileId, text: &str, error: pest::error::Error<Rule>) -> Diagnostic {
+    // Unbalanced brackets and unterminated strings are almost always the real cause, and the
+    // parser notices them only later, somewhere else: report them where they are.
+    match balance(text) {
+        Balance::UnterminatedString(at) => {
+            return Diagnostic::error(
+                Code::Syntax,
+                Span::new(file, at, at + 1),
+                "this string is never closed",
+            )
+            .primary_label("opened here")
+            .hint("a string ends with `\"` on the same line");
+        }
+        Balance::Unexpected { at, opener } => {
+            let c = &text[at..at + 1];
+            let mut d = Diagnostic::error(
+                Code::Syntax,
+                Span::new(file, at, at + 1),
+                format!("unexpected `{c}`"),
+            )
+            .primary_label("nothing open to close here");
+            if let Some((o, open)) = opener {
+                d = d
+                    .label(
+                        Span::new(file, o, o + 1),
+                        format!("this `{open}` is still open"),
+                    )
+                    .primary_label("does not match");
+            }
+            return d;
+        }
+        Balance::Unclosed(at, c) => {
+            let close = match c {
+                '(' => ')',
+                '[' => ']',
+                _ => '}',
+            };
+            return Diagnostic::error(
+                Code::Syntax,
+                Span::new(file, at, at + 1),
+                format!("this `{c}` is never closed"),
+            )
+            .primary_label(format!("needs a matching `{close}`"));
+        }
+        Balance::Fine => {}
+    }
     let position = match error.location {
         pest::error::InputLocation::Pos(p) => p,
         pest::error::InputLocation::Span((s, _)) => s,
@@ -178,18 +305,56 @@ fn syntax_error(file: FileId, text: &str, error: pest::error::Error<Rule>) -> Di
             format!("{} or {}", first.join(", "), last)
         }
     };
-    let mut d = Diagnostic::error(
-        Code::Syntax,
-        span,
-        format!("expected {expected_text}, found {found}"),
-    )
-    .primary_label(format!("expected {expected_text}"));
+    let mut d = if expected.is_empty() {
+        Diagnostic::error(Code::Syntax, span, format!("unexpected {found}"))
+            .primary_label("not expected here")
+    } else {
+        Diagnostic::error(
+            Code::Syntax,
+            span,
+            format!("expected {expected_text}, found {found}"),
+        )
+        .primary_label(format!("expected {expected_text}"))
+    };
+    let depth = depth_at(text, position);
+    let line_start = text[..position].rfind('\n').map(|i| i + 1).unwrap_or(0);
+    let before_line = text[..line_start].trim_end();
     if rest.starts_with('\'') {
         d = d.hint("strings are written with double quotes: \"like this\"");
     } else if rest.starts_with(';') {
         d = d.hint("kdc needs no semicolons: a binding ends where its expression ends");
-    } else if rest.starts_with('=') && expected.contains(&"`:`") {
+    } else if rest.starts_with('=') && depth > 0 {
         d = d.hint("named arguments are written `name: value`");
+    } else if rest.starts_with('=') && before_line.ends_with(['+', '-', '*', '/', '@', '|']) {
+        d = d.hint(
+            "the line before ends with an operator, which continues its expression onto this line",
+        );
+    } else if rest.starts_with(':') && depth == 0 {
+        d = d.hint("bindings are written `name = value`");
+    } else if rest.starts_with('×') {
+        d = d.hint("multiply with `*`");
+    } else if rest.starts_with("return") {
+        d = d.hint("a function's result is its last expression; there is no `return`");
+    } else if depth > 0
+        && rest.starts_with(|c: char| c.is_alphabetic() || c == '_' || c == '"')
+        && expected.contains(&"`+`")
+    {
+        d = d.hint("separate arguments with `,`");
+    } else if rest.starts_with(',') && depth == 0 {
+        d = d.hint("write large numbers with underscores, as in `10_000`");
+    }
+    if let Some(keyword) = ["use", "fn", "let", "stage", "true", "false"]
+        .iter()
+        .find(|k| {
+            rest.starts_with(*k)
+                && !rest[k.len()..].starts_with(|c: char| c.is_alphanumeric() || c == '_')
+        })
+    {
+        if expected.contains(&"a name") || expected.contains(&"a binding `name = value`") {
+            d = d.hint(format!(
+                "`{keyword}` is a keyword and cannot be used as a name"
+            ));
+        }
     }
     d
 }
