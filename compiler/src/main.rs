@@ -264,7 +264,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     if compiled.recipe.is_none() {
                         return Ok(ExitCode::from(1));
                     }
-                    bail!("the lowered training graph arrives with the training engine (issue 3); `--stage ir` shows what the recipe computes")
+                    let Some(recipe) = &compiled.recipe else {
+                        return Ok(ExitCode::from(1));
+                    };
+                    print!("{}", kdc::engine::describe(recipe));
+                    Ok(ExitCode::SUCCESS)
                 }
             }
         }

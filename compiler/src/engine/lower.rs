@@ -26,6 +26,8 @@ pub struct Step {
     /// Per-step inputs the runner must provide: name → shape.
     pub inputs: Vec<(String, Vec<usize>)>,
     pub batch: usize,
+    /// Nodes before this index are the forward pass; the backward pass follows.
+    pub forward_len: usize,
 }
 
 /// Names of a model's per-step inputs.
@@ -300,6 +302,7 @@ pub fn lower_with(
         terms.push((term.label.clone(), term.weight.clone(), value));
     }
     let loss = total.expect("a checked stage has terms");
+    let forward_len = l.g.nodes.len();
     let grads = autodiff::backward(&mut l.g, loss);
     let model_params = l
         .params
@@ -328,6 +331,7 @@ pub fn lower_with(
         loss_params,
         inputs: l.inputs,
         batch,
+        forward_len,
     }
 }
 

@@ -11,3 +11,76 @@ pub mod lower;
 pub mod rng;
 pub mod train;
 pub mod weights;
+
+/// A summary of a stage's lowered training graph, for `kdc explain --stage graph`.
+pub fn describe(recipe: &crate::ir::Recipe) -> String {
+    use std::collections::BTreeMap;
+    use std::fmt::Write;
+    let mut out = String::new();
+    for (index, stage) in recipe.stages.iter().enumerate() {
+        let step = lower::lower(recipe, index, stage.data.batch as usize);
+        let g = &step.graph;
+        let mut outputs = vec![step.loss];
+        outputs.extend(step.terms.iter().map(|t| t.2));
+        outputs.extend(step.grads.iter().map(|x| x.1));
+        let live = g.live(&outputs);
+        let first_backward = step.forward_len;
+        let forward = (0..first_backward).filter(|&i| live[i]).count();
+        let backward = (first_backward..g.nodes.len()).filter(|&i| live[i]).count();
+        let trainable: usize = g
+            .params
+            .iter()
+            .filter(|p| p.trainable)
+            .map(|p| graph::numel(&p.shape))
+            .sum();
+        let frozen: usize = g
+            .params
+            .iter()
+            .filter(|p| !p.trainable)
+            .map(|p| graph::numel(&p.shape))
+            .sum();
+        let _ = writeln!(out, "stage {} (batch {})", stage.name, step.batch);
+        let _ = writeln!(
+            out,
+            "  built {} operations; {} remain after removing dead ones ({} forward, {} backward)",
+            g.nodes.len(),
+            forward + backward,
+            forward,
+            backward
+        );
+        let _ = writeln!(
+            out,
+            "  parameters: {} tensors, {} values trainable; {} values frozen",
+            g.params.iter().filter(|p| p.trainable).count(),
+            trainable,
+            frozen
+        );
+        let _ = writeln!(out, "  gradients: {} tensors", step.grads.len());
+        let inputs: Vec<String> = step
+            .inputs
+            .iter()
+            .map(|(n, s)| format!("{n} {s:?}"))
+            .collect();
+        let _ = writeln!(out, "  inputs per step: {}", inputs.join(", "));
+        let mut histogram: BTreeMap<String, usize> = BTreeMap::new();
+        for (i, n) in g.nodes.iter().enumerate() {
+            if live[i] {
+                let name = format!("{:?}", n.op);
+                let name = name
+                    .split(['(', ' ', '{'])
+                    .next()
+                    .unwrap_or_default()
+                    .to_string();
+                *histogram.entry(name).or_default() += 1;
+            }
+        }
+        let _ = writeln!(
+            out,
+            "  operations (each one CPU kernel; matrix products through the gemm crate):"
+        );
+        for (name, count) in histogram {
+            let _ = writeln!(out, "    {name:<24} {count}");
+        }
+    }
+    out
+}

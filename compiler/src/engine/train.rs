@@ -203,7 +203,15 @@ impl<'r> Trainer<'r> {
             let spec = self.recipe.models.iter().find(|m| m.name == model_name);
             let n: usize = shape.iter().product();
             let values = match kind {
-                "pixels" => (0..n).map(|_| rng.normal() as f32).collect(),
+                // Every model sees the same images (a teacher must judge what the student
+                // sees): the stream depends on the image size, not on the model.
+                "pixels" => {
+                    let mut images = Rng::derive(
+                        self.rng_seed ^ step.wrapping_mul(0x9E37),
+                        &format!("pixels:{:?}", &shape[1..]),
+                    );
+                    (0..n).map(|_| images.normal() as f32).collect()
+                }
                 "ids" | "eot" | "mask" => {
                     // One caption per row, shared by the ids, eot and mask inputs of a model.
                     let spec = spec.expect("text inputs belong to a model");
