@@ -71,8 +71,16 @@ enum Command {
     },
     /// Zero-shot classification and image-text retrieval of a recipe's model or a checkpoint.
     Eval { target: PathBuf },
-    /// Measure compile time, steady-state step time and peak memory of a recipe.
-    Bench { recipe: PathBuf },
+    /// Measure compile time, steady-state step time and peak memory of a recipe's first stage
+    /// (on synthetic batches; frozen models without a weights file get random weights).
+    Bench {
+        recipe: PathBuf,
+        /// Timed steps after the warm-up.
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+        steps: u64,
+        #[arg(long, default_value_t = 2)]
+        warmup: u64,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -133,6 +141,14 @@ fn collect_kd(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The process's peak resident memory in MiB (Linux's VmHWM), if it can be read.
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
 }
 
 fn data_name(source: &kdc::ir::DataSource) -> String {
@@ -313,6 +329,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 steps,
                 base,
                 log: Some(log.clone()),
+                random_missing_weights: false,
             };
             for (index, stage) in recipe.stages.iter().enumerate() {
                 if !matches!(stage.data.source, kdc::ir::DataSource::Synthetic { .. }) {
@@ -355,11 +372,52 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Eval { target } => {
             bail!("evaluation of {} arrives with real data and checkpoints (after the training engine)", target.display())
         }
-        Command::Bench { recipe } => {
-            bail!(
-                "benchmarking {} arrives with the training engine (issue 3)",
-                recipe.display()
-            )
+        Command::Bench {
+            recipe: path,
+            steps,
+            warmup,
+        } => {
+            let text = read(&path)?;
+            let name = path.display().to_string();
+            let started = std::time::Instant::now();
+            let compiled = compile(&name, &text, &FsLoader);
+            if !compiled.diagnostics.is_empty() {
+                eprint!(
+                    "{}",
+                    render_all(&compiled.diagnostics, &compiled.sources, render_options())
+                );
+            }
+            let Some(recipe) = compiled.recipe else {
+                return Ok(ExitCode::from(1));
+            };
+            let check_seconds = started.elapsed().as_secs_f64();
+            let options = kdc::engine::train::Options {
+                steps: None,
+                base: path.parent().map(Path::to_path_buf).unwrap_or_default(),
+                log: None,
+                random_missing_weights: true,
+            };
+            let mut trainer = kdc::engine::train::Trainer::new(&recipe, 0, &options)?;
+            let compile_seconds = started.elapsed().as_secs_f64();
+            let logs = trainer.train(Some(warmup + steps), None, |e| {
+                eprintln!("step {} {:.3} s loss {:.4}", e.step, e.seconds, e.loss)
+            })?;
+            let mut times: Vec<f64> = logs[warmup as usize..].iter().map(|l| l.seconds).collect();
+            times.sort_by(f64::total_cmp);
+            let median = times[times.len() / 2];
+            let mean = times.iter().sum::<f64>() / times.len() as f64;
+            let peak = peak_rss_mib();
+            let result = serde_json::json!({
+                "impl": "kdc", "recipe": name, "batch": recipe.stages[0].data.batch,
+                "check_s": check_seconds, "compile_s": compile_seconds,
+                "median_step_s": median, "mean_step_s": mean, "peak_rss_mib": peak,
+                "first_loss": logs.first().map(|l| l.loss), "last_loss": logs.last().map(|l| l.loss),
+            });
+            println!("{result}");
+            for (op, seconds, calls) in kdc::engine::exec::profile() {
+                eprintln!("{op:<24} {seconds:>9.3} s {calls:>8} calls");
+            }
+            Ok(ExitCode::SUCCESS)
         }
     }
 }

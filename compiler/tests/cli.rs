@@ -122,11 +122,23 @@ fn explain_prints_codes_and_recipes() {
 fn run_without_a_recipe_trains_the_embedded_demo_and_logs_each_step() {
     let log = std::env::temp_dir().join(format!("kdc-cli-{}-run.jsonl", std::process::id()));
     let _ = std::fs::remove_file(&log);
-    let out = kdc(&["run", "--steps", "3", "--every", "1", "--log", log.to_str().unwrap()]);
+    let out = kdc(&[
+        "run",
+        "--steps",
+        "3",
+        "--every",
+        "1",
+        "--log",
+        log.to_str().unwrap(),
+    ]);
     let err = text(&out.stderr);
     assert!(out.status.success(), "{err}");
     assert!(err.contains("step     3/3"), "{err}");
-    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&log).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(lines.len(), 3);
     for (i, line) in lines.iter().enumerate() {
         assert_eq!(line["step"], i as u64 + 1);
@@ -142,6 +154,9 @@ fn run_reports_missing_weights_clearly() {
     let out = kdc(&["run", "recipes/clip_kd/best.kd", "--steps", "1"]);
     assert_eq!(out.status.code(), Some(1));
     let err = text(&out.stderr);
-    assert!(err.contains("cannot read weights") && err.contains("vit-b-16.safetensors"), "{err}");
+    assert!(
+        err.contains("cannot read weights") && err.contains("vit-b-16.safetensors"),
+        "{err}"
+    );
     assert!(!err.contains("panicked"), "{err}");
 }

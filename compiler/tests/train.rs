@@ -25,6 +25,7 @@ fn losses(steps: u64) -> Vec<f64> {
             steps: None,
             base,
             log: None,
+            random_missing_weights: false,
         },
     )
     .unwrap();
@@ -57,6 +58,7 @@ fn a_frozen_teacher_gets_no_gradient_and_the_loss_parts_do() {
             steps: None,
             base,
             log: None,
+            random_missing_weights: false,
         },
     )
     .unwrap();

@@ -30,10 +30,56 @@ impl PartialEq for Kernel {
 
 impl Operator for Kernel {
     fn process(&mut self, inputs: Vec<(InputTensor, ShapeTracker)>) -> Vec<Tensor> {
-        let slices: Vec<&[f32]> = inputs.iter().map(|(t, _)| data(t.borrowed())).collect();
-        let out = kernels::run(&self.op, &slices, &self.input_shapes, &self.shape);
+        let started = profiling().then(std::time::Instant::now);
+        // A reshape or detach of a tensor nothing else needs is the tensor itself.
+        let out = match (&self.op, inputs.len()) {
+            (Op::Reshape | Op::Detach, 1) => {
+                let (t, _) = inputs.into_iter().next().unwrap();
+                match t {
+                    InputTensor::Owned(t) => into_vec(t),
+                    InputTensor::Borrowed(t) => data(t).to_vec(),
+                }
+            }
+            _ => {
+                let slices: Vec<&[f32]> = inputs.iter().map(|(t, _)| data(t.borrowed())).collect();
+                kernels::run(&self.op, &slices, &self.input_shapes, &self.shape)
+            }
+        };
+        if let Some(started) = started {
+            let name = format!("{:?}", self.op);
+            let name = name
+                .split(['(', ' ', '{'])
+                .next()
+                .unwrap_or_default()
+                .to_string();
+            let mut times = PROFILE.lock().unwrap();
+            let entry = times.entry(name).or_insert((0.0, 0));
+            entry.0 += started.elapsed().as_secs_f64();
+            entry.1 += 1;
+        }
         vec![Tensor::new(out)]
     }
+}
+
+static PROFILE: std::sync::Mutex<std::collections::BTreeMap<String, (f64, u64)>> =
+    std::sync::Mutex::new(std::collections::BTreeMap::new());
+
+/// Whether kernels are timed (`KDC_PROFILE=1`).
+pub fn profiling() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var_os("KDC_PROFILE").is_some())
+}
+
+/// Seconds and calls per kind of operation since the start, slowest first.
+pub fn profile() -> Vec<(String, f64, u64)> {
+    let mut v: Vec<(String, f64, u64)> = PROFILE
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(k, (t, n))| (k.clone(), *t, *n))
+        .collect();
+    v.sort_by(|a, b| b.1.total_cmp(&a.1));
+    v
 }
 
 /// A value the runner sets before each execution (a parameter, a batch input, a scalar).

@@ -3,6 +3,30 @@
 //! returns a new buffer.
 
 use super::graph::{numel, Binary, Op, Reduce, Unary};
+use rayon::prelude::*;
+
+/// Below this many elements a loop runs on one thread: spreading it costs more than it saves.
+const PARALLEL: usize = 1 << 15;
+
+/// Maps `f` over `x`, in parallel when large.
+fn map(x: &[f32], f: impl Fn(f32) -> f32 + Sync) -> Vec<f32> {
+    if x.len() >= PARALLEL {
+        x.par_iter().map(|&v| f(v)).collect()
+    } else {
+        x.iter().map(|&v| f(v)).collect()
+    }
+}
+
+fn zip_map(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) -> Vec<f32> {
+    if a.len() >= PARALLEL {
+        a.par_iter()
+            .zip(b.par_iter())
+            .map(|(&x, &y)| f(x, y))
+            .collect()
+    } else {
+        a.iter().zip(b).map(|(&x, &y)| f(x, y)).collect()
+    }
+}
 
 /// Runs one operation.
 pub fn run(op: &Op, inputs: &[&[f32]], shapes: &[Vec<usize>], out_shape: &[usize]) -> Vec<f32> {
@@ -198,7 +222,7 @@ fn unary(f: Unary, x: f32) -> f32 {
         Unary::Log => x.ln(),
         Unary::Sqrt => x.sqrt(),
         Unary::Abs => x.abs(),
-        Unary::Gelu => 0.5 * x * (1.0 + erf(x as f64 / std::f64::consts::SQRT_2) as f32),
+        Unary::Gelu => 0.5 * x * (1.0 + erf32(x * std::f32::consts::FRAC_1_SQRT_2)),
         Unary::QuickGelu => x / (1.0 + (-1.702 * x).exp()),
     }
 }
@@ -211,7 +235,7 @@ fn unary_derivative(f: Unary, x: f32, y: f32) -> f32 {
         Unary::Sqrt => 0.5 / y,
         Unary::Abs => x.signum() * (x != 0.0) as i32 as f32,
         Unary::Gelu => {
-            let cdf = 0.5 * (1.0 + erf(x as f64 / std::f64::consts::SQRT_2)) as f32;
+            let cdf = 0.5 * (1.0 + erf32(x * std::f32::consts::FRAC_1_SQRT_2));
             let pdf = (-0.5 * x * x).exp() / (2.0 * std::f32::consts::PI).sqrt();
             cdf + x * pdf
         }
@@ -220,6 +244,11 @@ fn unary_derivative(f: Unary, x: f32, y: f32) -> f32 {
             s + 1.702 * x * s * (1.0 - s)
         }
     }
+}
+
+/// erf of an f32, through the double-precision fit below.
+pub fn erf32(x: f32) -> f32 {
+    erf(x as f64) as f32
 }
 
 /// erf to double precision (Abramowitz–Stegun 7.1.26 is too coarse; this uses the
@@ -283,15 +312,55 @@ fn binary(
     };
     let n = numel(out_shape);
     if sa == sb {
-        return a.iter().zip(b).map(|(&x, &y)| apply(x, y)).collect();
+        return zip_map(a, b, apply);
     }
     if b.len() == 1 && a.len() == n {
         let y = b[0];
-        return a.iter().map(|&x| apply(x, y)).collect();
+        return map(a, |x| apply(x, y));
     }
     if a.len() == 1 && b.len() == n {
         let x = a[0];
-        return b.iter().map(|&y| apply(x, y)).collect();
+        return map(b, |y| apply(x, y));
+    }
+    // A row (a bias, a mask) repeated over the leading axes of the other operand.
+    let trailing = |small: &[usize], big: &[usize]| {
+        let s: Vec<usize> = small.iter().copied().skip_while(|&d| d == 1).collect();
+        !s.is_empty()
+            && big.len() >= s.len()
+            && big[big.len() - s.len()..] == s[..]
+            && numel(big) == n
+    };
+    if trailing(sb, sa) {
+        let w = b.len();
+        let mut out = vec![0.0; n];
+        let row = |(o, x): (&mut [f32], &[f32])| {
+            o.iter_mut()
+                .zip(x)
+                .zip(b)
+                .for_each(|((o, &x), &y)| *o = apply(x, y))
+        };
+        if n >= PARALLEL {
+            out.par_chunks_mut(w).zip(a.par_chunks(w)).for_each(row);
+        } else {
+            out.chunks_mut(w).zip(a.chunks(w)).for_each(row);
+        }
+        return out;
+    }
+    if trailing(sa, sb) {
+        let w = a.len();
+        let mut out = vec![0.0; n];
+        let row = |(o, y): (&mut [f32], &[f32])| {
+            o.iter_mut()
+                .zip(a)
+                .zip(y)
+                .for_each(|((o, &x), &y)| *o = apply(x, y))
+        };
+        if n >= PARALLEL {
+            out.par_chunks_mut(w).zip(b.par_chunks(w)).for_each(row);
+        } else {
+            out.chunks_mut(w).zip(b.chunks(w)).for_each(row);
+        }
+        return out;
     }
     let (ta, tb) = (
         broadcast_strides(sa, out_shape),
@@ -391,10 +460,17 @@ fn matmul(
     } else {
         (n as isize, 1isize)
     };
-    for i in 0..batch {
+    // Many small products (attention per head): one thread each, spread over the cores. Few
+    // large ones: gemm spreads each over the cores itself.
+    let small = batch > 1 && m * n * k < (1 << 18);
+    let parallelism = if small || m * n * k < (1 << 15) {
+        gemm::Parallelism::None
+    } else {
+        gemm::Parallelism::Rayon(0)
+    };
+    let product = |(i, c): (usize, &mut [f32])| {
         let a_off = if a_batched { i * m * k } else { 0 };
         let b_off = if b_batched { i * k * n } else { 0 };
-        let c = &mut out[i * m * n..(i + 1) * m * n];
         // SAFETY: the pointers and strides describe in-bounds matrices of the given sizes.
         unsafe {
             gemm::gemm(
@@ -416,9 +492,14 @@ fn matmul(
                 false,
                 false,
                 false,
-                gemm::Parallelism::Rayon(0),
+                parallelism,
             );
         }
+    };
+    if small {
+        out.par_chunks_mut(m * n).enumerate().for_each(product);
+    } else {
+        out.chunks_mut(m * n).enumerate().for_each(product);
     }
     out
 }

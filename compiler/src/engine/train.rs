@@ -45,6 +45,9 @@ pub struct Options {
     pub base: PathBuf,
     /// Where to append one JSON line per step.
     pub log: Option<PathBuf>,
+    /// Initialise frozen models randomly when their weights file is absent (benchmarks only:
+    /// the numbers of a frozen random teacher mean nothing).
+    pub random_missing_weights: bool,
 }
 
 /// Everything one evaluation of a step saw and produced.
@@ -102,6 +105,7 @@ impl<'r> Trainer<'r> {
                 .map(|p| (p.name, p.class))
                 .collect();
             let loaded = match &spec.weights {
+                Some(w) if options.random_missing_weights && !options.base.join(w).exists() => None,
                 Some(w) => Some(weights::read_safetensors(&options.base.join(w))?),
                 None => None,
             };
