@@ -2,7 +2,7 @@
 
 use rayon::prelude::*;
 
-use crate::util::{for_rows, map1, map2, map3, PAR_MIN_WORK};
+use crate::util::{for_rows, map1, map2, map3, sum_slice, PAR_MIN_WORK};
 use crate::{numel, Real};
 
 /// An elementwise binary operator.
@@ -25,8 +25,16 @@ pub fn broadcast_shape(a: &[usize], b: &[usize]) -> Option<Vec<usize>> {
     let r = a.len().max(b.len());
     let mut out = vec![0; r];
     for (d, o) in out.iter_mut().enumerate() {
-        let ad = if d + a.len() >= r { a[d + a.len() - r] } else { 1 };
-        let bd = if d + b.len() >= r { b[d + b.len() - r] } else { 1 };
+        let ad = if d + a.len() >= r {
+            a[d + a.len() - r]
+        } else {
+            1
+        };
+        let bd = if d + b.len() >= r {
+            b[d + b.len() - r]
+        } else {
+            1
+        };
         *o = if ad == bd || bd == 1 {
             ad
         } else if ad == 1 {
@@ -45,7 +53,10 @@ fn plan(inputs: &[&[usize]], out: &[usize]) -> (Vec<usize>, Vec<Vec<usize>>) {
     let r = out.len();
     let mut full: Vec<Vec<usize>> = Vec::with_capacity(inputs.len());
     for shape in inputs {
-        assert!(shape.len() <= r, "shape {shape:?} does not broadcast to {out:?}");
+        assert!(
+            shape.len() <= r,
+            "shape {shape:?} does not broadcast to {out:?}"
+        );
         let lead = r - shape.len();
         let mut strides = vec![0; r];
         let mut s = 1;
@@ -67,7 +78,10 @@ fn plan(inputs: &[&[usize]], out: &[usize]) -> (Vec<usize>, Vec<Vec<usize>>) {
             continue;
         }
         let mergeable = !dims.is_empty()
-            && full.iter().zip(&strides).all(|(f, s)| *s.last().unwrap() == f[d] * out[d]);
+            && full
+                .iter()
+                .zip(&strides)
+                .all(|(f, s)| *s.last().unwrap() == f[d] * out[d]);
         if mergeable {
             *dims.last_mut().unwrap() *= out[d];
             for (f, s) in full.iter().zip(strides.iter_mut()) {
@@ -105,7 +119,10 @@ fn row_offsets(row: usize, dims: &[usize], sa: &[usize], sb: &[usize]) -> (usize
 fn check_shapes(a_shape: &[usize], b_shape: &[usize], out_shape: &[usize]) {
     let expect = broadcast_shape(a_shape, b_shape)
         .unwrap_or_else(|| panic!("shapes {a_shape:?} and {b_shape:?} do not broadcast"));
-    assert_eq!(expect, out_shape, "output shape is not the broadcast of {a_shape:?} and {b_shape:?}");
+    assert_eq!(
+        expect, out_shape,
+        "output shape is not the broadcast of {a_shape:?} and {b_shape:?}"
+    );
 }
 
 /// `out = f(a, b)` elementwise with broadcasting (shapes already checked).
@@ -140,29 +157,37 @@ fn broadcast_map<T: Real, F: Fn(T, T) -> T + Sync + Send>(
     let (sa, sb) = (&s[0], &s[1]);
     let inner = *dims.last().unwrap();
     let (ia, ib) = (*sa.last().unwrap(), *sb.last().unwrap());
-    for_rows(out, inner, inner, |row, o| {
-        let (oa, ob) = row_offsets(row, &dims, sa, sb);
-        match (ia, ib) {
-            (0, 0) => o.fill(f(a[oa], b[ob])),
-            (_, 0) => {
-                let y = b[ob];
-                for (o, &x) in o.iter_mut().zip(&a[oa..oa + inner]) {
-                    *o = f(x, y);
+    for_rows(
+        out,
+        inner,
+        inner,
+        #[inline(always)]
+        |row, o| {
+            let (oa, ob) = row_offsets(row, &dims, sa, sb);
+            match (ia, ib) {
+                (0, 0) => o.fill(f(a[oa], b[ob])),
+                (_, 0) => {
+                    let y = b[ob];
+                    for (o, &x) in o.iter_mut().zip(&a[oa..oa + inner]) {
+                        *o = f(x, y);
+                    }
+                }
+                (0, _) => {
+                    let x = a[oa];
+                    for (o, &y) in o.iter_mut().zip(&b[ob..ob + inner]) {
+                        *o = f(x, y);
+                    }
+                }
+                _ => {
+                    for ((o, &x), &y) in
+                        o.iter_mut().zip(&a[oa..oa + inner]).zip(&b[ob..ob + inner])
+                    {
+                        *o = f(x, y);
+                    }
                 }
             }
-            (0, _) => {
-                let x = a[oa];
-                for (o, &y) in o.iter_mut().zip(&b[ob..ob + inner]) {
-                    *o = f(x, y);
-                }
-            }
-            _ => {
-                for ((o, &x), &y) in o.iter_mut().zip(&a[oa..oa + inner]).zip(&b[ob..ob + inner]) {
-                    *o = f(x, y);
-                }
-            }
-        }
-    });
+        },
+    );
 }
 
 /// `out = f(dy, a, b)` elementwise, with `dy` and `out` of shape `out_shape` and `a`, `b`
@@ -189,37 +214,46 @@ fn broadcast_map3<T: Real, F: Fn(T, T, T) -> T + Sync + Send>(
     let (sa, sb) = (&s[0], &s[1]);
     let inner = *dims.last().unwrap();
     let (ia, ib) = (*sa.last().unwrap(), *sb.last().unwrap());
-    for_rows(out, inner, inner, |row, o| {
-        let (oa, ob) = row_offsets(row, &dims, sa, sb);
-        let g = &dy[row * inner..(row + 1) * inner];
-        match (ia, ib) {
-            (0, 0) => {
-                let (x, y) = (a[oa], b[ob]);
-                for (o, &g) in o.iter_mut().zip(g) {
-                    *o = f(g, x, y);
+    for_rows(
+        out,
+        inner,
+        inner,
+        #[inline(always)]
+        |row, o| {
+            let (oa, ob) = row_offsets(row, &dims, sa, sb);
+            let g = &dy[row * inner..(row + 1) * inner];
+            match (ia, ib) {
+                (0, 0) => {
+                    let (x, y) = (a[oa], b[ob]);
+                    for (o, &g) in o.iter_mut().zip(g) {
+                        *o = f(g, x, y);
+                    }
+                }
+                (_, 0) => {
+                    let y = b[ob];
+                    for ((o, &g), &x) in o.iter_mut().zip(g).zip(&a[oa..oa + inner]) {
+                        *o = f(g, x, y);
+                    }
+                }
+                (0, _) => {
+                    let x = a[oa];
+                    for ((o, &g), &y) in o.iter_mut().zip(g).zip(&b[ob..ob + inner]) {
+                        *o = f(g, x, y);
+                    }
+                }
+                _ => {
+                    for (((o, &g), &x), &y) in o
+                        .iter_mut()
+                        .zip(g)
+                        .zip(&a[oa..oa + inner])
+                        .zip(&b[ob..ob + inner])
+                    {
+                        *o = f(g, x, y);
+                    }
                 }
             }
-            (_, 0) => {
-                let y = b[ob];
-                for ((o, &g), &x) in o.iter_mut().zip(g).zip(&a[oa..oa + inner]) {
-                    *o = f(g, x, y);
-                }
-            }
-            (0, _) => {
-                let x = a[oa];
-                for ((o, &g), &y) in o.iter_mut().zip(g).zip(&b[ob..ob + inner]) {
-                    *o = f(g, x, y);
-                }
-            }
-            _ => {
-                for (((o, &g), &x), &y) in
-                    o.iter_mut().zip(g).zip(&a[oa..oa + inner]).zip(&b[ob..ob + inner])
-                {
-                    *o = f(g, x, y);
-                }
-            }
-        }
-    });
+        },
+    );
 }
 
 /// Elementwise `out = a ∘ b` for `op` ∈ {+, −, ·, /} with NumPy broadcasting:
@@ -249,22 +283,50 @@ pub fn binary<T: Real>(
 }
 
 /// Broadcasting `out = a + b`; see [`binary`].
-pub fn add<T: Real>(a: &[T], a_shape: &[usize], b: &[T], b_shape: &[usize], out: &mut [T], out_shape: &[usize]) {
+pub fn add<T: Real>(
+    a: &[T],
+    a_shape: &[usize],
+    b: &[T],
+    b_shape: &[usize],
+    out: &mut [T],
+    out_shape: &[usize],
+) {
     binary(BinaryOp::Add, a, a_shape, b, b_shape, out, out_shape);
 }
 
 /// Broadcasting `out = a − b`; see [`binary`].
-pub fn sub<T: Real>(a: &[T], a_shape: &[usize], b: &[T], b_shape: &[usize], out: &mut [T], out_shape: &[usize]) {
+pub fn sub<T: Real>(
+    a: &[T],
+    a_shape: &[usize],
+    b: &[T],
+    b_shape: &[usize],
+    out: &mut [T],
+    out_shape: &[usize],
+) {
     binary(BinaryOp::Sub, a, a_shape, b, b_shape, out, out_shape);
 }
 
 /// Broadcasting `out = a · b`; see [`binary`].
-pub fn mul<T: Real>(a: &[T], a_shape: &[usize], b: &[T], b_shape: &[usize], out: &mut [T], out_shape: &[usize]) {
+pub fn mul<T: Real>(
+    a: &[T],
+    a_shape: &[usize],
+    b: &[T],
+    b_shape: &[usize],
+    out: &mut [T],
+    out_shape: &[usize],
+) {
     binary(BinaryOp::Mul, a, a_shape, b, b_shape, out, out_shape);
 }
 
 /// Broadcasting `out = a / b`; see [`binary`].
-pub fn div<T: Real>(a: &[T], a_shape: &[usize], b: &[T], b_shape: &[usize], out: &mut [T], out_shape: &[usize]) {
+pub fn div<T: Real>(
+    a: &[T],
+    a_shape: &[usize],
+    b: &[T],
+    b_shape: &[usize],
+    out: &mut [T],
+    out_shape: &[usize],
+) {
     binary(BinaryOp::Div, a, a_shape, b, b_shape, out, out_shape);
 }
 
@@ -291,7 +353,11 @@ pub fn binary_backward<T: Real>(
     check_shapes(a_shape, b_shape, out_shape);
     assert_eq!(a.len(), numel(a_shape), "a does not match its shape");
     assert_eq!(b.len(), numel(b_shape), "b does not match its shape");
-    assert_eq!(dy.len(), numel(out_shape), "dy does not match the output shape");
+    assert_eq!(
+        dy.len(),
+        numel(out_shape),
+        "dy does not match the output shape"
+    );
     match op {
         BinaryOp::Add | BinaryOp::Sub => {
             if let Some(da) = da {
@@ -306,20 +372,58 @@ pub fn binary_backward<T: Real>(
         }
         BinaryOp::Mul => {
             if let Some(da) = da {
-                grad_into(dy, a, a_shape, b, b_shape, out_shape, da, a_shape, |g, _, y| g * y);
+                grad_into(
+                    dy,
+                    a,
+                    a_shape,
+                    b,
+                    b_shape,
+                    out_shape,
+                    da,
+                    a_shape,
+                    |g, _, y| g * y,
+                );
             }
             if let Some(db) = db {
-                grad_into(dy, a, a_shape, b, b_shape, out_shape, db, b_shape, |g, x, _| g * x);
+                grad_into(
+                    dy,
+                    a,
+                    a_shape,
+                    b,
+                    b_shape,
+                    out_shape,
+                    db,
+                    b_shape,
+                    |g, x, _| g * x,
+                );
             }
         }
         BinaryOp::Div => {
             if let Some(da) = da {
-                grad_into(dy, a, a_shape, b, b_shape, out_shape, da, a_shape, |g, _, y| g / y);
+                grad_into(
+                    dy,
+                    a,
+                    a_shape,
+                    b,
+                    b_shape,
+                    out_shape,
+                    da,
+                    a_shape,
+                    |g, _, y| g / y,
+                );
             }
             if let Some(db) = db {
-                grad_into(dy, a, a_shape, b, b_shape, out_shape, db, b_shape, |g, x, y| {
-                    -(g * x) / (y * y)
-                });
+                grad_into(
+                    dy,
+                    a,
+                    a_shape,
+                    b,
+                    b_shape,
+                    out_shape,
+                    db,
+                    b_shape,
+                    |g, x, y| -(g * x) / (y * y),
+                );
             }
         }
     }
@@ -339,7 +443,11 @@ fn grad_into<T: Real, F: Fn(T, T, T) -> T + Sync + Send>(
     shape: &[usize],
     f: F,
 ) {
-    assert_eq!(d.len(), numel(shape), "gradient does not match its operand's shape");
+    assert_eq!(
+        d.len(),
+        numel(shape),
+        "gradient does not match its operand's shape"
+    );
     if d.len() == dy.len() {
         broadcast_map3(dy, a, a_shape, b, b_shape, d, out_shape, f);
     } else {
@@ -379,7 +487,9 @@ pub fn sum_to<T: Real>(x: &[T], x_shape: &[usize], out: &mut [T], out_shape: &[u
     } else if r == 2 && so[0] == 1 && so[1] == 0 {
         // [rows, cols] -> [rows].
         let cols = dims[1];
-        for_rows(out, 1, cols, |i, o| o[0] = sum_slice(&x[i * cols..(i + 1) * cols]));
+        for_rows(out, 1, cols, |i, o| {
+            o[0] = sum_slice(&x[i * cols..(i + 1) * cols])
+        });
     } else if large && so[0] != 0 && dims[0] > 1 {
         // Independent blocks along the first (kept) dimension.
         let xb = x.len() / dims[0];
@@ -389,25 +499,6 @@ pub fn sum_to<T: Real>(x: &[T], x_shape: &[usize], out: &mut [T], out_shape: &[u
     } else {
         sum_to_serial(x, out, &dims, so);
     }
-}
-
-/// Pairwise-free sum of a slice with four independent accumulators (vectorisable, and more
-/// accurate than one running sum).
-#[inline]
-pub(crate) fn sum_slice<T: Real>(x: &[T]) -> T {
-    let mut acc = [T::zero(); 4];
-    let mut chunks = x.chunks_exact(4);
-    for c in &mut chunks {
-        acc[0] = acc[0] + c[0];
-        acc[1] = acc[1] + c[1];
-        acc[2] = acc[2] + c[2];
-        acc[3] = acc[3] + c[3];
-    }
-    let mut s = (acc[0] + acc[1]) + (acc[2] + acc[3]);
-    for &v in chunks.remainder() {
-        s = s + v;
-    }
-    s
 }
 
 /// `out[c] = Σ_r x[r, c]` for `x: [rows, cols]`, `out` zeroed.

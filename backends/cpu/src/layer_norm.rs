@@ -2,8 +2,7 @@
 
 use rayon::prelude::*;
 
-use crate::binary::sum_slice;
-use crate::util::{min_items_per_task, PAR_MIN_WORK};
+use crate::util::{min_items_per_task, simd, sq_dev_sum, sum_slice, PAR_MIN_WORK};
 use crate::Real;
 
 /// `eps` of PyTorch's `nn.LayerNorm` (and CLIP's): `1e-5`.
@@ -40,26 +39,34 @@ pub fn layer_norm<T: Real>(
         return;
     }
     let inv_d = T::from(d).unwrap().recip();
-    let row = |(((r, o), mu), rs): (((usize, &mut [T]), &mut T), &mut T)| {
-        let x = &x[r * d..(r + 1) * d];
-        let m = sum_slice(x) * inv_d;
-        let var = x.iter().fold(T::zero(), |acc, &v| acc + (v - m) * (v - m)) * inv_d;
-        let rho = (var + eps).sqrt().recip();
-        for (((o, &v), &g), &b) in o.iter_mut().zip(x).zip(gain).zip(bias) {
-            *o = (v - m) * rho * g + b;
+    #[allow(clippy::type_complexity)]
+    let row = {
+        #[inline(always)]
+        |(((r, o), mu), rs): (((usize, &mut [T]), &mut T), &mut T)| {
+            let x = &x[r * d..(r + 1) * d];
+            let m = sum_slice(x) * inv_d;
+            let var = sq_dev_sum(x, m) * inv_d;
+            let rho = (var + eps).sqrt().recip();
+            for (((o, &v), &g), &b) in o.iter_mut().zip(x).zip(gain).zip(bias) {
+                *o = (v - m) * rho * g + b;
+            }
+            *mu = m;
+            *rs = rho;
         }
-        *mu = m;
-        *rs = rho;
     };
     if x.len() < PAR_MIN_WORK {
-        out.chunks_exact_mut(d).enumerate().zip(mean.iter_mut()).zip(rstd.iter_mut()).for_each(row);
+        out.chunks_exact_mut(d)
+            .enumerate()
+            .zip(mean.iter_mut())
+            .zip(rstd.iter_mut())
+            .for_each(row);
     } else {
         out.par_chunks_exact_mut(d)
             .enumerate()
             .zip(mean.par_iter_mut())
             .zip(rstd.par_iter_mut())
             .with_min_len(min_items_per_task(d))
-            .for_each(row);
+            .for_each(|args| simd(|| row(args)));
     }
 }
 
@@ -83,8 +90,16 @@ pub fn layer_norm_backward<T: Real>(
     d: usize,
 ) {
     assert_eq!(x.len(), rows * d, "layer_norm_backward: x is not [rows, d]");
-    assert_eq!(dy.len(), rows * d, "layer_norm_backward: dy is not [rows, d]");
-    assert_eq!(dx.len(), rows * d, "layer_norm_backward: dx is not [rows, d]");
+    assert_eq!(
+        dy.len(),
+        rows * d,
+        "layer_norm_backward: dy is not [rows, d]"
+    );
+    assert_eq!(
+        dx.len(),
+        rows * d,
+        "layer_norm_backward: dx is not [rows, d]"
+    );
     assert_eq!(gain.len(), d, "layer_norm_backward: gain is not [d]");
     assert_eq!(dgain.len(), d, "layer_norm_backward: dgain is not [d]");
     assert_eq!(dbias.len(), d, "layer_norm_backward: dbias is not [d]");
@@ -99,44 +114,57 @@ pub fn layer_norm_backward<T: Real>(
     let large = x.len() >= PAR_MIN_WORK;
 
     // dx, one row at a time.
-    let row = |(r, dx): (usize, &mut [T])| {
-        let (x, dy) = (&x[r * d..(r + 1) * d], &dy[r * d..(r + 1) * d]);
-        let (m, rho) = (mean[r], rstd[r]);
-        let (mut sg, mut sgx) = (T::zero(), T::zero());
-        for ((&v, &g), &w) in x.iter().zip(dy).zip(gain) {
-            let gy = g * w;
-            sg = sg + gy;
-            sgx = sgx + gy * (v - m) * rho;
-        }
-        let (a, b) = (sg * inv_d, sgx * inv_d);
-        for (((o, &v), &g), &w) in dx.iter_mut().zip(x).zip(dy).zip(gain) {
-            let xhat = (v - m) * rho;
-            *o = rho * (g * w - a - xhat * b);
+    let row = {
+        #[inline(always)]
+        |(r, dx): (usize, &mut [T])| {
+            let (x, dy) = (&x[r * d..(r + 1) * d], &dy[r * d..(r + 1) * d]);
+            let (m, rho) = (mean[r], rstd[r]);
+            let (mut sg, mut sgx) = (T::zero(), T::zero());
+            for ((&v, &g), &w) in x.iter().zip(dy).zip(gain) {
+                let gy = g * w;
+                sg = sg + gy;
+                sgx = sgx + gy * (v - m) * rho;
+            }
+            let (a, b) = (sg * inv_d, sgx * inv_d);
+            for (((o, &v), &g), &w) in dx.iter_mut().zip(x).zip(dy).zip(gain) {
+                let xhat = (v - m) * rho;
+                *o = rho * (g * w - a - xhat * b);
+            }
         }
     };
     if large {
-        dx.par_chunks_exact_mut(d).enumerate().with_min_len(min_items_per_task(d)).for_each(row);
+        dx.par_chunks_exact_mut(d)
+            .enumerate()
+            .with_min_len(min_items_per_task(d))
+            .for_each(row);
     } else {
         dx.chunks_exact_mut(d).enumerate().for_each(row);
     }
 
     // dgain and dbias, one block of columns at a time (summing rows in order).
     const BLOCK: usize = 64;
-    let cols = |(blk, (dg, db)): (usize, (&mut [T], &mut [T]))| {
-        let c0 = blk * BLOCK;
-        let w = dg.len();
-        for r in 0..rows {
-            let (m, rho) = (mean[r], rstd[r]);
-            let xs = &x[r * d + c0..r * d + c0 + w];
-            let gs = &dy[r * d + c0..r * d + c0 + w];
-            for (((dg, db), &v), &g) in dg.iter_mut().zip(db.iter_mut()).zip(xs).zip(gs) {
-                *dg = *dg + g * ((v - m) * rho);
-                *db = *db + g;
+    let cols = {
+        #[inline(always)]
+        |(blk, (dg, db)): (usize, (&mut [T], &mut [T]))| {
+            let c0 = blk * BLOCK;
+            let w = dg.len();
+            for r in 0..rows {
+                let (m, rho) = (mean[r], rstd[r]);
+                let xs = &x[r * d + c0..r * d + c0 + w];
+                let gs = &dy[r * d + c0..r * d + c0 + w];
+                for (((dg, db), &v), &g) in dg.iter_mut().zip(db.iter_mut()).zip(xs).zip(gs) {
+                    *dg = *dg + g * ((v - m) * rho);
+                    *db = *db + g;
+                }
             }
         }
     };
     if large && d >= 2 * BLOCK {
-        dgain.par_chunks_mut(BLOCK).zip(dbias.par_chunks_mut(BLOCK)).enumerate().for_each(cols);
+        dgain
+            .par_chunks_mut(BLOCK)
+            .zip(dbias.par_chunks_mut(BLOCK))
+            .enumerate()
+            .for_each(cols);
     } else {
         cols((0, (dgain, dbias)));
     }

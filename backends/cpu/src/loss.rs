@@ -4,6 +4,7 @@
 //! Forward sums are accumulated in `f64` over fixed-size chunks (added in order), so a loss does
 //! not depend on the thread count and stays accurate in `f32`. A mean over zero elements is NaN.
 
+use crate::math;
 use crate::util::{cst, for_rows, map2, ordered_sum, PAR_MIN_WORK};
 use crate::Real;
 
@@ -19,7 +20,11 @@ fn f<T: Real>(x: T) -> f64 {
 fn mean_of<T: Real>(a: &[T], b: &[T], term: impl Fn(T, T) -> f64 + Sync + Send) -> T {
     assert_eq!(a.len(), b.len(), "loss operands differ in length");
     let total = ordered_sum(a.len(), CHUNK, |s, e| {
-        a[s..e].iter().zip(&b[s..e]).map(|(&x, &y)| term(x, y)).sum()
+        a[s..e]
+            .iter()
+            .zip(&b[s..e])
+            .map(|(&x, &y)| term(x, y))
+            .sum()
     });
     T::from(total / a.len() as f64).unwrap()
 }
@@ -105,7 +110,10 @@ pub fn smooth_l1_backward<T: Real>(
     da: Option<&mut [T]>,
     db: Option<&mut [T]>,
 ) {
-    assert!(beta >= T::zero(), "smooth_l1_backward: beta must be non-negative");
+    assert!(
+        beta >= T::zero(),
+        "smooth_l1_backward: beta must be non-negative"
+    );
     let c = g / T::from(a.len()).unwrap();
     pair_backward(a, b, da, db, move |x, y| {
         let d = x - y;
@@ -124,7 +132,10 @@ fn logsumexp<T: Real>(x: &[T]) -> T {
     if m == T::neg_infinity() {
         return m;
     }
-    m + x.iter().fold(T::zero(), |acc, &v| acc + (v - m).exp()).ln()
+    m + x
+        .iter()
+        .fold(T::zero(), |acc, &v| acc + math::exp(v - m))
+        .ln()
 }
 
 /// Mean over rows of `row_term(r, row slices…)` for `[rows, n]` inputs.
@@ -169,12 +180,20 @@ pub fn kl_rows_backward<T: Real>(
     dlog_p: Option<&mut [T]>,
     dlog_q: Option<&mut [T]>,
 ) {
-    assert_eq!(log_p.len(), rows * n, "kl_rows_backward: log_p is not [rows, n]");
-    assert_eq!(log_q.len(), rows * n, "kl_rows_backward: log_q is not [rows, n]");
+    assert_eq!(
+        log_p.len(),
+        rows * n,
+        "kl_rows_backward: log_p is not [rows, n]"
+    );
+    assert_eq!(
+        log_q.len(),
+        rows * n,
+        "kl_rows_backward: log_q is not [rows, n]"
+    );
     let c = g / T::from(rows).unwrap();
     if let Some(d) = dlog_p {
         map2(log_p, log_q, d, move |a, b| {
-            let p = a.exp();
+            let p = math::exp(a);
             if p == T::zero() {
                 T::zero()
             } else {
@@ -183,7 +202,7 @@ pub fn kl_rows_backward<T: Real>(
         });
     }
     if let Some(d) = dlog_q {
-        map2(log_p, log_q, d, move |a, _| -c * a.exp());
+        map2(log_p, log_q, d, move |a, _| -c * math::exp(a));
     }
 }
 
@@ -191,7 +210,11 @@ pub fn kl_rows_backward<T: Real>(
 /// `logits: [rows, n]` with `rows <= n`, the target of row `i` is column `i`, and
 /// `ce = (1/rows) Σ_i (logsumexp_j logits[i, j] − logits[i, i])`.
 pub fn cross_entropy_diagonal<T: Real>(logits: &[T], rows: usize, n: usize) -> T {
-    assert_eq!(logits.len(), rows * n, "cross_entropy_diagonal: logits is not [rows, n]");
+    assert_eq!(
+        logits.len(),
+        rows * n,
+        "cross_entropy_diagonal: logits is not [rows, n]"
+    );
     assert!(rows <= n, "cross_entropy_diagonal: needs rows <= n");
     mean_rows(rows, n, |i| {
         let row = &logits[i * n..(i + 1) * n];
@@ -201,27 +224,58 @@ pub fn cross_entropy_diagonal<T: Real>(logits: &[T], rows: usize, n: usize) -> T
 
 /// Backward of [`cross_entropy_diagonal`]:
 /// `dlogits[i, j] = (g/rows) · (softmax(logits[i, :])_j − [i = j])`.
-pub fn cross_entropy_diagonal_backward<T: Real>(logits: &[T], rows: usize, n: usize, g: T, dlogits: &mut [T]) {
-    assert_eq!(logits.len(), rows * n, "cross_entropy_diagonal_backward: logits is not [rows, n]");
-    assert_eq!(dlogits.len(), rows * n, "cross_entropy_diagonal_backward: dlogits is not [rows, n]");
-    assert!(rows <= n, "cross_entropy_diagonal_backward: needs rows <= n");
+pub fn cross_entropy_diagonal_backward<T: Real>(
+    logits: &[T],
+    rows: usize,
+    n: usize,
+    g: T,
+    dlogits: &mut [T],
+) {
+    assert_eq!(
+        logits.len(),
+        rows * n,
+        "cross_entropy_diagonal_backward: logits is not [rows, n]"
+    );
+    assert_eq!(
+        dlogits.len(),
+        rows * n,
+        "cross_entropy_diagonal_backward: dlogits is not [rows, n]"
+    );
+    assert!(
+        rows <= n,
+        "cross_entropy_diagonal_backward: needs rows <= n"
+    );
     let c = g / T::from(rows).unwrap();
-    for_rows(dlogits, n, n, |i, d| {
-        let row = &logits[i * n..(i + 1) * n];
-        let lse = logsumexp(row);
-        for (d, &v) in d.iter_mut().zip(row) {
-            *d = c * (v - lse).exp();
-        }
-        d[i] = d[i] - c;
-    });
+    for_rows(
+        dlogits,
+        n,
+        n,
+        #[inline(always)]
+        |i, d| {
+            let row = &logits[i * n..(i + 1) * n];
+            let lse = logsumexp(row);
+            for (d, &v) in d.iter_mut().zip(row) {
+                *d = c * math::exp(v - lse);
+            }
+            d[i] = d[i] - c;
+        },
+    );
 }
 
 /// Cross-entropy against soft targets: for `logits, target: [rows, n]`,
 /// `ce = (1/rows) Σ_i −Σ_j target[i, j] · log_softmax(logits[i, :])_j`
 /// `= (1/rows) Σ_i (logsumexp(logits[i, :]) · Σ_j target[i, j] − Σ_j target[i, j] · logits[i, j])`.
 pub fn cross_entropy_soft<T: Real>(logits: &[T], target: &[T], rows: usize, n: usize) -> T {
-    assert_eq!(logits.len(), rows * n, "cross_entropy_soft: logits is not [rows, n]");
-    assert_eq!(target.len(), rows * n, "cross_entropy_soft: target is not [rows, n]");
+    assert_eq!(
+        logits.len(),
+        rows * n,
+        "cross_entropy_soft: logits is not [rows, n]"
+    );
+    assert_eq!(
+        target.len(),
+        rows * n,
+        "cross_entropy_soft: target is not [rows, n]"
+    );
     mean_rows(rows, n, |i| {
         let (l, t) = (&logits[i * n..(i + 1) * n], &target[i * n..(i + 1) * n]);
         let lse = f(logsumexp(l));
@@ -242,28 +296,56 @@ pub fn cross_entropy_soft_backward<T: Real>(
     dlogits: Option<&mut [T]>,
     dtarget: Option<&mut [T]>,
 ) {
-    assert_eq!(logits.len(), rows * n, "cross_entropy_soft_backward: logits is not [rows, n]");
-    assert_eq!(target.len(), rows * n, "cross_entropy_soft_backward: target is not [rows, n]");
+    assert_eq!(
+        logits.len(),
+        rows * n,
+        "cross_entropy_soft_backward: logits is not [rows, n]"
+    );
+    assert_eq!(
+        target.len(),
+        rows * n,
+        "cross_entropy_soft_backward: target is not [rows, n]"
+    );
     let c = g / T::from(rows).unwrap();
     if let Some(dl) = dlogits {
-        assert_eq!(dl.len(), rows * n, "cross_entropy_soft_backward: dlogits is not [rows, n]");
-        for_rows(dl, n, n, |i, d| {
-            let (l, t) = (&logits[i * n..(i + 1) * n], &target[i * n..(i + 1) * n]);
-            let lse = logsumexp(l);
-            let tsum = t.iter().fold(T::zero(), |acc, &v| acc + v);
-            for ((d, &l), &t) in d.iter_mut().zip(l).zip(t) {
-                *d = c * ((l - lse).exp() * tsum - t);
-            }
-        });
+        assert_eq!(
+            dl.len(),
+            rows * n,
+            "cross_entropy_soft_backward: dlogits is not [rows, n]"
+        );
+        for_rows(
+            dl,
+            n,
+            n,
+            #[inline(always)]
+            |i, d| {
+                let (l, t) = (&logits[i * n..(i + 1) * n], &target[i * n..(i + 1) * n]);
+                let lse = logsumexp(l);
+                let tsum = t.iter().fold(T::zero(), |acc, &v| acc + v);
+                for ((d, &l), &t) in d.iter_mut().zip(l).zip(t) {
+                    *d = c * (math::exp(l - lse) * tsum - t);
+                }
+            },
+        );
     }
     if let Some(dt) = dtarget {
-        assert_eq!(dt.len(), rows * n, "cross_entropy_soft_backward: dtarget is not [rows, n]");
-        for_rows(dt, n, n, |i, d| {
-            let l = &logits[i * n..(i + 1) * n];
-            let lse = logsumexp(l);
-            for (d, &l) in d.iter_mut().zip(l) {
-                *d = c * (lse - l);
-            }
-        });
+        assert_eq!(
+            dt.len(),
+            rows * n,
+            "cross_entropy_soft_backward: dtarget is not [rows, n]"
+        );
+        for_rows(
+            dt,
+            n,
+            n,
+            #[inline(always)]
+            |i, d| {
+                let l = &logits[i * n..(i + 1) * n];
+                let lse = logsumexp(l);
+                for (d, &l) in d.iter_mut().zip(l) {
+                    *d = c * (lse - l);
+                }
+            },
+        );
     }
 }

@@ -7,8 +7,12 @@ use rayon::prelude::*;
 
 use crate::Real;
 
-/// Flops (`m·n·k`) of one product above which `gemm` is allowed to use the whole rayon pool.
-const GEMM_PAR_MIN: usize = 64 * 64 * 64;
+/// Size (`m·n·k`) of one product from which `gemm` itself splits it over threads (its own
+/// threshold, 48·48·256 by default). Smaller products in a batch run one per rayon task instead.
+#[inline]
+fn gemm_par_min() -> usize {
+    gemm::get_threading_threshold()
+}
 
 /// Batched matrix product, overwriting `out`:
 ///
@@ -43,7 +47,9 @@ pub fn matmul<T: Real>(
     a_batched: bool,
     b_batched: bool,
 ) {
-    matmul_impl(a, b, out, batch, m, k, n, a_trans, b_trans, a_batched, b_batched, false);
+    matmul_impl(
+        a, b, out, batch, m, k, n, a_trans, b_trans, a_batched, b_batched, false,
+    );
 }
 
 /// Accumulating batched matrix product: `out[β, i, j] += Σ_{p<k} A_β[i, p] · B_β[p, j]`, with
@@ -62,7 +68,9 @@ pub fn matmul_acc<T: Real>(
     a_batched: bool,
     b_batched: bool,
 ) {
-    matmul_impl(a, b, out, batch, m, k, n, a_trans, b_trans, a_batched, b_batched, true);
+    matmul_impl(
+        a, b, out, batch, m, k, n, a_trans, b_trans, a_batched, b_batched, true,
+    );
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -83,16 +91,33 @@ fn matmul_impl<T: Real>(
     let a_item = m * k;
     let b_item = k * n;
     let o_item = m * n;
-    assert_eq!(a.len(), if a_batched { batch * a_item } else { a_item }, "matmul: a has the wrong length");
-    assert_eq!(b.len(), if b_batched { batch * b_item } else { b_item }, "matmul: b has the wrong length");
-    assert_eq!(out.len(), batch * o_item, "matmul: out has the wrong length");
+    assert_eq!(
+        a.len(),
+        if a_batched { batch * a_item } else { a_item },
+        "matmul: a has the wrong length"
+    );
+    assert_eq!(
+        b.len(),
+        if b_batched { batch * b_item } else { b_item },
+        "matmul: b has the wrong length"
+    );
+    assert_eq!(
+        out.len(),
+        batch * o_item,
+        "matmul: out has the wrong length"
+    );
     if out.is_empty() {
         return;
     }
     // Strides (row, column) of op(a) as an [m, k] matrix and of op(b) as a [k, n] matrix.
     let (a_rs, a_cs) = if a_trans { (1, m) } else { (k, 1) };
     let (b_rs, b_cs) = if b_trans { (1, k) } else { (n, 1) };
-    let strides = Strides { a_rs, a_cs, b_rs, b_cs };
+    let strides = Strides {
+        a_rs,
+        a_cs,
+        b_rs,
+        b_cs,
+    };
 
     // A batch of row-major a's against one shared b is a single [batch·m, k] × [k, n] product.
     if batch > 1 && a_batched && !a_trans && !b_batched {
@@ -104,11 +129,19 @@ fn matmul_impl<T: Real>(
 
     let work = o_item * k;
     let item = |i: usize, o: &mut [T], par: Parallelism| {
-        let a_i = if a_batched { &a[i * a_item..(i + 1) * a_item] } else { a };
-        let b_i = if b_batched { &b[i * b_item..(i + 1) * b_item] } else { b };
+        let a_i = if a_batched {
+            &a[i * a_item..(i + 1) * a_item]
+        } else {
+            a
+        };
+        let b_i = if b_batched {
+            &b[i * b_item..(i + 1) * b_item]
+        } else {
+            b
+        };
         gemm_one(a_i, b_i, o, m, k, n, strides, accumulate, par);
     };
-    if batch == 1 || work >= GEMM_PAR_MIN || batch * work < GEMM_PAR_MIN {
+    if batch == 1 || work >= gemm_par_min() || batch * work < gemm_par_min() {
         // Few or large products: one after another, each using the pool if it is big enough.
         let par = parallelism(work);
         for (i, o) in out.chunks_exact_mut(o_item).enumerate() {
@@ -116,7 +149,7 @@ fn matmul_impl<T: Real>(
         }
     } else {
         // Many small products (attention heads): one product per task.
-        let per_task = (GEMM_PAR_MIN / 4 / work.max(1)).max(1);
+        let per_task = (gemm_par_min() / 4 / work.max(1)).max(1);
         out.par_chunks_exact_mut(o_item)
             .enumerate()
             .with_min_len(per_task)
@@ -134,7 +167,7 @@ struct Strides {
 
 #[inline]
 fn parallelism(flops: usize) -> Parallelism {
-    if flops >= GEMM_PAR_MIN && rayon::current_num_threads() > 1 {
+    if flops >= gemm_par_min() && rayon::current_num_threads() > 1 {
         Parallelism::Rayon(0)
     } else {
         Parallelism::None

@@ -105,7 +105,9 @@ pub fn permute<T: Copy + Send + Sync>(x: &[T], shape: &[usize], perm: &[usize], 
                 }
             });
         } else if n >= PAR_MIN_WORK {
-            out.par_chunks_mut(TP * inner).enumerate().for_each(|(g, o)| tile(0, g * TP, o));
+            out.par_chunks_mut(TP * inner)
+                .enumerate()
+                .for_each(|(g, o)| tile(0, g * TP, o));
         } else {
             for (g, o) in out.chunks_mut(TP * inner).enumerate() {
                 tile(0, g * TP, o);
@@ -125,13 +127,27 @@ pub fn permute<T: Copy + Send + Sync>(x: &[T], shape: &[usize], perm: &[usize], 
 /// Concatenates `parts` along an axis. Part `p` is viewed as `[outer, sizes[p], inner]` and
 /// `out` as `[outer, Σ sizes, inner]`:
 /// `out[o, S_p + j, i] = parts[p][o, j, i]` with `S_p = Σ_{q<p} sizes[q]`.
-pub fn concat<T: Copy + Send + Sync>(parts: &[&[T]], outer: usize, sizes: &[usize], inner: usize, out: &mut [T]) {
+pub fn concat<T: Copy + Send + Sync>(
+    parts: &[&[T]],
+    outer: usize,
+    sizes: &[usize],
+    inner: usize,
+    out: &mut [T],
+) {
     assert_eq!(parts.len(), sizes.len(), "concat: one size per part");
     for (p, (part, &s)) in parts.iter().zip(sizes).enumerate() {
-        assert_eq!(part.len(), outer * s * inner, "concat: part {p} is not [outer, sizes[{p}], inner]");
+        assert_eq!(
+            part.len(),
+            outer * s * inner,
+            "concat: part {p} is not [outer, sizes[{p}], inner]"
+        );
     }
     let total: usize = sizes.iter().sum();
-    assert_eq!(out.len(), outer * total * inner, "concat: out is not [outer, Σ sizes, inner]");
+    assert_eq!(
+        out.len(),
+        outer * total * inner,
+        "concat: out is not [outer, Σ sizes, inner]"
+    );
     let row = total * inner;
     for_rows(out, row, row, |o, dst| {
         let mut off = 0;
@@ -145,15 +161,30 @@ pub fn concat<T: Copy + Send + Sync>(parts: &[&[T]], outer: usize, sizes: &[usiz
 
 /// Splits `x`, viewed as `[outer, Σ sizes, inner]`, along the middle axis into `outs`
 /// (part `p` is `[outer, sizes[p], inner]`): `outs[p][o, j, i] = x[o, S_p + j, i]` with
-/// `S_p = Σ_{q<p} sizes[q]`. The backward of [`concat`] (and [`concat`] is the backward of this).
-pub fn split<T: Copy + Send + Sync>(x: &[T], outer: usize, sizes: &[usize], inner: usize, outs: &mut [&mut [T]]) {
+/// `S_p = Σ_{q<p} sizes[q]`. The backward of [`concat()`], and [`concat()`] is the backward of
+/// this.
+pub fn split<T: Copy + Send + Sync>(
+    x: &[T],
+    outer: usize,
+    sizes: &[usize],
+    inner: usize,
+    outs: &mut [&mut [T]],
+) {
     assert_eq!(outs.len(), sizes.len(), "split: one size per part");
     let total: usize = sizes.iter().sum();
-    assert_eq!(x.len(), outer * total * inner, "split: x is not [outer, Σ sizes, inner]");
+    assert_eq!(
+        x.len(),
+        outer * total * inner,
+        "split: x is not [outer, Σ sizes, inner]"
+    );
     let mut starts = Vec::with_capacity(sizes.len());
     let mut acc = 0;
     for (p, (o, &s)) in outs.iter().zip(sizes).enumerate() {
-        assert_eq!(o.len(), outer * s * inner, "split: part {p} is not [outer, sizes[{p}], inner]");
+        assert_eq!(
+            o.len(),
+            outer * s * inner,
+            "split: part {p} is not [outer, sizes[{p}], inner]"
+        );
         starts.push(acc);
         acc += s;
     }
@@ -185,9 +216,21 @@ pub fn gather_rows<T: Copy + Send + Sync>(
     k: usize,
     w: usize,
 ) {
-    assert_eq!(x.len(), batch * t * w, "gather_rows: x is not [batch, t, w]");
-    assert_eq!(index.len(), batch * k, "gather_rows: index is not [batch, k]");
-    assert_eq!(out.len(), batch * k * w, "gather_rows: out is not [batch, k, w]");
+    assert_eq!(
+        x.len(),
+        batch * t * w,
+        "gather_rows: x is not [batch, t, w]"
+    );
+    assert_eq!(
+        index.len(),
+        batch * k,
+        "gather_rows: index is not [batch, k]"
+    );
+    assert_eq!(
+        out.len(),
+        batch * k * w,
+        "gather_rows: out is not [batch, k, w]"
+    );
     if k == 0 {
         return;
     }
@@ -211,17 +254,35 @@ pub fn scatter_add_rows<T: Real>(
     k: usize,
     w: usize,
 ) {
-    assert_eq!(dout.len(), batch * k * w, "scatter_add_rows: dout is not [batch, k, w]");
-    assert_eq!(index.len(), batch * k, "scatter_add_rows: index is not [batch, k]");
-    assert_eq!(dx.len(), batch * t * w, "scatter_add_rows: dx is not [batch, t, w]");
+    assert_eq!(
+        dout.len(),
+        batch * k * w,
+        "scatter_add_rows: dout is not [batch, k, w]"
+    );
+    assert_eq!(
+        index.len(),
+        batch * k,
+        "scatter_add_rows: index is not [batch, k]"
+    );
+    assert_eq!(
+        dx.len(),
+        batch * t * w,
+        "scatter_add_rows: dx is not [batch, t, w]"
+    );
     if t == 0 || w == 0 {
-        assert!(k == 0 || w == 0 || batch == 0, "scatter_add_rows: index into an empty axis");
+        assert!(
+            k == 0 || w == 0 || batch == 0,
+            "scatter_add_rows: index into an empty axis"
+        );
         return;
     }
     for_rows(dx, t * w, k * w, |b, dxb| {
         for j in 0..k {
             let dst = index[b * k + j];
-            assert!(dst < t, "scatter_add_rows: index {dst} out of range for t = {t}");
+            assert!(
+                dst < t,
+                "scatter_add_rows: index {dst} out of range for t = {t}"
+            );
             let src = &dout[(b * k + j) * w..(b * k + j + 1) * w];
             for (d, &g) in dxb[dst * w..(dst + 1) * w].iter_mut().zip(src) {
                 *d = *d + g;
@@ -232,9 +293,19 @@ pub fn scatter_add_rows<T: Real>(
 
 /// Embedding lookup: `table: [v, w]`, `ids: [n]` (values `< v`), `out: [n, w]`,
 /// `out[i, :] = table[ids[i], :]`. Panics on an id `>= v`.
-pub fn embedding<T: Copy + Send + Sync>(table: &[T], ids: &[usize], out: &mut [T], v: usize, w: usize) {
+pub fn embedding<T: Copy + Send + Sync>(
+    table: &[T],
+    ids: &[usize],
+    out: &mut [T],
+    v: usize,
+    w: usize,
+) {
     assert_eq!(table.len(), v * w, "embedding: table is not [v, w]");
-    assert_eq!(out.len(), ids.len() * w, "embedding: out is not [ids.len(), w]");
+    assert_eq!(
+        out.len(),
+        ids.len() * w,
+        "embedding: out is not [ids.len(), w]"
+    );
     for_rows(out, w, w, |i, o| {
         let id = ids[i];
         assert!(id < v, "embedding: id {id} out of range for v = {v}");
@@ -245,9 +316,23 @@ pub fn embedding<T: Copy + Send + Sync>(table: &[T], ids: &[usize], out: &mut [T
 /// Backward of [`embedding`], **accumulating**: `dtable[ids[i], :] += dout[i, :]` for every
 /// `i < n` (in increasing `i`, so results are deterministic). `dout: [n, w]`,
 /// `dtable: [v, w]` — zero it first for a plain gradient.
-pub fn embedding_backward<T: Real>(dout: &[T], ids: &[usize], dtable: &mut [T], v: usize, w: usize) {
-    assert_eq!(dtable.len(), v * w, "embedding_backward: dtable is not [v, w]");
-    assert_eq!(dout.len(), ids.len() * w, "embedding_backward: dout is not [ids.len(), w]");
+pub fn embedding_backward<T: Real>(
+    dout: &[T],
+    ids: &[usize],
+    dtable: &mut [T],
+    v: usize,
+    w: usize,
+) {
+    assert_eq!(
+        dtable.len(),
+        v * w,
+        "embedding_backward: dtable is not [v, w]"
+    );
+    assert_eq!(
+        dout.len(),
+        ids.len() * w,
+        "embedding_backward: dout is not [ids.len(), w]"
+    );
     if let Some(&bad) = ids.iter().find(|&&id| id >= v) {
         panic!("embedding_backward: id {bad} out of range for v = {v}");
     }
@@ -271,6 +356,9 @@ pub fn embedding_backward<T: Real>(dout: &[T], ids: &[usize], dtable: &mut [T], 
     } else {
         let tasks = 2 * rayon::current_num_threads();
         let rows_per = v.div_ceil(tasks);
-        dtable.par_chunks_mut(rows_per * w).enumerate().for_each(|(c, dt)| add(c * rows_per, dt));
+        dtable
+            .par_chunks_mut(rows_per * w)
+            .enumerate()
+            .for_each(|(c, dt)| add(c * rows_per, dt));
     }
 }

@@ -2,7 +2,7 @@
 
 use rayon::prelude::*;
 
-use crate::util::{ordered_sum, FLAT_CHUNK, PAR_MIN_WORK};
+use crate::util::{ordered_sum, simd, FLAT_CHUNK, PAR_MIN_WORK};
 use crate::Real;
 
 /// The `1e-6` PyTorch adds to the total norm in `clip_grad_norm_`.
@@ -35,7 +35,10 @@ pub fn adamw_step<T: Real>(
     step: u64,
 ) {
     let len = param.len();
-    assert!(grad.len() == len && m.len() == len && v.len() == len, "adamw_step: slices differ in length");
+    assert!(
+        grad.len() == len && m.len() == len && v.len() == len,
+        "adamw_step: slices differ in length"
+    );
     assert!(step >= 1, "adamw_step: step counts from 1");
     let t = step.min(i32::MAX as u64) as i32;
     let decay: T = T::from(1.0 - lr * weight_decay).unwrap();
@@ -50,25 +53,33 @@ pub fn adamw_step<T: Real>(
     let half: T = T::from(0.5).unwrap();
     let lerp_small = w.abs() < half;
 
-    let body = |(((p, g), m), v): (((&mut [T], &[T]), &mut [T]), &mut [T])| {
-        for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
-            *p = *p * decay;
-            // torch.lerp(m, g, w): m + w·(g − m) for |w| < ½, else g − (g − m)·(1 − w).
-            *m = if lerp_small { *m + w * (g - *m) } else { g - (g - *m) * (T::one() - w) };
-            *v = *v * b2 + one_minus_b2 * g * g;
-            let denom = v.sqrt() / bc2_sqrt + eps;
-            *p = *p + neg_step_size * (*m / denom);
+    type Chunks<'a, T> = (((&'a mut [T], &'a [T]), &'a mut [T]), &'a mut [T]);
+    let body = {
+        #[inline(always)]
+        |(((p, g), m), v): Chunks<'_, T>| {
+            for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
+                *p = *p * decay;
+                // torch.lerp(m, g, w): m + w·(g − m) for |w| < ½, else g − (g − m)·(1 − w).
+                *m = if lerp_small {
+                    *m + w * (g - *m)
+                } else {
+                    g - (g - *m) * (T::one() - w)
+                };
+                *v = *v * b2 + one_minus_b2 * g * g;
+                let denom = v.sqrt() / bc2_sqrt + eps;
+                *p = *p + neg_step_size * (*m / denom);
+            }
         }
     };
     if len < PAR_MIN_WORK {
-        body((((param, grad), m), v));
+        simd(|| body((((param, grad), m), v)));
     } else {
         param
             .par_chunks_mut(FLAT_CHUNK)
             .zip(grad.par_chunks(FLAT_CHUNK))
             .zip(m.par_chunks_mut(FLAT_CHUNK))
             .zip(v.par_chunks_mut(FLAT_CHUNK))
-            .for_each(body);
+            .for_each(|args| simd(|| body(args)));
     }
 }
 
@@ -78,10 +89,13 @@ pub fn grad_norm<T: Real>(grads: &[&[T]]) -> f64 {
         .iter()
         .map(|g| {
             ordered_sum(g.len(), PAR_MIN_WORK, |s, e| {
-                g[s..e].iter().map(|&x| {
-                    let x = x.to_f64().unwrap();
-                    x * x
-                }).sum()
+                g[s..e]
+                    .iter()
+                    .map(|&x| {
+                        let x = x.to_f64().unwrap();
+                        x * x
+                    })
+                    .sum()
             })
         })
         .sum::<f64>()
@@ -101,7 +115,8 @@ pub fn clip_grad_norm<T: Real>(grads: &mut [&mut [T]], max_norm: f64) -> f64 {
         grad_norm(&views)
     };
     let coef = max_norm / (total + CLIP_GRAD_NORM_EPS);
-    if !(coef >= 1.0) {
+    // `coef < 1` or NaN (PyTorch multiplies by clamp(coef, max=1), which keeps NaN).
+    if coef.is_nan() || coef < 1.0 {
         let c: T = T::from(coef).unwrap_or_else(T::nan);
         for g in grads.iter_mut() {
             crate::util::map_inplace(g, |x| x * c);

@@ -38,7 +38,10 @@ impl<T: Copy> Tensor<T> {
 
     /// A rank-0 tensor holding `value`.
     pub fn scalar(value: T) -> Self {
-        Self { shape: Vec::new(), data: vec![value] }
+        Self {
+            shape: Vec::new(),
+            data: vec![value],
+        }
     }
 
     /// Number of elements, `Π shape[i]`.
@@ -54,7 +57,11 @@ impl<T: Copy> Tensor<T> {
     /// The same data under another shape with the same number of elements (no copy).
     pub fn reshape(mut self, shape: impl Into<Vec<usize>>) -> Self {
         let shape = shape.into();
-        assert_eq!(numel(&shape), self.data.len(), "reshape to {shape:?} changes the element count");
+        assert_eq!(
+            numel(&shape),
+            self.data.len(),
+            "reshape to {shape:?} changes the element count"
+        );
         self.shape = shape;
         self
     }

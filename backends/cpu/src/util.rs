@@ -33,12 +33,24 @@ where
     }
     let rows = out.len() / row_len;
     if rows.saturating_mul(work_per_row) < PAR_MIN_WORK || rows < 2 {
-        out.chunks_exact_mut(row_len).enumerate().for_each(|(i, row)| f(i, row));
+        simd(
+            #[inline(always)]
+            || {
+                out.chunks_exact_mut(row_len)
+                    .enumerate()
+                    .for_each(|(i, row)| f(i, row))
+            },
+        );
     } else {
         out.par_chunks_exact_mut(row_len)
             .enumerate()
             .with_min_len(min_items_per_task(work_per_row))
-            .for_each(|(i, row)| f(i, row));
+            .for_each(|(i, row)| {
+                simd(
+                    #[inline(always)]
+                    || f(i, row),
+                )
+            });
     }
 }
 
@@ -68,14 +80,21 @@ pub(crate) const FLAT_CHUNK: usize = 1 << 14;
 pub(crate) fn map1<T: Real, F: Fn(T) -> T + Sync + Send>(x: &[T], out: &mut [T], f: F) {
     assert_eq!(x.len(), out.len(), "input and output lengths differ");
     let body = |(o, x): (&mut [T], &[T])| {
-        for (o, &x) in o.iter_mut().zip(x) {
-            *o = f(x);
-        }
+        simd(
+            #[inline(always)]
+            || {
+                for (o, &x) in o.iter_mut().zip(x) {
+                    *o = f(x);
+                }
+            },
+        )
     };
     if x.len() < PAR_MIN_WORK {
         body((out, x));
     } else {
-        out.par_chunks_mut(FLAT_CHUNK).zip(x.par_chunks(FLAT_CHUNK)).for_each(body);
+        out.par_chunks_mut(FLAT_CHUNK)
+            .zip(x.par_chunks(FLAT_CHUNK))
+            .for_each(body);
     }
 }
 
@@ -83,9 +102,14 @@ pub(crate) fn map1<T: Real, F: Fn(T) -> T + Sync + Send>(x: &[T], out: &mut [T],
 #[inline]
 pub(crate) fn map_inplace<T: Real, F: Fn(T) -> T + Sync + Send>(x: &mut [T], f: F) {
     let body = |x: &mut [T]| {
-        for x in x.iter_mut() {
-            *x = f(*x);
-        }
+        simd(
+            #[inline(always)]
+            || {
+                for x in x.iter_mut() {
+                    *x = f(*x);
+                }
+            },
+        )
     };
     if x.len() < PAR_MIN_WORK {
         body(x);
@@ -100,9 +124,14 @@ pub(crate) fn map2<T: Real, F: Fn(T, T) -> T + Sync + Send>(a: &[T], b: &[T], ou
     assert_eq!(a.len(), out.len(), "input and output lengths differ");
     assert_eq!(b.len(), out.len(), "input and output lengths differ");
     let body = |((o, a), b): ((&mut [T], &[T]), &[T])| {
-        for ((o, &a), &b) in o.iter_mut().zip(a).zip(b) {
-            *o = f(a, b);
-        }
+        simd(
+            #[inline(always)]
+            || {
+                for ((o, &a), &b) in o.iter_mut().zip(a).zip(b) {
+                    *o = f(a, b);
+                }
+            },
+        )
     };
     if a.len() < PAR_MIN_WORK {
         body(((out, a), b));
@@ -113,6 +142,8 @@ pub(crate) fn map2<T: Real, F: Fn(T, T) -> T + Sync + Send>(a: &[T], b: &[T], ou
             .for_each(body);
     }
 }
+
+type Chunks3<'a, T> = (((&'a mut [T], &'a [T]), &'a [T]), &'a [T]);
 
 /// `out[i] = f(a[i], b[i], c[i])`, in parallel over large inputs.
 #[inline]
@@ -126,10 +157,15 @@ pub(crate) fn map3<T: Real, F: Fn(T, T, T) -> T + Sync + Send>(
     assert_eq!(a.len(), out.len(), "input and output lengths differ");
     assert_eq!(b.len(), out.len(), "input and output lengths differ");
     assert_eq!(c.len(), out.len(), "input and output lengths differ");
-    let body = |(((o, a), b), c): (((&mut [T], &[T]), &[T]), &[T])| {
-        for (((o, &a), &b), &c) in o.iter_mut().zip(a).zip(b).zip(c) {
-            *o = f(a, b, c);
-        }
+    let body = |(((o, a), b), c): Chunks3<'_, T>| {
+        simd(
+            #[inline(always)]
+            || {
+                for (((o, &a), &b), &c) in o.iter_mut().zip(a).zip(b).zip(c) {
+                    *o = f(a, b, c);
+                }
+            },
+        )
     };
     if a.len() < PAR_MIN_WORK {
         body((((out, a), b), c));
@@ -140,4 +176,99 @@ pub(crate) fn map3<T: Real, F: Fn(T, T, T) -> T + Sync + Send>(
             .zip(c.par_chunks(FLAT_CHUNK))
             .for_each(body);
     }
+}
+
+/// Number of independent accumulators in the slice reductions: enough for the compiler to use
+/// full vector registers, and more accurate than one running sum.
+const ACC: usize = 8;
+
+/// Reduces `x` with `f` over `ACC` interleaved accumulators started at `init`, then combines
+/// them pairwise with `f`.
+#[inline(always)]
+fn fold_acc<T: Real>(x: &[T], init: T, f: impl Fn(T, T) -> T) -> T {
+    let mut acc = [init; ACC];
+    let mut chunks = x.chunks_exact(ACC);
+    for c in &mut chunks {
+        for k in 0..ACC {
+            acc[k] = f(acc[k], c[k]);
+        }
+    }
+    for (k, &v) in chunks.remainder().iter().enumerate() {
+        acc[k] = f(acc[k], v);
+    }
+    let a = [
+        f(acc[0], acc[4]),
+        f(acc[1], acc[5]),
+        f(acc[2], acc[6]),
+        f(acc[3], acc[7]),
+    ];
+    f(f(a[0], a[2]), f(a[1], a[3]))
+}
+
+/// `Σ x[i]`.
+#[inline]
+pub(crate) fn sum_slice<T: Real>(x: &[T]) -> T {
+    fold_acc(x, T::zero(), |a, b| a + b)
+}
+
+/// `max x[i]` (−∞ for an empty slice; NaNs are skipped, as `Float::max`).
+#[inline]
+pub(crate) fn max_slice<T: Real>(x: &[T]) -> T {
+    fold_acc(x, T::neg_infinity(), |a, b| a.max(b))
+}
+
+/// `Σ a[i]·b[i]`.
+#[inline]
+pub(crate) fn dot_slice<T: Real>(a: &[T], b: &[T]) -> T {
+    debug_assert_eq!(a.len(), b.len());
+    let mut acc = [T::zero(); ACC];
+    let mut ca = a.chunks_exact(ACC);
+    let mut cb = b.chunks_exact(ACC);
+    for (x, y) in (&mut ca).zip(&mut cb) {
+        for k in 0..ACC {
+            acc[k] = acc[k] + x[k] * y[k];
+        }
+    }
+    for (k, (&x, &y)) in ca.remainder().iter().zip(cb.remainder()).enumerate() {
+        acc[k] = acc[k] + x * y;
+    }
+    ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]))
+}
+
+/// `Σ (x[i] − m)²`.
+#[inline]
+pub(crate) fn sq_dev_sum<T: Real>(x: &[T], m: T) -> T {
+    let mut acc = [T::zero(); ACC];
+    let mut chunks = x.chunks_exact(ACC);
+    for c in &mut chunks {
+        for k in 0..ACC {
+            let d = c[k] - m;
+            acc[k] = acc[k] + d * d;
+        }
+    }
+    for (k, &v) in chunks.remainder().iter().enumerate() {
+        let d = v - m;
+        acc[k] = acc[k] + d * d;
+    }
+    ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]))
+}
+
+/// Runs `f` compiled for AVX2 when the CPU has it (`f` is inlined into a function with that
+/// target feature), else as is.
+#[inline(always)]
+pub(crate) fn simd<R>(f: impl FnOnce() -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2 (checked just above).
+            return unsafe { with_avx2(f) };
+        }
+    }
+    f()
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn with_avx2<R>(f: impl FnOnce() -> R) -> R {
+    f()
 }

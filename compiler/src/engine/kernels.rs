@@ -51,18 +51,25 @@ pub fn run(op: &Op, inputs: &[&[f32]], shapes: &[Vec<usize>], out_shape: &[usize
             }
             out
         }
-        Op::Unary(f) => inputs[0].iter().map(|&x| unary(*f, x)).collect(),
-        Op::UnaryBackward(f) => inputs[0]
-            .iter()
-            .zip(inputs[1])
-            .zip(inputs[2])
-            .map(|((&x, &y), &dy)| dy * unary_derivative(*f, x, y))
-            .collect(),
+        Op::Unary(f) => {
+            let mut out = vec![0.0; n];
+            kdc_cpu::unary(cpu_unary(*f), inputs[0], &mut out);
+            out
+        }
+        Op::UnaryBackward(f) => {
+            let mut dx = vec![0.0; n];
+            kdc_cpu::unary_backward(cpu_unary(*f), inputs[0], inputs[1], inputs[2], &mut dx);
+            dx
+        }
         Op::Binary(f) => binary(*f, inputs[0], &shapes[0], inputs[1], &shapes[1], out_shape),
         Op::MatMul { ta, tb } => matmul(
             inputs[0], &shapes[0], *ta, inputs[1], &shapes[1], *tb, out_shape,
         ),
-        Op::Permute(perm) => permute(inputs[0], &shapes[0], perm),
+        Op::Permute(perm) => {
+            let mut out = vec![0.0; n];
+            kdc_cpu::permute(inputs[0], &shapes[0], perm, &mut out);
+            out
+        }
         Op::Reshape | Op::Detach => inputs[0].to_vec(),
         Op::Broadcast => binary(Binary::Add, inputs[0], &shapes[0], &[0.0], &[], out_shape),
         Op::SumTo => sum_to(inputs[0], &shapes[0], out_shape),
@@ -70,23 +77,25 @@ pub fn run(op: &Op, inputs: &[&[f32]], shapes: &[Vec<usize>], out_shape: &[usize
         Op::ReduceBackward { kind, axis } => {
             reduce_backward(*kind, *axis, inputs[0], &shapes[0], inputs[1])
         }
-        Op::Softmax { axis } => along(inputs[0], &shapes[0], *axis, |x, y| softmax(x, y, false)),
-        Op::LogSoftmax { axis } => along(inputs[0], &shapes[0], *axis, |x, y| softmax(x, y, true)),
-        Op::SoftmaxBackward { axis } => {
-            along2(inputs[0], inputs[1], &shapes[0], *axis, |y, dy, dx| {
-                let dot: f32 = y.iter().zip(dy).map(|(a, b)| a * b).sum();
-                for i in 0..y.len() {
-                    dx[i] = y[i] * (dy[i] - dot);
-                }
-            })
+        Op::Softmax { axis } | Op::LogSoftmax { axis } => {
+            let (outer, len, inner) = kdc_cpu::axis_dims(&shapes[0], *axis);
+            let mut out = vec![0.0; n];
+            if matches!(op, Op::Softmax { .. }) {
+                kdc_cpu::softmax(inputs[0], &mut out, outer, len, inner);
+            } else {
+                kdc_cpu::log_softmax(inputs[0], &mut out, outer, len, inner);
+            }
+            out
         }
-        Op::LogSoftmaxBackward { axis } => {
-            along2(inputs[0], inputs[1], &shapes[0], *axis, |y, dy, dx| {
-                let sum: f32 = dy.iter().sum();
-                for i in 0..y.len() {
-                    dx[i] = dy[i] - y[i].exp() * sum;
-                }
-            })
+        Op::SoftmaxBackward { axis } | Op::LogSoftmaxBackward { axis } => {
+            let (outer, len, inner) = kdc_cpu::axis_dims(&shapes[0], *axis);
+            let mut dx = vec![0.0; n];
+            if matches!(op, Op::SoftmaxBackward { .. }) {
+                kdc_cpu::softmax_backward(inputs[0], inputs[1], &mut dx, outer, len, inner);
+            } else {
+                kdc_cpu::log_softmax_backward(inputs[0], inputs[1], &mut dx, outer, len, inner);
+            }
+            dx
         }
         Op::Normalize { axis } => along(inputs[0], &shapes[0], *axis, |x, y| {
             let norm = x.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
@@ -215,61 +224,15 @@ pub fn run(op: &Op, inputs: &[&[f32]], shapes: &[Vec<usize>], out_shape: &[usize
     }
 }
 
-fn unary(f: Unary, x: f32) -> f32 {
+fn cpu_unary(f: Unary) -> kdc_cpu::UnaryOp {
     match f {
-        Unary::Neg => -x,
-        Unary::Exp => x.exp(),
-        Unary::Log => x.ln(),
-        Unary::Sqrt => x.sqrt(),
-        Unary::Abs => x.abs(),
-        Unary::Gelu => 0.5 * x * (1.0 + erf32(x * std::f32::consts::FRAC_1_SQRT_2)),
-        Unary::QuickGelu => x / (1.0 + (-1.702 * x).exp()),
-    }
-}
-
-fn unary_derivative(f: Unary, x: f32, y: f32) -> f32 {
-    match f {
-        Unary::Neg => -1.0,
-        Unary::Exp => y,
-        Unary::Log => 1.0 / x,
-        Unary::Sqrt => 0.5 / y,
-        Unary::Abs => x.signum() * (x != 0.0) as i32 as f32,
-        Unary::Gelu => {
-            let cdf = 0.5 * (1.0 + erf32(x * std::f32::consts::FRAC_1_SQRT_2));
-            let pdf = (-0.5 * x * x).exp() / (2.0 * std::f32::consts::PI).sqrt();
-            cdf + x * pdf
-        }
-        Unary::QuickGelu => {
-            let s = 1.0 / (1.0 + (-1.702 * x).exp());
-            s + 1.702 * x * s * (1.0 - s)
-        }
-    }
-}
-
-/// erf of an f32, through the double-precision fit below.
-pub fn erf32(x: f32) -> f32 {
-    erf(x as f64) as f32
-}
-
-/// erf to double precision (Abramowitz–Stegun 7.1.26 is too coarse; this uses the
-/// complementary-error-function Chebyshev fit of Numerical Recipes, |error| < 1.2e-7).
-pub fn erf(x: f64) -> f64 {
-    let z = x.abs();
-    let t = 1.0 / (1.0 + 0.5 * z);
-    let r = t
-        * (-z * z - 1.26551223
-            + t * (1.00002368
-                + t * (0.37409196
-                    + t * (0.09678418
-                        + t * (-0.18628806
-                            + t * (0.27886807
-                                + t * (-1.13520398
-                                    + t * (1.48851587 + t * (-0.82215223 + t * 0.17087277)))))))))
-            .exp();
-    if x >= 0.0 {
-        1.0 - r
-    } else {
-        r - 1.0
+        Unary::Neg => kdc_cpu::UnaryOp::Neg,
+        Unary::Exp => kdc_cpu::UnaryOp::Exp,
+        Unary::Log => kdc_cpu::UnaryOp::Log,
+        Unary::Sqrt => kdc_cpu::UnaryOp::Sqrt,
+        Unary::Abs => kdc_cpu::UnaryOp::Abs,
+        Unary::Gelu => kdc_cpu::UnaryOp::Gelu,
+        Unary::QuickGelu => kdc_cpu::UnaryOp::QuickGelu,
     }
 }
 
@@ -400,29 +363,6 @@ fn sum_to(x: &[f32], sx: &[usize], out_shape: &[usize]) -> Vec<f32> {
                 break;
             }
             io -= t[d] * sx[d];
-            index[d] = 0;
-        }
-    }
-    out
-}
-
-fn permute(x: &[f32], shape: &[usize], perm: &[usize]) -> Vec<f32> {
-    let s = strides(shape);
-    let out_shape: Vec<usize> = perm.iter().map(|&p| shape[p]).collect();
-    let src: Vec<usize> = perm.iter().map(|&p| s[p]).collect();
-    let n = x.len();
-    let mut out = Vec::with_capacity(n);
-    let mut index = vec![0usize; shape.len()];
-    let mut i = 0usize;
-    for _ in 0..n {
-        out.push(x[i]);
-        for d in (0..out_shape.len()).rev() {
-            index[d] += 1;
-            i += src[d];
-            if index[d] < out_shape[d] {
-                break;
-            }
-            i -= src[d] * out_shape[d];
             index[d] = 0;
         }
     }

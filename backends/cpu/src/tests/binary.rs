@@ -12,7 +12,13 @@ fn bcast_index(idx: &[usize], shape: &[usize]) -> usize {
         .sum()
 }
 
-fn reference(op: BinaryOp, a: &[f64], ash: &[usize], b: &[f64], bsh: &[usize]) -> (Vec<f64>, Vec<usize>) {
+fn reference(
+    op: BinaryOp,
+    a: &[f64],
+    ash: &[usize],
+    b: &[f64],
+    bsh: &[usize],
+) -> (Vec<f64>, Vec<usize>) {
     let osh = broadcast_shape(ash, bsh).unwrap();
     let n: usize = osh.iter().product();
     let out = (0..n)
@@ -79,11 +85,26 @@ fn forward_matches_reference() {
         add(&a, ash, &b, bsh, &mut out, &osh);
         assert_close(&out, &expect, 1e-15, "add");
         sub(&a, ash, &b, bsh, &mut out, &osh);
-        assert_close(&out, &reference(BinaryOp::Sub, &a, ash, &b, bsh).0, 1e-15, "sub");
+        assert_close(
+            &out,
+            &reference(BinaryOp::Sub, &a, ash, &b, bsh).0,
+            1e-15,
+            "sub",
+        );
         mul(&a, ash, &b, bsh, &mut out, &osh);
-        assert_close(&out, &reference(BinaryOp::Mul, &a, ash, &b, bsh).0, 1e-15, "mul");
+        assert_close(
+            &out,
+            &reference(BinaryOp::Mul, &a, ash, &b, bsh).0,
+            1e-15,
+            "mul",
+        );
         div(&a, ash, &b, bsh, &mut out, &osh);
-        assert_close(&out, &reference(BinaryOp::Div, &a, ash, &b, bsh).0, 1e-15, "div");
+        assert_close(
+            &out,
+            &reference(BinaryOp::Div, &a, ash, &b, bsh).0,
+            1e-15,
+            "div",
+        );
     }
 }
 
@@ -145,10 +166,24 @@ fn backward_matches_finite_differences() {
         for op in [BinaryOp::Add, BinaryOp::Sub, BinaryOp::Mul, BinaryOp::Div] {
             let mut da = vec![f64::NAN; a.len()];
             let mut db = vec![f64::NAN; b.len()];
-            binary_backward(op, &a, ash, &b, bsh, &dy, &osh, Some(&mut da), Some(&mut db));
+            binary_backward(
+                op,
+                &a,
+                ash,
+                &b,
+                bsh,
+                &dy,
+                &osh,
+                Some(&mut da),
+                Some(&mut db),
+            );
             let what = format!("{op:?} {ash:?} {bsh:?}");
-            check_vjp(&format!("{what} da"), &a, &dy, &da, |a| reference(op, a, ash, &b, bsh).0);
-            check_vjp(&format!("{what} db"), &b, &dy, &db, |b| reference(op, &a, ash, b, bsh).0);
+            check_vjp(&format!("{what} da"), &a, &dy, &da, |a| {
+                reference(op, a, ash, &b, bsh).0
+            });
+            check_vjp(&format!("{what} db"), &b, &dy, &db, |b| {
+                reference(op, &a, ash, b, bsh).0
+            });
             // Requesting one gradient only gives the same values.
             let mut db_only = vec![0.0; b.len()];
             binary_backward(op, &a, ash, &b, bsh, &dy, &osh, None, Some(&mut db_only));

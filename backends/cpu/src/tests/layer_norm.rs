@@ -1,7 +1,14 @@
 use super::{assert_close, check_grad, dot, Rng};
 use crate::{layer_norm, layer_norm_backward, LAYER_NORM_EPS};
 
-fn reference(x: &[f64], gain: &[f64], bias: &[f64], rows: usize, d: usize, eps: f64) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+fn reference(
+    x: &[f64],
+    gain: &[f64],
+    bias: &[f64],
+    rows: usize,
+    d: usize,
+    eps: f64,
+) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
     let mut out = vec![0.0; rows * d];
     let mut means = vec![0.0; rows];
     let mut rstds = vec![0.0; rows];
@@ -30,7 +37,17 @@ fn forward_matches_reference() {
         let mut out = vec![f64::NAN; rows * d];
         let mut mean = vec![f64::NAN; rows];
         let mut rstd = vec![f64::NAN; rows];
-        layer_norm(&x, &gain, &bias, &mut out, &mut mean, &mut rstd, rows, d, LAYER_NORM_EPS);
+        layer_norm(
+            &x,
+            &gain,
+            &bias,
+            &mut out,
+            &mut mean,
+            &mut rstd,
+            rows,
+            d,
+            LAYER_NORM_EPS,
+        );
         assert_close(&out, &expect, 1e-12, &format!("layer_norm {rows}x{d}"));
         assert_close(&mean, &em, 1e-13, "mean");
         assert_close(&rstd, &er, 1e-12, "rstd");
@@ -48,11 +65,15 @@ fn backward_matches_finite_differences() {
         let dy = rng.vec(rows * d, -1.0, 1.0);
         let mut out = vec![0.0; rows * d];
         let (mut mean, mut rstd) = (vec![0.0; rows], vec![0.0; rows]);
-        layer_norm(&x, &gain, &bias, &mut out, &mut mean, &mut rstd, rows, d, eps);
+        layer_norm(
+            &x, &gain, &bias, &mut out, &mut mean, &mut rstd, rows, d, eps,
+        );
         let mut dx = vec![f64::NAN; rows * d];
         let mut dgain = vec![f64::NAN; d];
         let mut dbias = vec![f64::NAN; d];
-        layer_norm_backward(&x, &gain, &mean, &rstd, &dy, &mut dx, &mut dgain, &mut dbias, rows, d);
+        layer_norm_backward(
+            &x, &gain, &mean, &rstd, &dy, &mut dx, &mut dgain, &mut dbias, rows, d,
+        );
         let f = |x: &[f64], g: &[f64], b: &[f64]| dot(&dy, &reference(x, g, b, rows, d, eps).0);
         check_grad("layer_norm dx", &x, &dx, |x| f(x, &gain, &bias));
         check_grad("layer_norm dgain", &gain, &dgain, |g| f(&x, g, &bias));
@@ -71,9 +92,21 @@ fn large_backward_matches_small_calls() {
     let dy = rng.vec(rows * d, -1.0, 1.0);
     let mut out = vec![0.0; rows * d];
     let (mut mean, mut rstd) = (vec![0.0; rows], vec![0.0; rows]);
-    layer_norm(&x, &gain, &bias, &mut out, &mut mean, &mut rstd, rows, d, LAYER_NORM_EPS);
+    layer_norm(
+        &x,
+        &gain,
+        &bias,
+        &mut out,
+        &mut mean,
+        &mut rstd,
+        rows,
+        d,
+        LAYER_NORM_EPS,
+    );
     let (mut dx, mut dg, mut db) = (vec![0.0; rows * d], vec![0.0; d], vec![0.0; d]);
-    layer_norm_backward(&x, &gain, &mean, &rstd, &dy, &mut dx, &mut dg, &mut db, rows, d);
+    layer_norm_backward(
+        &x, &gain, &mean, &rstd, &dy, &mut dx, &mut dg, &mut db, rows, d,
+    );
 
     let (mut dg_sum, mut db_sum) = (vec![0.0; d], vec![0.0; d]);
     for r in 0..rows {
@@ -112,7 +145,17 @@ fn f32_layer_norm() {
     let (x32, g32, b32) = (c(&x), c(&gain), c(&bias));
     let mut out = vec![0f32; rows * d];
     let (mut mean, mut rstd) = (vec![0f32; rows], vec![0f32; rows]);
-    layer_norm(&x32, &g32, &b32, &mut out, &mut mean, &mut rstd, rows, d, LAYER_NORM_EPS as f32);
+    layer_norm(
+        &x32,
+        &g32,
+        &b32,
+        &mut out,
+        &mut mean,
+        &mut rstd,
+        rows,
+        d,
+        LAYER_NORM_EPS as f32,
+    );
     let r = |v: &[f32]| v.iter().map(|&v| v as f64).collect::<Vec<f64>>();
     let (expect, _, _) = reference(&r(&x32), &r(&g32), &r(&b32), rows, d, LAYER_NORM_EPS);
     super::assert_close_f32(&out, &expect, 1e-5, "f32 layer_norm");

@@ -38,18 +38,28 @@ fn ref_log_softmax_row(l: &[f64]) -> Vec<f64> {
 }
 
 fn ref_kl(lp: &[f64], lq: &[f64], rows: usize) -> f64 {
-    lp.iter().zip(lq).map(|(a, b)| a.exp() * (a - b)).sum::<f64>() / rows as f64
+    lp.iter()
+        .zip(lq)
+        .map(|(a, b)| a.exp() * (a - b))
+        .sum::<f64>()
+        / rows as f64
 }
 
 fn ref_ce_diag(l: &[f64], rows: usize, n: usize) -> f64 {
-    (0..rows).map(|i| -ref_log_softmax_row(&l[i * n..(i + 1) * n])[i]).sum::<f64>() / rows as f64
+    (0..rows)
+        .map(|i| -ref_log_softmax_row(&l[i * n..(i + 1) * n])[i])
+        .sum::<f64>()
+        / rows as f64
 }
 
 fn ref_ce_soft(l: &[f64], t: &[f64], rows: usize, n: usize) -> f64 {
     (0..rows)
         .map(|i| {
             let ls = ref_log_softmax_row(&l[i * n..(i + 1) * n]);
-            -ls.iter().zip(&t[i * n..(i + 1) * n]).map(|(a, b)| a * b).sum::<f64>()
+            -ls.iter()
+                .zip(&t[i * n..(i + 1) * n])
+                .map(|(a, b)| a * b)
+                .sum::<f64>()
         })
         .sum::<f64>()
         / rows as f64
@@ -61,12 +71,36 @@ fn pointwise_losses() {
     for n in [1, 105, 50_000] {
         let a = rng.vec(n, -2.0, 2.0);
         // Differences bounded away from 0 and from ±beta (the kinks).
-        let b: Vec<f64> = a.iter().zip(rng.vec_away(n, 0.05, 1.5)).map(|(x, d)| x - d).collect();
-        let b: Vec<f64> = b.iter().zip(&a).map(|(&y, &x)| if ((x - y).abs() - 0.5).abs() < 0.02 { x - 0.3 } else { y }).collect();
+        let b: Vec<f64> = a
+            .iter()
+            .zip(rng.vec_away(n, 0.05, 1.5))
+            .map(|(x, d)| x - d)
+            .collect();
+        let b: Vec<f64> = b
+            .iter()
+            .zip(&a)
+            .map(|(&y, &x)| {
+                if ((x - y).abs() - 0.5).abs() < 0.02 {
+                    x - 0.3
+                } else {
+                    y
+                }
+            })
+            .collect();
         close(mse(&a, &b), ref_mse(&a, &b), 1e-13, "mse");
         close(l1(&a, &b), ref_l1(&a, &b), 1e-13, "l1");
-        close(smooth_l1(&a, &b, 0.5), ref_smooth_l1(&a, &b, 0.5), 1e-13, "smooth_l1");
-        close(smooth_l1(&a, &b, 0.0), ref_l1(&a, &b), 1e-13, "smooth_l1 beta 0");
+        close(
+            smooth_l1(&a, &b, 0.5),
+            ref_smooth_l1(&a, &b, 0.5),
+            1e-13,
+            "smooth_l1",
+        );
+        close(
+            smooth_l1(&a, &b, 0.0),
+            ref_l1(&a, &b),
+            1e-13,
+            "smooth_l1 beta 0",
+        );
         if n > 200 {
             continue;
         }
@@ -86,12 +120,19 @@ fn pointwise_losses() {
         let mut only = vec![0.0; n];
         mse_backward(&a, &b, g, None, Some(&mut only));
         mse_backward(&a, &b, g, Some(&mut da), None);
-        assert_close(&only, &da.iter().map(|v| -v).collect::<Vec<_>>(), 1e-15, "db = -da");
+        assert_close(
+            &only,
+            &da.iter().map(|v| -v).collect::<Vec<_>>(),
+            1e-15,
+            "db = -da",
+        );
     }
 }
 
 fn log_softmax_rows(x: &[f64], rows: usize, n: usize) -> Vec<f64> {
-    (0..rows).flat_map(|i| ref_log_softmax_row(&x[i * n..(i + 1) * n])).collect()
+    (0..rows)
+        .flat_map(|i| ref_log_softmax_row(&x[i * n..(i + 1) * n]))
+        .collect()
 }
 
 #[test]
@@ -100,7 +141,12 @@ fn kl_rows_forward_and_backward() {
     for (rows, n) in [(3, 7), (1, 5), (4, 1), (300, 130)] {
         let lp = log_softmax_rows(&rng.vec(rows * n, -2.0, 2.0), rows, n);
         let lq = log_softmax_rows(&rng.vec(rows * n, -2.0, 2.0), rows, n);
-        close(kl_rows(&lp, &lq, rows, n), ref_kl(&lp, &lq, rows), 1e-12, "kl_rows");
+        close(
+            kl_rows(&lp, &lq, rows, n),
+            ref_kl(&lp, &lq, rows),
+            1e-12,
+            "kl_rows",
+        );
         if rows * n > 200 {
             continue;
         }
@@ -126,7 +172,12 @@ fn cross_entropy_diagonal_forward_and_backward() {
     let mut rng = Rng::new(62);
     for (rows, n) in [(5, 5), (3, 7), (1, 1), (1, 4), (256, 256)] {
         let l = rng.vec(rows * n, -3.0, 3.0);
-        close(cross_entropy_diagonal(&l, rows, n), ref_ce_diag(&l, rows, n), 1e-12, "ce diag");
+        close(
+            cross_entropy_diagonal(&l, rows, n),
+            ref_ce_diag(&l, rows, n),
+            1e-12,
+            "ce diag",
+        );
         if rows * n > 200 {
             continue;
         }
@@ -149,8 +200,16 @@ fn cross_entropy_soft_forward_and_backward() {
     for (rows, n) in [(4, 6), (1, 3), (3, 1), (300, 130)] {
         let l = rng.vec(rows * n, -3.0, 3.0);
         // Targets: a softmax of random logits (rows sum to 1) ...
-        let t: Vec<f64> = log_softmax_rows(&rng.vec(rows * n, -2.0, 2.0), rows, n).iter().map(|v| v.exp()).collect();
-        close(cross_entropy_soft(&l, &t, rows, n), ref_ce_soft(&l, &t, rows, n), 1e-12, "ce soft");
+        let t: Vec<f64> = log_softmax_rows(&rng.vec(rows * n, -2.0, 2.0), rows, n)
+            .iter()
+            .map(|v| v.exp())
+            .collect();
+        close(
+            cross_entropy_soft(&l, &t, rows, n),
+            ref_ce_soft(&l, &t, rows, n),
+            1e-12,
+            "ce soft",
+        );
         if rows * n > 200 {
             continue;
         }
@@ -160,8 +219,12 @@ fn cross_entropy_soft_forward_and_backward() {
             let g = 0.6;
             let (mut dl, mut dt) = (vec![f64::NAN; l.len()], vec![f64::NAN; l.len()]);
             cross_entropy_soft_backward(&l, t, rows, n, g, Some(&mut dl), Some(&mut dt));
-            check_grad("ce soft dlogits", &l, &dl, |l| g * ref_ce_soft(l, t, rows, n));
-            check_grad("ce soft dtarget", t, &dt, |t| g * ref_ce_soft(&l, t, rows, n));
+            check_grad("ce soft dlogits", &l, &dl, |l| {
+                g * ref_ce_soft(l, t, rows, n)
+            });
+            check_grad("ce soft dtarget", t, &dt, |t| {
+                g * ref_ce_soft(&l, t, rows, n)
+            });
         }
     }
 }

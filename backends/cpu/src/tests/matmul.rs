@@ -23,8 +23,16 @@ fn reference(
             for j in 0..n {
                 let mut s = 0.0;
                 for p in 0..k {
-                    let av = if at { a[oa + p * m + i] } else { a[oa + i * k + p] };
-                    let bv = if bt { b[ob + j * k + p] } else { b[ob + p * n + j] };
+                    let av = if at {
+                        a[oa + p * m + i]
+                    } else {
+                        a[oa + i * k + p]
+                    };
+                    let bv = if bt {
+                        b[ob + j * k + p]
+                    } else {
+                        b[ob + p * n + j]
+                    };
                     s += av * bv;
                 }
                 out[z * m * n + i * n + j] = s;
@@ -36,7 +44,12 @@ fn reference(
 
 fn check_all_flags(rng: &mut Rng, batch: usize, m: usize, k: usize, n: usize) {
     for flags in 0..16 {
-        let (at, bt, ab, bb) = (flags & 1 != 0, flags & 2 != 0, flags & 4 != 0, flags & 8 != 0);
+        let (at, bt, ab, bb) = (
+            flags & 1 != 0,
+            flags & 2 != 0,
+            flags & 4 != 0,
+            flags & 8 != 0,
+        );
         let a = rng.vec(if ab { batch } else { 1 } * m * k, -1.0, 1.0);
         let b = rng.vec(if bb { batch } else { 1 } * k * n, -1.0, 1.0);
         let expect = reference(&a, &b, batch, m, k, n, at, bt, ab, bb);
@@ -70,7 +83,19 @@ fn empty_inner_dimension_gives_zeros() {
     matmul::<f64>(&[], &[], &mut out, 2, 3, 0, 4, false, false, true, true);
     assert!(out.iter().all(|&v| v == 0.0));
     let mut none: Vec<f64> = vec![];
-    matmul::<f64>(&[], &[1.0; 6], &mut none, 2, 0, 3, 2, false, false, true, true);
+    matmul::<f64>(
+        &[],
+        &[1.0; 6],
+        &mut none,
+        2,
+        0,
+        3,
+        2,
+        false,
+        false,
+        true,
+        false,
+    );
 }
 
 #[test]
@@ -85,7 +110,12 @@ fn large_products_use_the_parallel_paths() {
         let b = rng.vec(batch * k * n, -1.0, 1.0);
         let mut out = vec![0.0; batch * m * n];
         matmul(&a, &b, &mut out, batch, m, k, n, at, bt, true, true);
-        assert_close(&out, &reference(&a, &b, batch, m, k, n, at, bt, true, true), 1e-12, "batched small");
+        assert_close(
+            &out,
+            &reference(&a, &b, batch, m, k, n, at, bt, true, true),
+            1e-12,
+            "batched small",
+        );
     }
     // Batched a against a shared weight folds into one big product.
     let (batch, m, k, n) = (5, 33, 40, 50);
@@ -93,7 +123,12 @@ fn large_products_use_the_parallel_paths() {
     let b = rng.vec(n * k, -1.0, 1.0);
     let mut out = vec![0.0; batch * m * n];
     matmul(&a, &b, &mut out, batch, m, k, n, false, true, true, false);
-    assert_close(&out, &reference(&a, &b, batch, m, k, n, false, true, true, false), 1e-12, "folded x·Wᵀ");
+    assert_close(
+        &out,
+        &reference(&a, &b, batch, m, k, n, false, true, true, false),
+        1e-12,
+        "folded x·Wᵀ",
+    );
 }
 
 #[test]
@@ -109,7 +144,12 @@ fn f32_matches_f64() {
         let b_r: Vec<f64> = b32.iter().map(|&v| v as f64).collect();
         let mut out = vec![0f32; batch * m * n];
         matmul(&a32, &b32, &mut out, batch, m, k, n, at, bt, true, false);
-        assert_close_f32(&out, &reference(&a_r, &b_r, batch, m, k, n, at, bt, true, false), 1e-5, "f32");
+        assert_close_f32(
+            &out,
+            &reference(&a_r, &b_r, batch, m, k, n, at, bt, true, false),
+            1e-5,
+            "f32",
+        );
     }
 }
 

@@ -4,10 +4,12 @@
 mod binary;
 mod layer_norm;
 mod loss;
+mod math;
 mod matmul;
 mod movement;
 mod optim;
 mod reduce;
+mod threads;
 mod unary;
 
 /// A small deterministic generator (xorshift64*), so tests need no dependency.

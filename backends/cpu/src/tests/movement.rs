@@ -36,7 +36,11 @@ fn permute_all_4d_permutations() {
         for perm in permutations(4) {
             let mut out = vec![f64::NAN; x.len()];
             permute(&x, &shape, &perm, &mut out);
-            assert_eq!(out, permute_reference(&x, &shape, &perm), "{shape:?} {perm:?}");
+            assert_eq!(
+                out,
+                permute_reference(&x, &shape, &perm),
+                "{shape:?} {perm:?}"
+            );
         }
     }
 }
@@ -59,7 +63,11 @@ fn permute_large_and_other_ranks() {
         let x = rng.vec(shape.iter().product(), -1.0, 1.0);
         let mut out = vec![f64::NAN; x.len()];
         permute(&x, shape, perm, &mut out);
-        assert_eq!(out, permute_reference(&x, shape, perm), "{shape:?} {perm:?}");
+        assert_eq!(
+            out,
+            permute_reference(&x, shape, perm),
+            "{shape:?} {perm:?}"
+        );
     }
     // Works for non-float element types too.
     let ids: Vec<usize> = (0..6).collect();
@@ -77,7 +85,10 @@ fn concat_and_split() {
         (5, vec![1], 3),
         (200, vec![30, 40, 60], 2),
     ] {
-        let parts: Vec<Vec<f64>> = sizes.iter().map(|&s| rng.vec(outer * s * inner, -1.0, 1.0)).collect();
+        let parts: Vec<Vec<f64>> = sizes
+            .iter()
+            .map(|&s| rng.vec(outer * s * inner, -1.0, 1.0))
+            .collect();
         let total: usize = sizes.iter().sum();
         let refs: Vec<&[f64]> = parts.iter().map(|p| p.as_slice()).collect();
         let mut out = vec![f64::NAN; outer * total * inner];
@@ -88,13 +99,19 @@ fn concat_and_split() {
             for o in 0..outer {
                 for j in 0..s {
                     for i in 0..inner {
-                        assert_eq!(out[(o * total + start + j) * inner + i], parts[p][(o * s + j) * inner + i]);
+                        assert_eq!(
+                            out[(o * total + start + j) * inner + i],
+                            parts[p][(o * s + j) * inner + i]
+                        );
                     }
                 }
             }
             start += s;
         }
-        let mut back: Vec<Vec<f64>> = sizes.iter().map(|&s| vec![f64::NAN; outer * s * inner]).collect();
+        let mut back: Vec<Vec<f64>> = sizes
+            .iter()
+            .map(|&s| vec![f64::NAN; outer * s * inner])
+            .collect();
         let mut outs: Vec<&mut [f64]> = back.iter_mut().map(|v| v.as_mut_slice()).collect();
         split(&out, outer, &sizes, inner, &mut outs);
         assert_eq!(back, parts);
@@ -116,7 +133,10 @@ fn gather_and_scatter_add_rows() {
         for b in 0..batch {
             for j in 0..k {
                 let src = index[b * k + j];
-                assert_eq!(&out[(b * k + j) * w..(b * k + j + 1) * w], &x[(b * t + src) * w..(b * t + src + 1) * w]);
+                assert_eq!(
+                    &out[(b * k + j) * w..(b * k + j + 1) * w],
+                    &x[(b * t + src) * w..(b * t + src + 1) * w]
+                );
             }
         }
         let dout = rng.vec(batch * k * w, -1.0, 1.0);
@@ -180,4 +200,41 @@ fn embedding_and_backward() {
             check_vjp("embedding", &table, &dout, &dtable, lookup);
         }
     }
+}
+
+/// The backward of `permute(perm)` is `permute` by the inverse permutation (applied to the
+/// output shape), and the backward of `concat` is `split`: checked as vector-Jacobian products.
+#[test]
+fn movement_backwards_match_finite_differences() {
+    let mut rng = Rng::new(55);
+    let shape = [2, 3, 4, 5];
+    let perm = [0, 2, 3, 1];
+    let out_shape: Vec<usize> = perm.iter().map(|&p| shape[p]).collect();
+    let mut inverse = [0; 4];
+    for (i, &p) in perm.iter().enumerate() {
+        inverse[p] = i;
+    }
+    let x = rng.vec(120, -1.0, 1.0);
+    let dy = rng.vec(120, -1.0, 1.0);
+    let mut dx = vec![f64::NAN; 120];
+    permute(&dy, &out_shape, &inverse, &mut dx);
+    check_vjp("permute", &x, &dy, &dx, |x| {
+        let mut y = vec![0.0; x.len()];
+        permute(x, &shape, &perm, &mut y);
+        y
+    });
+
+    let (outer, sizes, inner) = (3, [2, 4], 5);
+    let a = rng.vec(outer * sizes[0] * inner, -1.0, 1.0);
+    let b = rng.vec(outer * sizes[1] * inner, -1.0, 1.0);
+    let dy = rng.vec(outer * 6 * inner, -1.0, 1.0);
+    let (mut da, mut db) = (vec![f64::NAN; a.len()], vec![f64::NAN; b.len()]);
+    split(&dy, outer, &sizes, inner, &mut [&mut da, &mut db]);
+    let cat = |a: &[f64], b: &[f64]| {
+        let mut y = vec![0.0; dy.len()];
+        concat(&[a, b], outer, &sizes, inner, &mut y);
+        y
+    };
+    check_vjp("concat a", &a, &dy, &da, |a| cat(a, &b));
+    check_vjp("concat b", &b, &dy, &db, |b| cat(&a, b));
 }
