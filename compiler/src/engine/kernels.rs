@@ -386,61 +386,20 @@ fn matmul(
         sa[sa.len() - 1]
     };
     let batch: usize = out_shape[..r - 2].iter().product();
-    let a_batched = sa.len() > 2;
-    let b_batched = sb.len() > 2;
     let mut out = vec![0.0f32; numel(out_shape)];
-    // Strides (row, column) of op(A) [m, k] and op(B) [k, n] as stored.
-    let (a_rs, a_cs) = if ta {
-        (1isize, m as isize)
-    } else {
-        (k as isize, 1isize)
-    };
-    let (b_rs, b_cs) = if tb {
-        (1isize, k as isize)
-    } else {
-        (n as isize, 1isize)
-    };
-    // Many small products (attention per head): one thread each, spread over the cores. Few
-    // large ones: gemm spreads each over the cores itself.
-    let small = batch > 1 && m * n * k < (1 << 18);
-    let parallelism = if small || m * n * k < (1 << 15) {
-        gemm::Parallelism::None
-    } else {
-        gemm::Parallelism::Rayon(0)
-    };
-    let product = |(i, c): (usize, &mut [f32])| {
-        let a_off = if a_batched { i * m * k } else { 0 };
-        let b_off = if b_batched { i * k * n } else { 0 };
-        // SAFETY: the pointers and strides describe in-bounds matrices of the given sizes.
-        unsafe {
-            gemm::gemm(
-                m,
-                n,
-                k,
-                c.as_mut_ptr(),
-                1,
-                n as isize,
-                false,
-                a[a_off..].as_ptr(),
-                a_cs,
-                a_rs,
-                b[b_off..].as_ptr(),
-                b_cs,
-                b_rs,
-                0.0,
-                1.0,
-                false,
-                false,
-                false,
-                parallelism,
-            );
-        }
-    };
-    if small {
-        out.par_chunks_mut(m * n).enumerate().for_each(product);
-    } else {
-        out.chunks_mut(m * n).enumerate().for_each(product);
-    }
+    kdc_cpu::matmul(
+        a,
+        b,
+        &mut out,
+        batch,
+        m,
+        k,
+        n,
+        ta,
+        tb,
+        sa.len() > 2,
+        sb.len() > 2,
+    );
     out
 }
 
