@@ -97,41 +97,83 @@ pub fn run(op: &Op, inputs: &[&[f32]], shapes: &[Vec<usize>], out_shape: &[usize
             }
             dx
         }
-        Op::Normalize { axis } => along(inputs[0], &shapes[0], *axis, |x, y| {
-            let norm = x.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
-            for i in 0..x.len() {
-                y[i] = x[i] / norm;
-            }
-        }),
-        Op::NormalizeBackward { axis } => {
-            along2(inputs[0], inputs[1], &shapes[0], *axis, |x, dy, dx| {
-                let norm = x.iter().map(|v| v * v).sum::<f32>().sqrt();
-                if norm <= 1e-12 {
-                    dx.iter_mut().zip(dy).for_each(|(d, g)| *d = g / 1e-12);
-                    return;
-                }
-                let dot: f32 = x.iter().zip(dy).map(|(a, b)| a * b).sum();
-                for i in 0..x.len() {
-                    dx[i] = dy[i] / norm - x[i] * dot / (norm * norm * norm);
-                }
-            })
+        Op::Normalize { axis } => {
+            let (outer, len, inner) = kdc_cpu::axis_dims(&shapes[0], *axis);
+            let mut out = vec![0.0; n];
+            kdc_cpu::l2_normalize(
+                inputs[0],
+                &mut out,
+                outer,
+                len,
+                inner,
+                kdc_cpu::NORMALIZE_EPS as f32,
+            );
+            out
         }
-        Op::LayerNorm { eps } => layer_norm(
-            inputs[0],
-            inputs[1],
-            inputs[2],
-            *out_shape.last().unwrap(),
-            *eps,
-        ),
-        Op::LayerNormBackward { eps } => layer_norm_backward(
-            inputs[0],
-            inputs[1],
-            inputs[2],
-            *shapes[0].last().unwrap(),
-            *eps,
-        ),
-        Op::LayerNormParamGrads { eps } => {
-            layer_norm_param_grads(inputs[0], inputs[1], *shapes[0].last().unwrap(), *eps)
+        Op::NormalizeBackward { axis } => {
+            let (outer, len, inner) = kdc_cpu::axis_dims(&shapes[0], *axis);
+            let mut dx = vec![0.0; n];
+            kdc_cpu::l2_normalize_backward(
+                inputs[0],
+                inputs[1],
+                &mut dx,
+                outer,
+                len,
+                inner,
+                kdc_cpu::NORMALIZE_EPS as f32,
+            );
+            dx
+        }
+        Op::LayerNorm { eps } => {
+            let d = *out_shape.last().unwrap();
+            let rows = n / d;
+            let (mut out, mut mean, mut rstd) = (vec![0.0; n], vec![0.0; rows], vec![0.0; rows]);
+            kdc_cpu::layer_norm(
+                inputs[0], inputs[1], inputs[2], &mut out, &mut mean, &mut rstd, rows, d, *eps,
+            );
+            out
+        }
+        Op::LayerNormBackward { eps } | Op::LayerNormParamGrads { eps } => {
+            // The statistics are recomputed from x (a forward into scratch), then one backward
+            // kernel gives dx and the parameters' gradients; each op keeps what it needs.
+            let (x, dy) = (inputs[0], *inputs.last().unwrap());
+            let d = *shapes[0].last().unwrap();
+            let rows = x.len() / d;
+            let ones = vec![1.0; d];
+            let gain = if inputs.len() == 3 { inputs[1] } else { &ones };
+            let zeros = vec![0.0; d];
+            let (mut scratch, mut mean, mut rstd) =
+                (vec![0.0; x.len()], vec![0.0; rows], vec![0.0; rows]);
+            kdc_cpu::layer_norm(
+                x,
+                gain,
+                &zeros,
+                &mut scratch,
+                &mut mean,
+                &mut rstd,
+                rows,
+                d,
+                *eps,
+            );
+            let (mut dgain, mut dbias) = (vec![0.0; d], vec![0.0; d]);
+            kdc_cpu::layer_norm_backward(
+                x,
+                gain,
+                &mean,
+                &rstd,
+                dy,
+                &mut scratch,
+                &mut dgain,
+                &mut dbias,
+                rows,
+                d,
+            );
+            if matches!(op, Op::LayerNormBackward { .. }) {
+                scratch
+            } else {
+                dgain.extend(dbias);
+                dgain
+            }
         }
         Op::Embedding => {
             let w = shapes[0][1];
@@ -403,54 +445,6 @@ fn matmul(
     out
 }
 
-/// The tensor as [outer, n, inner] around `axis`; `f` maps each length-n fibre.
-fn along(x: &[f32], shape: &[usize], axis: usize, f: impl Fn(&[f32], &mut [f32])) -> Vec<f32> {
-    let n = shape[axis];
-    let inner: usize = shape[axis + 1..].iter().product();
-    let outer: usize = shape[..axis].iter().product();
-    let mut out = vec![0.0; x.len()];
-    let (mut fibre, mut result) = (vec![0.0; n], vec![0.0; n]);
-    for o in 0..outer {
-        for i in 0..inner {
-            for j in 0..n {
-                fibre[j] = x[(o * n + j) * inner + i];
-            }
-            f(&fibre, &mut result);
-            for j in 0..n {
-                out[(o * n + j) * inner + i] = result[j];
-            }
-        }
-    }
-    out
-}
-
-fn along2(
-    x: &[f32],
-    y: &[f32],
-    shape: &[usize],
-    axis: usize,
-    f: impl Fn(&[f32], &[f32], &mut [f32]),
-) -> Vec<f32> {
-    let n = shape[axis];
-    let inner: usize = shape[axis + 1..].iter().product();
-    let outer: usize = shape[..axis].iter().product();
-    let mut out = vec![0.0; x.len()];
-    let (mut fx, mut fy, mut result) = (vec![0.0; n], vec![0.0; n], vec![0.0; n]);
-    for o in 0..outer {
-        for i in 0..inner {
-            for j in 0..n {
-                fx[j] = x[(o * n + j) * inner + i];
-                fy[j] = y[(o * n + j) * inner + i];
-            }
-            f(&fx, &fy, &mut result);
-            for j in 0..n {
-                out[(o * n + j) * inner + i] = result[j];
-            }
-        }
-    }
-    out
-}
-
 fn softmax(x: &[f32], y: &mut [f32], log: bool) {
     let max = x.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
     let sum: f32 = x.iter().map(|v| (v - max).exp()).sum();
@@ -525,59 +519,6 @@ fn reduce_backward(
         }
     }
     dx
-}
-
-fn layer_norm(x: &[f32], gain: &[f32], bias: &[f32], w: usize, eps: f32) -> Vec<f32> {
-    let mut out = vec![0.0; x.len()];
-    for (row, o) in x.chunks_exact(w).zip(out.chunks_exact_mut(w)) {
-        let mean = row.iter().sum::<f32>() / w as f32;
-        let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / w as f32;
-        let rstd = 1.0 / (var + eps).sqrt();
-        for j in 0..w {
-            o[j] = (row[j] - mean) * rstd * gain[j] + bias[j];
-        }
-    }
-    out
-}
-
-fn layer_norm_backward(x: &[f32], gain: &[f32], dy: &[f32], w: usize, eps: f32) -> Vec<f32> {
-    let mut dx = vec![0.0; x.len()];
-    for ((row, g), d) in x
-        .chunks_exact(w)
-        .zip(dy.chunks_exact(w))
-        .zip(dx.chunks_exact_mut(w))
-    {
-        let mean = row.iter().sum::<f32>() / w as f32;
-        let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / w as f32;
-        let rstd = 1.0 / (var + eps).sqrt();
-        let mut sum_g = 0.0;
-        let mut sum_gx = 0.0;
-        for j in 0..w {
-            let gh = g[j] * gain[j];
-            let xh = (row[j] - mean) * rstd;
-            sum_g += gh;
-            sum_gx += gh * xh;
-        }
-        for j in 0..w {
-            let xh = (row[j] - mean) * rstd;
-            d[j] = rstd * (g[j] * gain[j] - sum_g / w as f32 - xh * sum_gx / w as f32);
-        }
-    }
-    dx
-}
-
-fn layer_norm_param_grads(x: &[f32], dy: &[f32], w: usize, eps: f32) -> Vec<f32> {
-    let mut out = vec![0.0; 2 * w];
-    for (row, g) in x.chunks_exact(w).zip(dy.chunks_exact(w)) {
-        let mean = row.iter().sum::<f32>() / w as f32;
-        let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / w as f32;
-        let rstd = 1.0 / (var + eps).sqrt();
-        for j in 0..w {
-            out[j] += g[j] * (row[j] - mean) * rstd;
-            out[w + j] += g[j];
-        }
-    }
-    out
 }
 
 fn rows_cols(shape: &[usize]) -> (usize, usize) {
