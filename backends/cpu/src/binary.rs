@@ -144,12 +144,11 @@ fn broadcast_map<T: Real, F: Fn(T, T) -> T + Sync + Send>(
     if a.len() == out.len() && b.len() == out.len() {
         return map2(a, b, out, f);
     }
-    if b.len() == 1 {
+    if b.len() == 1 && a.len() == out.len() {
         let y = b[0];
-        // `out_shape` is `a_shape` (up to leading 1s), so `a` is output-sized.
         return map1(a, out, |x| f(x, y));
     }
-    if a.len() == 1 {
+    if a.len() == 1 && b.len() == out.len() {
         let x = a[0];
         return map1(b, out, |y| f(x, y));
     }
@@ -455,6 +454,14 @@ fn grad_into<T: Real, F: Fn(T, T, T) -> T + Sync + Send>(
         broadcast_map3(dy, a, a_shape, b, b_shape, &mut tmp, out_shape, f);
         sum_to(&tmp, out_shape, d, shape);
     }
+}
+
+/// Repeats `x` (shape `x_shape`) to `out_shape` (NumPy broadcasting: along dimensions where
+/// `x` has size 1 or which it lacks): `out[i] = x[i mod x_shape]`. The adjoint of [`sum_to`].
+/// `x_shape` must broadcast to `out_shape`.
+pub fn broadcast_to<T: Real>(x: &[T], x_shape: &[usize], out: &mut [T], out_shape: &[usize]) {
+    check_shapes(x_shape, out_shape, out_shape);
+    broadcast_map(x, x_shape, &[T::zero()], &[], out, out_shape, |v, _| v);
 }
 
 /// Sums `x` (shape `x_shape`) down to `out_shape`, the gradient of broadcasting `out_shape` to

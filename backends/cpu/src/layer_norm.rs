@@ -70,6 +70,49 @@ pub fn layer_norm<T: Real>(
     }
 }
 
+/// The statistics [`layer_norm`] saves, without the normalised output: `mean[r] = μ_r`,
+/// `rstd[r] = ρ_r` for `x: [rows, d]` (for a backward that recomputes them instead of keeping
+/// them alive from the forward).
+pub fn layer_norm_stats<T: Real>(
+    x: &[T],
+    mean: &mut [T],
+    rstd: &mut [T],
+    rows: usize,
+    d: usize,
+    eps: T,
+) {
+    assert_eq!(x.len(), rows * d, "layer_norm_stats: x is not [rows, d]");
+    assert_eq!(mean.len(), rows, "layer_norm_stats: mean is not [rows]");
+    assert_eq!(rstd.len(), rows, "layer_norm_stats: rstd is not [rows]");
+    if d == 0 {
+        mean.fill(T::zero());
+        rstd.fill(eps.sqrt().recip());
+        return;
+    }
+    let inv_d = T::from(d).unwrap().recip();
+    let row = {
+        #[inline(always)]
+        |((r, mu), rs): ((usize, &mut T), &mut T)| {
+            let x = &x[r * d..(r + 1) * d];
+            let m = sum_slice(x) * inv_d;
+            *mu = m;
+            *rs = (sq_dev_sum(x, m) * inv_d + eps).sqrt().recip();
+        }
+    };
+    if x.len() < PAR_MIN_WORK {
+        mean.iter_mut()
+            .enumerate()
+            .zip(rstd.iter_mut())
+            .for_each(row);
+    } else {
+        mean.par_iter_mut()
+            .enumerate()
+            .zip(rstd.par_iter_mut())
+            .with_min_len(min_items_per_task(d))
+            .for_each(|args| simd(|| row(args)));
+    }
+}
+
 /// Backward of [`layer_norm`], from its input `x`, `gain`, and the saved `mean` and `rstd`.
 /// With `x̂ = (x − μ_r)·ρ_r` and `g = gain ⊙ dy`, overwrites
 ///
@@ -105,8 +148,48 @@ pub fn layer_norm_backward<T: Real>(
     assert_eq!(dbias.len(), d, "layer_norm_backward: dbias is not [d]");
     assert_eq!(mean.len(), rows, "layer_norm_backward: mean is not [rows]");
     assert_eq!(rstd.len(), rows, "layer_norm_backward: rstd is not [rows]");
-    dgain.fill(T::zero());
-    dbias.fill(T::zero());
+    layer_norm_backward_input(x, gain, mean, rstd, dy, dx, rows, d);
+    layer_norm_backward_params(x, mean, rstd, dy, dgain, dbias, rows, d);
+}
+
+/// The input gradient of [`layer_norm_backward`] alone: overwrites `dx` as described there.
+#[allow(clippy::too_many_arguments)]
+pub fn layer_norm_backward_input<T: Real>(
+    x: &[T],
+    gain: &[T],
+    mean: &[T],
+    rstd: &[T],
+    dy: &[T],
+    dx: &mut [T],
+    rows: usize,
+    d: usize,
+) {
+    assert_eq!(
+        x.len(),
+        rows * d,
+        "layer_norm_backward_input: x is not [rows, d]"
+    );
+    assert_eq!(
+        dy.len(),
+        rows * d,
+        "layer_norm_backward_input: dy is not [rows, d]"
+    );
+    assert_eq!(
+        dx.len(),
+        rows * d,
+        "layer_norm_backward_input: dx is not [rows, d]"
+    );
+    assert_eq!(gain.len(), d, "layer_norm_backward_input: gain is not [d]");
+    assert_eq!(
+        mean.len(),
+        rows,
+        "layer_norm_backward_input: mean is not [rows]"
+    );
+    assert_eq!(
+        rstd.len(),
+        rows,
+        "layer_norm_backward_input: rstd is not [rows]"
+    );
     if rows == 0 || d == 0 {
         return;
     }
@@ -140,7 +223,56 @@ pub fn layer_norm_backward<T: Real>(
     } else {
         dx.chunks_exact_mut(d).enumerate().for_each(row);
     }
+}
 
+/// The gain and bias gradients of [`layer_norm_backward`] alone: overwrites `dgain` and `dbias`.
+#[allow(clippy::too_many_arguments)]
+pub fn layer_norm_backward_params<T: Real>(
+    x: &[T],
+    mean: &[T],
+    rstd: &[T],
+    dy: &[T],
+    dgain: &mut [T],
+    dbias: &mut [T],
+    rows: usize,
+    d: usize,
+) {
+    assert_eq!(
+        x.len(),
+        rows * d,
+        "layer_norm_backward_params: x is not [rows, d]"
+    );
+    assert_eq!(
+        dy.len(),
+        rows * d,
+        "layer_norm_backward_params: dy is not [rows, d]"
+    );
+    assert_eq!(
+        dgain.len(),
+        d,
+        "layer_norm_backward_params: dgain is not [d]"
+    );
+    assert_eq!(
+        dbias.len(),
+        d,
+        "layer_norm_backward_params: dbias is not [d]"
+    );
+    assert_eq!(
+        mean.len(),
+        rows,
+        "layer_norm_backward_params: mean is not [rows]"
+    );
+    assert_eq!(
+        rstd.len(),
+        rows,
+        "layer_norm_backward_params: rstd is not [rows]"
+    );
+    dgain.fill(T::zero());
+    dbias.fill(T::zero());
+    if rows == 0 || d == 0 {
+        return;
+    }
+    let large = x.len() >= PAR_MIN_WORK;
     // dgain and dbias, one block of columns at a time (summing rows in order).
     const BLOCK: usize = 64;
     let cols = {

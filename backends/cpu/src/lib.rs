@@ -49,8 +49,13 @@ use std::fmt::Debug;
 
 use num_traits::Float;
 
-pub use binary::{add, binary, binary_backward, broadcast_shape, div, mul, sub, sum_to, BinaryOp};
-pub use layer_norm::{layer_norm, layer_norm_backward, LAYER_NORM_EPS};
+pub use binary::{
+    add, binary, binary_backward, broadcast_shape, broadcast_to, div, mul, sub, sum_to, BinaryOp,
+};
+pub use layer_norm::{
+    layer_norm, layer_norm_backward, layer_norm_backward_input, layer_norm_backward_params,
+    layer_norm_stats, LAYER_NORM_EPS,
+};
 pub use loss::{
     cross_entropy_diagonal, cross_entropy_diagonal_backward, cross_entropy_soft,
     cross_entropy_soft_backward, kl_rows, kl_rows_backward, l1, l1_backward, mse, mse_backward,
@@ -58,7 +63,7 @@ pub use loss::{
 };
 pub use matmul::{matmul, matmul_acc};
 pub use movement::{
-    concat, embedding, embedding_backward, gather_rows, permute, scatter_add_rows, split,
+    concat, embedding, embedding_backward, gather_rows, permute, scatter_add_rows, split, Index,
 };
 pub use optim::{adamw_step, clip_grad_norm, grad_norm, CLIP_GRAD_NORM_EPS};
 pub use reduce::{

@@ -207,9 +207,9 @@ pub fn split<T: Copy + Send + Sync>(
 
 /// Gathers rows within each batch item: `x: [batch, t, w]`, `index: [batch, k]` (values `< t`),
 /// `out: [batch, k, w]`, `out[b, j, :] = x[b, index[b, j], :]`. Panics on an index `>= t`.
-pub fn gather_rows<T: Copy + Send + Sync>(
+pub fn gather_rows<T: Copy + Send + Sync, I: Index>(
     x: &[T],
-    index: &[usize],
+    index: &[I],
     out: &mut [T],
     batch: usize,
     t: usize,
@@ -235,7 +235,7 @@ pub fn gather_rows<T: Copy + Send + Sync>(
         return;
     }
     for_rows(out, w, w, |row, o| {
-        let (b, src) = (row / k, index[row]);
+        let (b, src) = (row / k, index[row].index());
         assert!(src < t, "gather_rows: index {src} out of range for t = {t}");
         let start = (b * t + src) * w;
         o.copy_from_slice(&x[start..start + w]);
@@ -245,9 +245,9 @@ pub fn gather_rows<T: Copy + Send + Sync>(
 /// Backward of [`gather_rows`], **accumulating**: `dx[b, index[b, j], :] += dout[b, j, :]` for
 /// every `b < batch`, `j < k` (repeated indices add up). `dout: [batch, k, w]`,
 /// `dx: [batch, t, w]` — zero it first for a plain gradient.
-pub fn scatter_add_rows<T: Real>(
+pub fn scatter_add_rows<T: Real, I: Index>(
     dout: &[T],
-    index: &[usize],
+    index: &[I],
     dx: &mut [T],
     batch: usize,
     t: usize,
@@ -278,7 +278,7 @@ pub fn scatter_add_rows<T: Real>(
     }
     for_rows(dx, t * w, k * w, |b, dxb| {
         for j in 0..k {
-            let dst = index[b * k + j];
+            let dst = index[b * k + j].index();
             assert!(
                 dst < t,
                 "scatter_add_rows: index {dst} out of range for t = {t}"
@@ -293,9 +293,9 @@ pub fn scatter_add_rows<T: Real>(
 
 /// Embedding lookup: `table: [v, w]`, `ids: [n]` (values `< v`), `out: [n, w]`,
 /// `out[i, :] = table[ids[i], :]`. Panics on an id `>= v`.
-pub fn embedding<T: Copy + Send + Sync>(
+pub fn embedding<T: Copy + Send + Sync, I: Index>(
     table: &[T],
-    ids: &[usize],
+    ids: &[I],
     out: &mut [T],
     v: usize,
     w: usize,
@@ -307,7 +307,7 @@ pub fn embedding<T: Copy + Send + Sync>(
         "embedding: out is not [ids.len(), w]"
     );
     for_rows(out, w, w, |i, o| {
-        let id = ids[i];
+        let id = ids[i].index();
         assert!(id < v, "embedding: id {id} out of range for v = {v}");
         o.copy_from_slice(&table[id * w..(id + 1) * w]);
     });
@@ -316,9 +316,9 @@ pub fn embedding<T: Copy + Send + Sync>(
 /// Backward of [`embedding`], **accumulating**: `dtable[ids[i], :] += dout[i, :]` for every
 /// `i < n` (in increasing `i`, so results are deterministic). `dout: [n, w]`,
 /// `dtable: [v, w]` — zero it first for a plain gradient.
-pub fn embedding_backward<T: Real>(
+pub fn embedding_backward<T: Real, I: Index>(
     dout: &[T],
-    ids: &[usize],
+    ids: &[I],
     dtable: &mut [T],
     v: usize,
     w: usize,
@@ -333,7 +333,7 @@ pub fn embedding_backward<T: Real>(
         ids.len() * w,
         "embedding_backward: dout is not [ids.len(), w]"
     );
-    if let Some(&bad) = ids.iter().find(|&&id| id >= v) {
+    if let Some(bad) = ids.iter().map(|id| id.index()).find(|&id| id >= v) {
         panic!("embedding_backward: id {bad} out of range for v = {v}");
     }
     if w == 0 {
@@ -342,7 +342,8 @@ pub fn embedding_backward<T: Real>(
     // Each task owns a range of table rows and scans all ids for the ones it owns.
     let add = |row0: usize, dt: &mut [T]| {
         let rows = dt.len() / w;
-        for (i, &id) in ids.iter().enumerate() {
+        for (i, id) in ids.iter().enumerate() {
+            let id = id.index();
             if id >= row0 && id < row0 + rows {
                 let dst = &mut dt[(id - row0) * w..(id - row0 + 1) * w];
                 for (d, &g) in dst.iter_mut().zip(&dout[i * w..(i + 1) * w]) {
@@ -360,5 +361,49 @@ pub fn embedding_backward<T: Real>(
             .par_chunks_mut(rows_per * w)
             .enumerate()
             .for_each(|(c, dt)| add(c * rows_per, dt));
+    }
+}
+
+/// An index operand: token ids, row indices. The engine keeps integers as exact `f32`/`f64`
+/// values in its float tensors, so floats index too (their value, which must be a
+/// non-negative integer; anything else panics).
+pub trait Index: Copy + Send + Sync {
+    /// The index as a `usize`.
+    fn index(self) -> usize;
+}
+
+impl Index for usize {
+    #[inline(always)]
+    fn index(self) -> usize {
+        self
+    }
+}
+
+impl Index for u32 {
+    #[inline(always)]
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl Index for f32 {
+    #[inline(always)]
+    fn index(self) -> usize {
+        assert!(
+            self >= 0.0 && self.fract() == 0.0,
+            "index {self} is not a non-negative integer"
+        );
+        self as usize
+    }
+}
+
+impl Index for f64 {
+    #[inline(always)]
+    fn index(self) -> usize {
+        assert!(
+            self >= 0.0 && self.fract() == 0.0,
+            "index {self} is not a non-negative integer"
+        );
+        self as usize
     }
 }

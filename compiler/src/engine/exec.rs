@@ -1,25 +1,91 @@
 //! Running an engine graph: every node becomes a node of a luminal 0.2.0 `Graph` (kept boxed:
 //! its tensors hold a pointer to it) whose operator is kdc's own, calling the CPU backend's
-//! kernel for that operation. luminal orders the nodes, hands each its inputs (moving a tensor
-//! into its last consumer) and frees intermediates as soon as nothing needs them. luminal's
-//! own CPU compiler is not used.
+//! kernel for that operation. luminal's own CPU compiler is not used.
+//!
+//! Memory follows the compile-time plan (`plan.rs`): one arena, allocated when the executable
+//! is built, holds every intermediate value at a fixed offset, so a step allocates nothing.
+//! luminal runs the nodes (in the planned order, which schedule edges between consecutive
+//! kernels pin down) and passes between them only empty handles; a kernel reads its inputs and
+//! writes its output at the planned offsets. Parameters and batch inputs stay luminal tensors
+//! that the runner moves in and out.
 
-use super::graph::{Graph, Id, Op};
+use super::graph::{numel, Graph, Id, Op};
 use super::kernels;
+use super::plan::{self, MemoryPlan, Place};
 use luminal::op::InputTensor;
 use luminal::op::Operator;
-use luminal::prelude::{Graph as LGraph, NodeIndex, ShapeTracker, Tensor};
+use luminal::prelude::{Data, Graph as LGraph, NodeIndex, ShapeTracker, Tensor};
+use std::cell::UnsafeCell;
 use std::collections::HashMap;
+use std::ops::Range;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
-/// kdc's operator inside luminal: the engine operation with its static shapes. `node` makes
-/// every operator distinct, so luminal's common-subexpression pass (which compares operators
-/// for equality) can never merge two of them; kdc deduplicates its own graph before this.
-#[derive(Debug)]
+/// The memory every intermediate value of a step lives in.
+struct Arena {
+    data: UnsafeCell<Vec<f32>>,
+    /// Position (in the planned order) of the next kernel to run: a run-time check that luminal
+    /// follows the plan's order, on which the plan's reuse of memory depends.
+    next: AtomicUsize,
+}
+
+// SAFETY: kernels run one at a time (luminal executes nodes sequentially; a kernel's own
+// threads only write its output range), and the plan guarantees that the range a kernel writes
+// (output, scratch) overlaps no range that is read while it runs (its inputs, alive values).
+unsafe impl Sync for Arena {}
+unsafe impl Send for Arena {}
+
+impl Arena {
+    /// # Safety
+    /// No `&mut` to an overlapping range may be alive.
+    unsafe fn slice(&self, r: Range<usize>) -> &[f32] {
+        let v = &*self.data.get();
+        std::slice::from_raw_parts(v.as_ptr().add(r.start), r.len())
+    }
+
+    /// # Safety
+    /// No other reference to an overlapping range may be alive.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn slice_mut(&self, r: Range<usize>) -> &mut [f32] {
+        let v = &mut *self.data.get();
+        std::slice::from_raw_parts_mut(v.as_mut_ptr().add(r.start), r.len())
+    }
+}
+
+/// What flows along luminal's edges between kernels: nothing (the data is in the arena).
+#[derive(Clone, Debug)]
+struct Handle;
+
+impl Data for Handle {
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
+        self
+    }
+}
+
+/// kdc's operator inside luminal: the engine operation with its static shapes and planned
+/// memory. `node` makes every operator distinct, so luminal's common-subexpression pass (which
+/// compares operators for equality) can never merge two of them.
 struct Kernel {
     node: Id,
+    position: usize,
     op: Op,
     input_shapes: Vec<Vec<usize>>,
     shape: Vec<usize>,
+    /// Per input: its arena range, or None for a source (read from luminal's tensor).
+    inputs: Vec<Option<Range<usize>>>,
+    /// The output's range; None when it is the input's memory (a reshape).
+    output: Option<Range<usize>>,
+    scratch: Range<usize>,
+    arena: Arc<Arena>,
+}
+
+impl std::fmt::Debug for Kernel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "%{} {:?}", self.node, self.op)
+    }
 }
 
 impl PartialEq for Kernel {
@@ -30,21 +96,39 @@ impl PartialEq for Kernel {
 
 impl Operator for Kernel {
     fn process(&mut self, inputs: Vec<(InputTensor, ShapeTracker)>) -> Vec<Tensor> {
-        let started = profiling().then(std::time::Instant::now);
-        // A reshape or detach of a tensor nothing else needs is the tensor itself.
-        let out = match (&self.op, inputs.len()) {
-            (Op::Reshape | Op::Detach, 1) => {
-                let (t, _) = inputs.into_iter().next().unwrap();
-                match t {
-                    InputTensor::Owned(t) => into_vec(t),
-                    InputTensor::Borrowed(t) => data(t).to_vec(),
-                }
-            }
-            _ => {
-                let slices: Vec<&[f32]> = inputs.iter().map(|(t, _)| data(t.borrowed())).collect();
-                kernels::run(&self.op, &slices, &self.input_shapes, &self.shape)
-            }
+        let expected = self.arena.next.fetch_add(1, Ordering::Relaxed);
+        assert_eq!(
+            expected, self.position,
+            "kdc runtime: luminal ran %{} out of the planned order",
+            self.node
+        );
+        let Some(output) = self.output.clone() else {
+            return vec![Tensor::new(Handle)];
         };
+        let started = profiling().then(std::time::Instant::now);
+        // SAFETY: the plan gives the output and scratch ranges memory that no input and no
+        // other live value uses at this position of the order (checked by `MemoryPlan::check`
+        // in tests), and the order is enforced above.
+        unsafe {
+            let slices: Vec<&[f32]> = inputs
+                .iter()
+                .zip(&self.inputs)
+                .map(|((t, _), place)| match place {
+                    Some(r) => self.arena.slice(r.clone()),
+                    None => data(t.borrowed()),
+                })
+                .collect();
+            let out = self.arena.slice_mut(output);
+            let scratch = self.arena.slice_mut(self.scratch.clone());
+            kernels::run(
+                &self.op,
+                &slices,
+                &self.input_shapes,
+                &self.shape,
+                out,
+                scratch,
+            );
+        }
         if let Some(started) = started {
             let name = format!("{:?}", self.op);
             let name = name
@@ -57,7 +141,7 @@ impl Operator for Kernel {
             entry.0 += started.elapsed().as_secs_f64();
             entry.1 += 1;
         }
-        vec![Tensor::new(out)]
+        vec![Tensor::new(Handle)]
     }
 }
 
@@ -98,7 +182,7 @@ fn data(t: &Tensor) -> &[f32] {
     t.data
         .as_any()
         .downcast_ref::<Vec<f32>>()
-        .expect("kdc tensors hold Vec<f32>")
+        .expect("kdc source tensors hold Vec<f32>")
 }
 
 /// A compiled graph ready to execute repeatedly.
@@ -110,22 +194,47 @@ pub struct Executable {
     inputs: HashMap<String, NodeIndex>,
     outputs: Vec<Id>,
     shapes: Vec<Vec<usize>>,
+    plan: MemoryPlan,
+    arena: Arc<Arena>,
 }
 
 impl Executable {
-    /// Builds the luminal graph for the nodes that `outputs` need.
+    /// Plans memory for, and builds the luminal graph of, the nodes that `outputs` need.
     pub fn new(g: &Graph, outputs: &[Id]) -> Executable {
-        let live = g.live(outputs);
+        let shapes_of = |i: Id| -> Vec<Vec<usize>> {
+            g.nodes[i]
+                .inputs
+                .iter()
+                .map(|&n| g.nodes[n].shape.clone())
+                .collect()
+        };
+        let plan = plan::plan(g, outputs, |i| {
+            kernels::scratch_len(&g.nodes[i].op, &shapes_of(i))
+        });
+        #[cfg(debug_assertions)]
+        if plan.order.len() <= 4000 {
+            if let Err(conflict) = plan.check(g, outputs) {
+                panic!("kdc memory plan: {conflict}");
+            }
+        }
+        let arena = Arc::new(Arena {
+            data: UnsafeCell::new(Vec::new()),
+            next: AtomicUsize::new(0),
+        });
+        let range = |i: Id| match plan.place[i] {
+            Place::Arena(o) => Some(o..o + numel(&g.nodes[i].shape)),
+            _ => None,
+        };
         let mut graph = Box::new(LGraph::new());
         let mut nodes = vec![None; g.nodes.len()];
         let mut params = vec![None; g.params.len()];
         let mut inputs = HashMap::new();
+        let mut previous: Option<NodeIndex> = None;
+        let mut position = 0;
         for (i, node) in g.nodes.iter().enumerate() {
-            if !live[i] {
-                continue;
-            }
-            let index = match &node.op {
-                Op::Param(p) => {
+            let index = match (&node.op, plan.place[i]) {
+                (_, Place::Dead) => continue,
+                (Op::Param(p), _) => {
                     let index = graph
                         .add_op(Source {
                             name: g.params[*p].name.clone(),
@@ -134,22 +243,28 @@ impl Executable {
                     params[*p] = Some(index);
                     index
                 }
-                Op::Input(name) | Op::Scalar(name) => {
+                (Op::Input(name) | Op::Scalar(name), _) => {
                     let index = graph.add_op(Source { name: name.clone() }).finish();
                     inputs.insert(name.clone(), index);
                     index
                 }
-                op => {
+                (op, _) => {
+                    debug_assert_eq!(plan.order[position], i);
+                    let alias = matches!(op, Op::Reshape | Op::Detach)
+                        && plan.place[i] == plan.place[node.inputs[0]];
+                    let scratch = plan.scratch[i];
                     let kernel = Kernel {
                         node: i,
+                        position,
                         op: op.clone(),
-                        input_shapes: node
-                            .inputs
-                            .iter()
-                            .map(|&n| g.nodes[n].shape.clone())
-                            .collect(),
+                        input_shapes: shapes_of(i),
                         shape: node.shape.clone(),
+                        inputs: node.inputs.iter().map(|&n| range(n)).collect(),
+                        output: if alias { None } else { range(i) },
+                        scratch: scratch..scratch + kernels::scratch_len(op, &shapes_of(i)),
+                        arena: arena.clone(),
                     };
+                    position += 1;
                     let mut new = graph.add_op(kernel);
                     for &source in &node.inputs {
                         new = new.input(
@@ -158,17 +273,17 @@ impl Executable {
                             ShapeTracker::new(&[]),
                         );
                     }
-                    new.finish()
+                    let index = new.finish();
+                    if let Some(p) = previous {
+                        graph.add_schedule_dependency(p, index);
+                    }
+                    previous = Some(index);
+                    index
                 }
             };
             nodes[i] = Some(index);
         }
-        let kept: Vec<NodeIndex> = params
-            .iter()
-            .flatten()
-            .copied()
-            .chain(outputs.iter().map(|&o| nodes[o].unwrap()))
-            .collect();
+        let kept: Vec<NodeIndex> = params.iter().flatten().copied().collect();
         graph.keep_tensors(kept);
         Executable {
             graph,
@@ -177,7 +292,14 @@ impl Executable {
             inputs,
             outputs: outputs.to_vec(),
             shapes: g.nodes.iter().map(|n| n.shape.clone()).collect(),
+            plan,
+            arena,
         }
+    }
+
+    /// The memory plan this executable runs with.
+    pub fn plan(&self) -> &MemoryPlan {
+        &self.plan
     }
 
     /// Whether parameter `p` is used by this graph.
@@ -208,44 +330,62 @@ impl Executable {
         }
     }
 
-    /// Runs the graph and returns the outputs, in the order given at construction.
-    pub fn run(&mut self) -> Vec<Vec<f32>> {
-        self.graph.execute();
-        // Kept outputs must leave the graph, or the next run would skip their nodes. An output
-        // that is a source (a gradient that is a parameter, say) is copied instead, and one
-        // listed twice is taken once.
-        let mut taken: std::collections::HashMap<Id, Vec<f32>> = std::collections::HashMap::new();
-        let outputs = self.outputs.clone();
-        let sources: std::collections::HashSet<NodeIndex> = self
-            .params
-            .iter()
-            .flatten()
-            .chain(self.inputs.values())
-            .copied()
-            .collect();
-        for &o in &outputs {
-            if taken.contains_key(&o) {
-                continue;
+    /// Allocates the arena (once; building the executable does not). `Err` gives the bytes
+    /// that could not be had.
+    pub fn allocate(&mut self) -> Result<(), usize> {
+        let len = self.plan.arena_len;
+        // SAFETY: `&mut self`: no kernel runs and no output slice is borrowed.
+        let data = unsafe { &mut *self.arena.data.get() };
+        if data.len() < len {
+            let bytes = len * std::mem::size_of::<f32>();
+            let layout = std::alloc::Layout::array::<f32>(len).map_err(|_| bytes)?;
+            // Zeroed memory from the allocator (calloc: pages are mapped on first touch).
+            // SAFETY: the layout has a non-zero size (len > data.len() >= 0).
+            let ptr = unsafe { std::alloc::alloc_zeroed(layout) } as *mut f32;
+            if ptr.is_null() {
+                return Err(bytes);
             }
-            let index = self.nodes[o].unwrap();
-            let values = if sources.contains(&index) {
-                data(
-                    self.graph
-                        .get_tensor_ref(index, 0)
-                        .unwrap_or_else(|| panic!("source %{o} was not set")),
-                )
-                .to_vec()
-            } else {
-                into_vec(
-                    self.graph
-                        .get_tensor(index, 0)
-                        .unwrap_or_else(|| panic!("output %{o} was not computed")),
-                )
-            };
-            debug_assert_eq!(values.len(), super::graph::numel(&self.shapes[o]));
-            taken.insert(o, values);
+            // SAFETY: allocated by the global allocator with exactly this layout, and zeroed
+            // floats are valid `0.0`s.
+            *data = unsafe { Vec::from_raw_parts(ptr, len, len) };
         }
-        outputs.iter().map(|o| taken[o].clone()).collect()
+        Ok(())
+    }
+
+    /// Runs the graph; the outputs are then read with [`Executable::output`].
+    pub fn execute(&mut self) {
+        if let Err(bytes) = self.allocate() {
+            panic!("kdc runtime: cannot allocate the {bytes}-byte arena");
+        }
+        self.arena.next.store(0, Ordering::Relaxed);
+        self.graph.execute();
+        assert_eq!(
+            self.arena.next.load(Ordering::Relaxed),
+            self.plan.order.len(),
+            "kdc runtime: luminal skipped kernels of the plan"
+        );
+    }
+
+    /// Output `k` (in the order given at construction) of the last run.
+    pub fn output(&self, k: usize) -> &[f32] {
+        let o = self.outputs[k];
+        match self.plan.place[o] {
+            // SAFETY: no kernel runs while `&self` is borrowed (execute takes `&mut self`).
+            Place::Arena(at) => unsafe { self.arena.slice(at..at + numel(&self.shapes[o])) },
+            _ => data(
+                self.graph
+                    .get_tensor_ref(self.nodes[o].unwrap(), 0)
+                    .unwrap_or_else(|| panic!("source %{o} was not set")),
+            ),
+        }
+    }
+
+    /// Runs the graph and returns copies of the outputs, in the order given at construction.
+    pub fn run(&mut self) -> Vec<Vec<f32>> {
+        self.execute();
+        (0..self.outputs.len())
+            .map(|k| self.output(k).to_vec())
+            .collect()
     }
 }
 
@@ -254,6 +394,6 @@ fn into_vec(mut t: Tensor) -> Vec<f32> {
         t.data
             .as_any_mut()
             .downcast_mut::<Vec<f32>>()
-            .expect("kdc tensors hold Vec<f32>"),
+            .expect("kdc source tensors hold Vec<f32>"),
     )
 }

@@ -8,6 +8,7 @@ pub mod exec;
 pub mod graph;
 pub mod kernels;
 pub mod lower;
+pub mod plan;
 pub mod rng;
 pub mod train;
 pub mod weights;

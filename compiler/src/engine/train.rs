@@ -19,6 +19,16 @@ pub enum TrainError {
     Weights(#[from] weights::WeightsError),
     #[error("model `{model}`: {message}")]
     Model { model: String, message: String },
+    #[error(
+        "stage `{stage}` needs {gib:.1} GiB for the activations and gradients of one step \
+         (batch {batch}), which this machine cannot allocate; lower the batch (`data = \
+         …(batch: N)`) and use `accumulate(k)` to keep the effective batch"
+    )]
+    Memory {
+        stage: String,
+        batch: usize,
+        gib: f64,
+    },
     #[error("cannot write the log {path}: {source}")]
     Log {
         path: String,
@@ -77,6 +87,8 @@ pub struct Trainer<'r> {
     pub total_steps: u64,
     done: u64,
     rng_seed: u64,
+    /// Per parameter: its gradient for the current step (kept allocated between steps).
+    grad_sums: Vec<Option<Vec<f32>>>,
 }
 
 impl<'r> Trainer<'r> {
@@ -93,6 +105,7 @@ impl<'r> Trainer<'r> {
         outputs.extend(step.grads.iter().map(|g| g.1));
         let exec = Executable::new(&step.graph, &outputs);
         let g = &step.graph;
+        let n_params = g.params.len();
         let mut values: Vec<Option<Vec<f32>>> = vec![None; g.params.len()];
         let mut decay = vec![false; g.params.len()];
         let mut clamp = vec![None; g.params.len()];
@@ -176,6 +189,12 @@ impl<'r> Trainer<'r> {
             Length::Steps(n) => n,
             Length::Epochs(e) => e * per_epoch,
         };
+        let mut exec = exec;
+        exec.allocate().map_err(|bytes| TrainError::Memory {
+            stage: stage.name.clone(),
+            batch,
+            gib: bytes as f64 / (1u64 << 30) as f64,
+        })?;
         Ok(Trainer {
             recipe,
             stage_index,
@@ -188,6 +207,7 @@ impl<'r> Trainer<'r> {
             total_steps,
             done: 0,
             rng_seed: stage.train.seed,
+            grad_sums: vec![None; n_params],
         })
     }
 
@@ -336,7 +356,6 @@ impl<'r> Trainer<'r> {
         let t = self.done;
         let total = self.total_steps;
         let accumulate = stage.train.accumulate.max(1);
-        let mut grad_sums: Vec<Option<Vec<f32>>> = vec![None; self.step.graph.params.len()];
         let mut loss = 0.0;
         let mut terms = vec![0.0; self.step.terms.len()];
         for micro in 0..accumulate {
@@ -362,67 +381,67 @@ impl<'r> Trainer<'r> {
                     }
                 }
             }
-            let outputs = self.exec.run();
+            self.exec.execute();
             for (p, v) in self.values.iter_mut().enumerate() {
                 if v.is_none() {
                     *v = self.exec.take_param(p);
                 }
             }
-            loss += outputs[0][0] as f64 / accumulate as f64;
+            loss += self.exec.output(0)[0] as f64 / accumulate as f64;
             for (i, term) in terms.iter_mut().enumerate() {
-                *term += outputs[1 + i][0] as f64 / accumulate as f64;
+                *term += self.exec.output(1 + i)[0] as f64 / accumulate as f64;
             }
+            // Gradients leave the arena into buffers kept from step to step (summed over
+            // micro-batches).
             let first_grad = 1 + self.step.terms.len();
             for (k, &(p, _)) in self.step.grads.iter().enumerate() {
-                let g = &outputs[first_grad + k];
-                match &mut grad_sums[p] {
-                    Some(sum) => sum.iter_mut().zip(g).for_each(|(s, x)| *s += x),
-                    None => grad_sums[p] = Some(g.clone()),
+                let g = self.exec.output(first_grad + k);
+                let sum = self.grad_sums[p].get_or_insert_with(|| vec![0.0; g.len()]);
+                if micro == 0 {
+                    sum.copy_from_slice(g);
+                } else {
+                    sum.iter_mut().zip(g).for_each(|(s, x)| *s += x);
                 }
             }
         }
         if accumulate > 1 {
             let scale = 1.0 / accumulate as f32;
-            grad_sums
+            for g in self.grad_sums.iter_mut().flatten() {
+                g.iter_mut().for_each(|x| *x *= scale);
+            }
+        }
+        let grad_norm = {
+            let grads: Vec<&[f32]> = self.grad_sums.iter().flatten().map(|g| &g[..]).collect();
+            kdc_cpu::grad_norm(&grads)
+        };
+        if let Some(max) = stage.train.clip_grad {
+            let mut grads: Vec<&mut [f32]> = self
+                .grad_sums
                 .iter_mut()
                 .flatten()
-                .for_each(|g| g.iter_mut().for_each(|x| *x *= scale));
-        }
-        let grad_norm = grad_sums
-            .iter()
-            .flatten()
-            .flat_map(|g| g.iter())
-            .map(|&x| (x as f64) * (x as f64))
-            .sum::<f64>()
-            .sqrt();
-        if let Some(max) = stage.train.clip_grad {
-            if grad_norm > max {
-                let scale = (max / (grad_norm + 1e-6)) as f32;
-                grad_sums
-                    .iter_mut()
-                    .flatten()
-                    .for_each(|g| g.iter_mut().for_each(|x| *x *= scale));
-            }
+                .map(|g| &mut g[..])
+                .collect();
+            kdc_cpu::clip_grad_norm(&mut grads, max);
         }
         let o = &stage.train.optimizer;
         let lr = o.lr.at(t, total);
-        for (p, grad) in grad_sums.iter().enumerate() {
+        for (p, grad) in self.grad_sums.iter().enumerate() {
             let (Some(grad), Some(values), Some((m, v))) =
                 (grad, self.values[p].as_mut(), self.adam[p].as_mut())
             else {
                 continue;
             };
             let wd = if self.decay[p] { o.weight_decay } else { 0.0 };
-            adamw(
+            kdc_cpu::adamw_step(
                 values,
                 grad,
                 m,
                 v,
-                lr as f32,
-                o.betas.0 as f32,
-                o.betas.1 as f32,
-                o.eps as f32,
-                wd as f32,
+                lr,
+                o.betas.0,
+                o.betas.1,
+                o.eps,
+                wd,
                 t + 1,
             );
             if let Some((lo, hi)) = self.clamp[p] {
@@ -486,31 +505,5 @@ impl<'r> Trainer<'r> {
             logs.push(entry);
         }
         Ok(logs)
-    }
-}
-
-/// PyTorch's AdamW: p ← p·(1 − lr·wd) − lr·m̂/(√v̂ + ε).
-#[allow(clippy::too_many_arguments)]
-pub fn adamw(
-    p: &mut [f32],
-    g: &[f32],
-    m: &mut [f32],
-    v: &mut [f32],
-    lr: f32,
-    beta1: f32,
-    beta2: f32,
-    eps: f32,
-    wd: f32,
-    step: u64,
-) {
-    let c1 = 1.0 - beta1.powi(step as i32);
-    let c2 = 1.0 - beta2.powi(step as i32);
-    for i in 0..p.len() {
-        p[i] *= 1.0 - lr * wd;
-        m[i] = beta1 * m[i] + (1.0 - beta1) * g[i];
-        v[i] = beta2 * v[i] + (1.0 - beta2) * g[i] * g[i];
-        let mh = m[i] / c1;
-        let vh = v[i] / c2;
-        p[i] -= lr * mh / (vh.sqrt() + eps);
     }
 }

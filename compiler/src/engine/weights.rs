@@ -9,7 +9,7 @@ use std::path::Path;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WeightsError {
-    #[error("cannot read weights {path}: {source}")]
+    #[error("cannot read weights {path}")]
     Io {
         path: String,
         source: std::io::Error,

@@ -1,5 +1,7 @@
 use super::{assert_close, check_vjp, strides, unravel, Rng};
-use crate::{add, binary, binary_backward, broadcast_shape, div, mul, sub, sum_to, BinaryOp};
+use crate::{
+    add, binary, binary_backward, broadcast_shape, broadcast_to, div, mul, sub, sum_to, BinaryOp,
+};
 
 /// Flat index in `shape` (aligned right) of the output multi-index `idx`, with broadcasting.
 fn bcast_index(idx: &[usize], shape: &[usize]) -> usize {
@@ -204,4 +206,45 @@ fn f32_bias_add() {
     add(&x32, &[r, c], &b32, &[c], &mut out, &[r, c]);
     let (expect, _) = reference(BinaryOp::Add, &x, &[r, c], &bias, &[c]);
     super::assert_close_f32(&out, &expect, 1e-6, "f32 bias add");
+}
+
+#[test]
+fn broadcast_to_is_the_adjoint_of_sum_to() {
+    // <broadcast_to(x), y> = <x, sum_to(y)> for every x, y.
+    let mut rng = Rng::new(77);
+    for (xs, os) in [
+        (vec![2, 1, 3], vec![4, 2, 5, 3]),
+        (vec![1, 4], vec![3, 4]),
+        (vec![], vec![2, 3]),
+        (vec![3, 1], vec![3, 7]),
+    ] {
+        let x = rng.vec(xs.iter().product(), -1.0, 1.0);
+        let y = rng.vec(os.iter().product(), -1.0, 1.0);
+        let mut bx = vec![f64::NAN; y.len()];
+        broadcast_to(&x, &xs, &mut bx, &os);
+        let mut sy = vec![f64::NAN; x.len()];
+        sum_to(&y, &os, &mut sy, &xs);
+        let lhs: f64 = bx.iter().zip(&y).map(|(a, b)| a * b).sum();
+        let rhs: f64 = x.iter().zip(&sy).map(|(a, b)| a * b).sum();
+        assert!(
+            (lhs - rhs).abs() < 1e-12,
+            "{xs:?} -> {os:?}: {lhs} vs {rhs}"
+        );
+        // And each element is the element it repeats.
+        let xst = strides(&xs);
+        for (i, &v) in bx.iter().enumerate() {
+            let idx = unravel(i, &os);
+            let lead = os.len() - xs.len();
+            let j: usize = (0..xs.len())
+                .map(|d| {
+                    if xs[d] == 1 {
+                        0
+                    } else {
+                        idx[lead + d] * xst[d]
+                    }
+                })
+                .sum();
+            assert_eq!(v, x[j]);
+        }
+    }
 }

@@ -1,5 +1,8 @@
 use super::{assert_close, check_grad, dot, Rng};
-use crate::{layer_norm, layer_norm_backward, LAYER_NORM_EPS};
+use crate::{
+    layer_norm, layer_norm_backward, layer_norm_backward_input, layer_norm_backward_params,
+    layer_norm_stats, LAYER_NORM_EPS,
+};
 
 fn reference(
     x: &[f64],
@@ -159,4 +162,42 @@ fn f32_layer_norm() {
     let r = |v: &[f32]| v.iter().map(|&v| v as f64).collect::<Vec<f64>>();
     let (expect, _, _) = reference(&r(&x32), &r(&g32), &r(&b32), rows, d, LAYER_NORM_EPS);
     super::assert_close_f32(&out, &expect, 1e-5, "f32 layer_norm");
+}
+
+#[test]
+fn stats_alone_match_the_reference() {
+    let mut rng = Rng::new(41);
+    // Small (serial) and large (parallel) cases.
+    for &(rows, d) in &[(3, 5), (300, 256)] {
+        let x = rng.vec(rows * d, -2.0, 2.0);
+        let gain = vec![1.0; d];
+        let bias = vec![0.0; d];
+        let (_, means, rstds) = reference(&x, &gain, &bias, rows, d, LAYER_NORM_EPS);
+        let (mut mean, mut rstd) = (vec![0.0; rows], vec![0.0; rows]);
+        layer_norm_stats(&x, &mut mean, &mut rstd, rows, d, LAYER_NORM_EPS);
+        assert_close(&mean, &means, 1e-12, "mean");
+        assert_close(&rstd, &rstds, 1e-10, "rstd");
+    }
+}
+
+#[test]
+fn split_backward_equals_the_joint_one() {
+    let mut rng = Rng::new(42);
+    let (rows, d) = (70, 130);
+    let x = rng.vec(rows * d, -1.5, 1.5);
+    let gain = rng.vec(d, 0.5, 1.5);
+    let dy = rng.vec(rows * d, -1.0, 1.0);
+    let (mut mean, mut rstd) = (vec![0.0; rows], vec![0.0; rows]);
+    layer_norm_stats(&x, &mut mean, &mut rstd, rows, d, LAYER_NORM_EPS);
+    let (mut dx, mut dg, mut db) = (vec![0.0; rows * d], vec![0.0; d], vec![0.0; d]);
+    layer_norm_backward(
+        &x, &gain, &mean, &rstd, &dy, &mut dx, &mut dg, &mut db, rows, d,
+    );
+    let mut dx2 = vec![7.0; rows * d];
+    layer_norm_backward_input(&x, &gain, &mean, &rstd, &dy, &mut dx2, rows, d);
+    let (mut dg2, mut db2) = (vec![7.0; d], vec![7.0; d]);
+    layer_norm_backward_params(&x, &mean, &rstd, &dy, &mut dg2, &mut db2, rows, d);
+    assert_eq!(dx, dx2);
+    assert_eq!(dg, dg2);
+    assert_eq!(db, db2);
 }

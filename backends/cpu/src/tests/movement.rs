@@ -168,7 +168,7 @@ fn gather_and_scatter_add_rows() {
 #[should_panic(expected = "out of range")]
 fn gather_rejects_bad_index() {
     let mut out = vec![0.0; 2];
-    gather_rows(&[0.0; 6], &[3], &mut out, 1, 3, 1, 2);
+    gather_rows(&[0.0; 6], &[3usize], &mut out, 1, 3, 1, 2);
 }
 
 #[test]
@@ -237,4 +237,20 @@ fn movement_backwards_match_finite_differences() {
     };
     check_vjp("concat a", &a, &dy, &da, |a| cat(a, &b));
     check_vjp("concat b", &b, &dy, &db, |b| cat(&a, b));
+}
+
+#[test]
+fn float_indices_index_like_integers() {
+    let table: Vec<f64> = (0..12).map(|v| v as f64).collect();
+    let (mut a, mut b) = (vec![0.0; 9], vec![0.0; 9]);
+    embedding(&table, &[2usize, 0, 3], &mut a, 4, 3);
+    embedding(&table, &[2.0f32, 0.0, 3.0], &mut b, 4, 3);
+    assert_eq!(a, b);
+}
+
+#[test]
+#[should_panic(expected = "not a non-negative integer")]
+fn fractional_float_index_panics() {
+    let mut out = vec![0.0; 3];
+    embedding(&[0.0f64; 12], &[1.5f32], &mut out, 4, 3);
 }
