@@ -399,9 +399,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
             };
             let mut trainer = kdc::engine::train::Trainer::new(&recipe, 0, &options)?;
             let compile_seconds = started.elapsed().as_secs_f64();
-            let logs = trainer.train(Some(warmup + steps), None, |e| {
+            let report = |e: &kdc::engine::train::StepLog| {
                 eprintln!("step {} {:.3} s loss {:.4}", e.step, e.seconds, e.loss)
-            })?;
+            };
+            let mut logs = trainer.train(Some(warmup), None, report)?;
+            // The profile covers the measured steps only (warm-up touches fresh memory).
+            kdc::engine::exec::reset_profile();
+            logs.extend(trainer.train(Some(steps), None, report)?);
             let mut times: Vec<f64> = logs[warmup as usize..].iter().map(|l| l.seconds).collect();
             times.sort_by(f64::total_cmp);
             let median = times[times.len() / 2];
@@ -415,7 +419,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             });
             println!("{result}");
             for (op, seconds, calls) in kdc::engine::exec::profile() {
-                eprintln!("{op:<24} {seconds:>9.3} s {calls:>8} calls");
+                let per_step = seconds / steps as f64;
+                eprintln!(
+                    "{op:<24} {per_step:>9.4} s/step {:>7} calls/step",
+                    calls / steps
+                );
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -25,5 +25,16 @@ fn main() {
             s * 1e3,
             2.0 * (m * k * n) as f64 / s / 1e9
         );
+        let t = Instant::now();
+        for _ in 0..reps {
+            kdc_cpu::matmul_acc(&a, &b, &mut o, 1, m, k, n, at, bt, false, false);
+        }
+        let s = t.elapsed().as_secs_f64() / reps as f64;
+        println!(
+            "{:16} accumulating: {:.2} ms, {:.1} GFLOP/s",
+            "",
+            s * 1e3,
+            2.0 * (m * k * n) as f64 / s / 1e9
+        );
     }
 }

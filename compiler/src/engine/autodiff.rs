@@ -215,7 +215,9 @@ pub fn backward(graph: &mut Graph, loss: Id) -> Vec<(usize, Id)> {
                 }
             }
             Op::Detach | Op::Input(_) | Op::Fill(_) | Op::Eye | Op::CausalMask | Op::Scalar(_) => {}
-            other => panic!("{other:?} is a backward operation and is not differentiated again"),
+            other => {
+                panic!("{other:?} is a backward or fused operation, made after differentiation")
+            }
         }
         for (target, dx) in contributions {
             if !graph.nodes[target].grad {

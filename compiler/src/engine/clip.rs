@@ -129,6 +129,101 @@ fn clip_layer(
     g.add2(x, h)
 }
 
+/// Which rows of a sequence a pooled output reads: the class token (first) or one gathered
+/// position per batch item (CLIP text: end of text).
+#[derive(Clone, Copy)]
+enum Rows {
+    First,
+    Gather(Id),
+}
+
+/// `x[:, rows, :]` as [b, 1, w].
+fn pick(g: &mut Graph, x: Id, rows: Rows) -> Id {
+    match rows {
+        Rows::First => g.slice(x, 1, 0, 1),
+        Rows::Gather(index) => g.gather_rows(x, index),
+    }
+}
+
+/// The last CLIP encoder layer evaluated only at the rows a pooled output reads: keys and
+/// values from every token (the rows attend to them), queries, attention output, residual and
+/// MLP for the picked rows alone. Row for row the same operations as [`clip_layer`], so the
+/// result equals `pick(clip_layer(x))`; when nothing else reads the full layer's output, dead
+/// code removes the full layer's queries, output projection and MLP (about 5/6 of its
+/// products).
+#[allow(clippy::too_many_arguments)]
+fn clip_layer_rows(
+    g: &mut Graph,
+    p: &ModelParams,
+    prefix: &str,
+    x: Id,
+    heads: usize,
+    a: Activation,
+    causal: Option<Id>,
+    rows: Rows,
+) -> Id {
+    let n = |s: &str| p.get(&format!("{prefix}.{s}"));
+    let s = g.shape(x).to_vec();
+    let (b, t, w) = (s[0], s[1], s[2]);
+    let d = w / heads;
+    let h = g.layer_norm(
+        x,
+        n("layer_norm1.weight"),
+        n("layer_norm1.bias"),
+        CLIP_LN_EPS,
+    );
+    let w_of = |q: &str| {
+        (
+            n(&format!("self_attn.{q}.weight")),
+            n(&format!("self_attn.{q}.bias")),
+        )
+    };
+    let (wq, wk, wv, wo) = (
+        w_of("q_proj"),
+        w_of("k_proj"),
+        w_of("v_proj"),
+        w_of("out_proj"),
+    );
+    g.push_scope("attn");
+    let hq = pick(g, h, rows);
+    let q = linear(g, hq, wq.0, Some(wq.1));
+    let q = g.scale(q, (d as f32).powf(-0.5));
+    let k = linear(g, h, wk.0, Some(wk.1));
+    let v = linear(g, h, wv.0, Some(wv.1));
+    let split = |g: &mut Graph, y: Id, len: usize| {
+        let r = g.reshape(y, vec![b, len, heads, d]);
+        g.permute(r, vec![0, 2, 1, 3])
+    };
+    let (q, k, v) = (split(g, q, 1), split(g, k, t), split(g, v, t));
+    let mut scores = g.matmul_t(q, k, false, true);
+    if let Some(causal) = causal {
+        // Each picked row's line of the mask: [t, t] -> [b, t, t] -> [b, 1, t].
+        let full = g.reshape(causal, vec![1, t, t]);
+        let full = g.broadcast(full, vec![b, t, t]);
+        let line = pick(g, full, rows);
+        let line = g.reshape(line, vec![b, 1, 1, t]);
+        scores = g.add2(scores, line);
+    }
+    let probs = g.softmax(scores, 3);
+    let o = g.matmul(probs, v);
+    let o = g.permute(o, vec![0, 2, 1, 3]);
+    let o = g.reshape(o, vec![b, 1, w]);
+    let o = linear(g, o, wo.0, Some(wo.1));
+    g.pop_scope();
+    let xr = pick(g, x, rows);
+    let x = g.add2(xr, o);
+    let h = g.layer_norm(
+        x,
+        n("layer_norm2.weight"),
+        n("layer_norm2.bias"),
+        CLIP_LN_EPS,
+    );
+    let h = linear(g, h, n("mlp.fc1.weight"), Some(n("mlp.fc1.bias")));
+    let h = act(g, h, a);
+    let h = linear(g, h, n("mlp.fc2.weight"), Some(n("mlp.fc2.bias")));
+    g.add2(x, h)
+}
+
 /// What a vision forward pass yields.
 pub struct VisionOut {
     /// hidden_states[0] (after `pre_layrnorm`) to hidden_states[layers]: [b, tokens, width].
@@ -197,7 +292,25 @@ pub fn vision(
         g.pop_scope();
         hidden.push(x);
     }
-    let cls = g.slice(x, 1, 0, 1);
+    // The pooled output reads the class token alone: its last layer runs on that row only.
+    let cls = match v.layers as usize {
+        0 => g.slice(x, 1, 0, 1),
+        layers => {
+            g.push_scope(format!("layer{}.class", layers - 1));
+            let row = clip_layer_rows(
+                g,
+                p,
+                &format!("vision_model.encoder.layers.{}", layers - 1),
+                hidden[layers - 1],
+                v.heads as usize,
+                v.act,
+                None,
+                Rows::First,
+            );
+            g.pop_scope();
+            row
+        }
+    };
     let cls = g.reshape(cls, vec![b, width]);
     let pooled = g.layer_norm(
         cls,
@@ -261,17 +374,36 @@ pub fn text(g: &mut Graph, spec: &ModelSpec, p: &ModelParams, inputs: &TextInput
                 g.pop_scope();
                 hidden.push(x);
             }
+            let eot = inputs
+                .eot
+                .expect("a CLIP text tower needs end-of-text positions");
+            // The pooled output reads the end-of-text token alone: its last layer runs on
+            // that row only (the final layer norm is per token).
+            let rows = match t.layers as usize {
+                0 => g.gather_rows(x, eot),
+                layers => {
+                    g.push_scope(format!("layer{}.eot", layers - 1));
+                    let row = clip_layer_rows(
+                        g,
+                        p,
+                        &format!("text_model.encoder.layers.{}", layers - 1),
+                        hidden[layers - 1],
+                        t.heads as usize,
+                        t.act,
+                        Some(causal),
+                        Rows::Gather(eot),
+                    );
+                    g.pop_scope();
+                    row
+                }
+            };
             let x = g.layer_norm(
-                x,
+                rows,
                 p.get("text_model.final_layer_norm.weight"),
                 p.get("text_model.final_layer_norm.bias"),
                 CLIP_LN_EPS,
             );
-            let eot = inputs
-                .eot
-                .expect("a CLIP text tower needs end-of-text positions");
-            let pooled = g.gather_rows(x, eot);
-            let pooled = g.reshape(pooled, vec![b, width]);
+            let pooled = g.reshape(x, vec![b, width]);
             let embed = linear(g, pooled, p.get("text_projection.weight"), None);
             TextOut {
                 hidden,

@@ -11,6 +11,7 @@
 
 use super::graph::{numel, Graph, Id, Op};
 use super::kernels;
+use super::passes::{self, PassReport};
 use super::plan::{self, MemoryPlan, Place};
 use luminal::op::InputTensor;
 use luminal::op::Operator;
@@ -131,11 +132,17 @@ impl Operator for Kernel {
         }
         if let Some(started) = started {
             let name = format!("{:?}", self.op);
-            let name = name
+            let mut name = name
                 .split(['(', ' ', '{'])
                 .next()
                 .unwrap_or_default()
                 .to_string();
+            if profiling_shapes() {
+                name = format!(
+                    "{name} {:?} {:?} -> {:?}",
+                    self.op, self.input_shapes, self.shape
+                );
+            }
             let mut times = PROFILE.lock().unwrap();
             let entry = times.entry(name).or_insert((0.0, 0));
             entry.0 += started.elapsed().as_secs_f64();
@@ -152,6 +159,17 @@ static PROFILE: std::sync::Mutex<std::collections::BTreeMap<String, (f64, u64)>>
 pub fn profiling() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ON.get_or_init(|| std::env::var_os("KDC_PROFILE").is_some())
+}
+
+/// Forgets the times measured so far.
+pub fn reset_profile() {
+    PROFILE.lock().unwrap().clear();
+}
+
+/// Whether the profile tells operations apart by their shapes (`KDC_PROFILE=shapes`).
+fn profiling_shapes() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("KDC_PROFILE").is_ok_and(|v| v == "shapes"))
 }
 
 /// Seconds and calls per kind of operation since the start, slowest first.
@@ -195,12 +213,37 @@ pub struct Executable {
     outputs: Vec<Id>,
     shapes: Vec<Vec<usize>>,
     plan: MemoryPlan,
+    reports: Vec<PassReport>,
     arena: Arc<Arena>,
 }
 
+/// The graph as it runs: `g` after the passes, with its memory plan.
+pub fn prepare(g: &Graph, outputs: &[Id]) -> (Graph, Vec<PassReport>, MemoryPlan) {
+    let mut g = g.clone();
+    let reports = passes::optimize(&mut g, outputs);
+    let plan = plan::plan(&g, outputs, |i| {
+        let shapes: Vec<Vec<usize>> = g.nodes[i]
+            .inputs
+            .iter()
+            .map(|&n| g.nodes[n].shape.clone())
+            .collect();
+        kernels::scratch_len(&g.nodes[i].op, &shapes)
+    });
+    #[cfg(debug_assertions)]
+    if plan.order.len() <= 4000 {
+        if let Err(conflict) = plan.check(&g, outputs) {
+            panic!("kdc memory plan: {conflict}");
+        }
+    }
+    (g, reports, plan)
+}
+
 impl Executable {
-    /// Plans memory for, and builds the luminal graph of, the nodes that `outputs` need.
+    /// Optimises a copy of `g` (passes.rs), plans its memory, and builds the luminal graph of
+    /// the nodes that `outputs` need.
     pub fn new(g: &Graph, outputs: &[Id]) -> Executable {
+        let (g, reports, plan) = prepare(g, outputs);
+        let g = &g;
         let shapes_of = |i: Id| -> Vec<Vec<usize>> {
             g.nodes[i]
                 .inputs
@@ -208,15 +251,6 @@ impl Executable {
                 .map(|&n| g.nodes[n].shape.clone())
                 .collect()
         };
-        let plan = plan::plan(g, outputs, |i| {
-            kernels::scratch_len(&g.nodes[i].op, &shapes_of(i))
-        });
-        #[cfg(debug_assertions)]
-        if plan.order.len() <= 4000 {
-            if let Err(conflict) = plan.check(g, outputs) {
-                panic!("kdc memory plan: {conflict}");
-            }
-        }
         let arena = Arc::new(Arena {
             data: UnsafeCell::new(Vec::new()),
             next: AtomicUsize::new(0),
@@ -293,8 +327,14 @@ impl Executable {
             outputs: outputs.to_vec(),
             shapes: g.nodes.iter().map(|n| n.shape.clone()).collect(),
             plan,
+            reports,
             arena,
         }
+    }
+
+    /// What the graph passes did.
+    pub fn reports(&self) -> &[PassReport] {
+        &self.reports
     }
 
     /// The memory plan this executable runs with.

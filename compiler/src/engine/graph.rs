@@ -65,6 +65,13 @@ pub enum Op {
         ta: bool,
         tb: bool,
     },
+    /// `MatMul { ta, tb }` of the first two inputs plus the third broadcast to the product's
+    /// shape (a bias, a residual): made by the fusion pass, one pass over the output instead of
+    /// two.
+    MatMulAdd {
+        ta: bool,
+        tb: bool,
+    },
     /// Reorders axes (a copy).
     Permute(Vec<usize>),
     /// The same data seen with another shape.

@@ -59,9 +59,15 @@ pub fn run(
             out,
             out_shape,
         ),
-        Op::MatMul { ta, tb } => matmul(
-            inputs[0], &shapes[0], *ta, inputs[1], &shapes[1], *tb, out_shape, out,
+        Op::MatMul { ta, tb } => matmul_into(
+            inputs[0], &shapes[0], *ta, inputs[1], &shapes[1], *tb, out_shape, out, false,
         ),
+        Op::MatMulAdd { ta, tb } => {
+            kdc_cpu::broadcast_to(inputs[2], &shapes[2], out, out_shape);
+            matmul_into(
+                inputs[0], &shapes[0], *ta, inputs[1], &shapes[1], *tb, out_shape, out, true,
+            );
+        }
         Op::Permute(perm) => kdc_cpu::permute(inputs[0], &shapes[0], perm, out),
         Op::Reshape | Op::Detach => out.copy_from_slice(inputs[0]),
         Op::Broadcast => kdc_cpu::broadcast_to(inputs[0], &shapes[0], out, out_shape),
@@ -214,8 +220,9 @@ fn reduce_dims(axis: Option<usize>, shape: &[usize]) -> (usize, usize, usize) {
     }
 }
 
+/// `out (+)= op(a) · op(b)` over the batch axes (`accumulate` adds to what `out` holds).
 #[allow(clippy::too_many_arguments)]
-fn matmul(
+fn matmul_into(
     a: &[f32],
     sa: &[usize],
     ta: bool,
@@ -224,6 +231,7 @@ fn matmul(
     tb: bool,
     out_shape: &[usize],
     out: &mut [f32],
+    accumulate: bool,
 ) {
     let r = out_shape.len();
     let (m, n) = (out_shape[r - 2], out_shape[r - 1]);
@@ -233,7 +241,12 @@ fn matmul(
         sa[sa.len() - 1]
     };
     let batch: usize = out_shape[..r - 2].iter().product();
-    kdc_cpu::matmul(
+    let product = if accumulate {
+        kdc_cpu::matmul_acc::<f32>
+    } else {
+        kdc_cpu::matmul::<f32>
+    };
+    product(
         a,
         b,
         out,

@@ -8,6 +8,7 @@ pub mod exec;
 pub mod graph;
 pub mod kernels;
 pub mod lower;
+pub mod passes;
 pub mod plan;
 pub mod rng;
 pub mod train;
@@ -43,9 +44,8 @@ pub fn describe(recipe: &crate::ir::Recipe) -> String {
         let _ = writeln!(out, "stage {} (batch {})", stage.name, step.batch);
         let _ = writeln!(
             out,
-            "  built {} operations; {} remain after removing dead ones ({} forward, {} backward)",
+            "  built {} nodes: {} forward, {} backward (reverse mode) that the outputs need",
             g.nodes.len(),
-            forward + backward,
             forward,
             backward
         );
@@ -63,25 +63,60 @@ pub fn describe(recipe: &crate::ir::Recipe) -> String {
             .map(|(n, s)| format!("{n} {s:?}"))
             .collect();
         let _ = writeln!(out, "  inputs per step: {}", inputs.join(", "));
+        let (optimised, reports, plan) = exec::prepare(g, &outputs);
+        let _ = writeln!(out, "  passes (operations before -> after):");
+        for r in &reports {
+            let _ = writeln!(
+                out,
+                "    {:<14} {:>6} -> {:<6} ({} rewrites)",
+                r.name, r.before, r.after, r.rewrites
+            );
+        }
+        let mib = |floats: usize| floats as f64 * 4.0 / (1 << 20) as f64;
+        let _ = writeln!(
+            out,
+            "    {:<14} {} buffers in one {:.1} MiB arena (one buffer each: {:.1} MiB); {} reshapes share their input",
+            "memory plan",
+            plan.buffers,
+            mib(plan.arena_len),
+            mib(plan.unshared_len),
+            plan.aliases
+        );
         let mut histogram: BTreeMap<String, usize> = BTreeMap::new();
-        for (i, n) in g.nodes.iter().enumerate() {
-            if live[i] {
-                let name = format!("{:?}", n.op);
-                let name = name
-                    .split(['(', ' ', '{'])
-                    .next()
-                    .unwrap_or_default()
-                    .to_string();
-                *histogram.entry(name).or_default() += 1;
-            }
+        for &i in &plan.order {
+            let name = format!("{:?}", optimised.nodes[i].op);
+            let name = name
+                .split(['(', ' ', '{'])
+                .next()
+                .unwrap_or_default()
+                .to_string();
+            *histogram.entry(name).or_default() += 1;
         }
         let _ = writeln!(
             out,
-            "  operations (each one CPU kernel; matrix products through the gemm crate):"
+            "  kernels (CPU; kdc-cpu, matrix products through gemm):"
         );
         for (name, count) in histogram {
-            let _ = writeln!(out, "    {name:<24} {count}");
+            let _ = writeln!(out, "    {name:<24} {count} {}", kernel_of(&name));
         }
     }
     out
+}
+
+/// The CPU kernel behind an operation, for `explain --stage graph`.
+fn kernel_of(op: &str) -> &'static str {
+    match op {
+        "MatMul" => "gemm (batched; transposes as strides)",
+        "MatMulAdd" => "broadcast copy + gemm accumulating",
+        "Reshape" | "Detach" => "none (shares memory)",
+        "LayerNorm" => "kdc-cpu layer_norm",
+        "LayerNormBackward" => "kdc-cpu layer_norm_stats + backward_input",
+        "LayerNormParamGrads" => "kdc-cpu layer_norm_stats + backward_params",
+        "Binary" => "kdc-cpu binary (broadcasting)",
+        "Unary" | "UnaryBackward" => "kdc-cpu unary (vectorised)",
+        "Softmax" | "SoftmaxBackward" | "LogSoftmax" | "LogSoftmaxBackward" => "kdc-cpu softmax",
+        "SumTo" => "kdc-cpu sum_to",
+        "Permute" => "kdc-cpu permute",
+        _ => "kdc-cpu",
+    }
 }
