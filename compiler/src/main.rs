@@ -408,7 +408,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
             logs.extend(trainer.train(Some(steps), None, report)?);
             let mut times: Vec<f64> = logs[warmup as usize..].iter().map(|l| l.seconds).collect();
             times.sort_by(f64::total_cmp);
-            let median = times[times.len() / 2];
+            let half = times.len() / 2;
+            let median = if times.len() % 2 == 0 {
+                (times[half - 1] + times[half]) / 2.0
+            } else {
+                times[half]
+            };
             let mean = times.iter().sum::<f64>() / times.len() as f64;
             let peak = peak_rss_mib();
             let result = serde_json::json!({

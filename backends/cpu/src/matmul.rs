@@ -141,14 +141,18 @@ fn matmul_impl<T: Real>(
         };
         gemm_one(a_i, b_i, o, m, k, n, strides, accumulate, par);
     };
-    if batch == 1 || work >= gemm_par_min() || batch * work < gemm_par_min() {
-        // Few or large products: one after another, each using the pool if it is big enough.
+    let threads = rayon::current_num_threads();
+    let few = batch < 2 * threads && work >= gemm_par_min();
+    if batch == 1 || threads == 1 || few || batch * work < gemm_par_min() {
+        // Few large products (or little work): one after another, each using the pool if it
+        // is big enough. Many products (attention heads) run one per task below: splitting
+        // each small product over threads costs more than it saves.
         let par = parallelism(work);
         for (i, o) in out.chunks_exact_mut(o_item).enumerate() {
             item(i, o, par);
         }
     } else {
-        // Many small products (attention heads): one product per task.
+        // Many products (attention heads): one product per task.
         let per_task = (gemm_par_min() / 4 / work.max(1)).max(1);
         out.par_chunks_exact_mut(o_item)
             .enumerate()
