@@ -119,6 +119,19 @@ fn matmul_impl<T: Real>(
         b_cs,
     };
 
+    // One product with a small output and a long reduction (a weight gradient dW = dyᵀ·x summed
+    // over every token): gemm can only split the output over threads, which leaves them idle;
+    // split the reduction instead into a fixed number of parts (a function of k alone, so the
+    // result does not depend on the thread count), computed in parallel and summed in order.
+    if batch == 1
+        && m * n <= SPLIT_K_MAX_OUT
+        && k >= 2 * SPLIT_K_MIN
+        && rayon::current_num_threads() > 1
+    {
+        split_k(a, b, out, m, k, n, a_trans, b_trans, strides, accumulate);
+        return;
+    }
+
     // A batch of row-major a's against one shared b is a single [batch·m, k] × [k, n] product.
     if batch > 1 && a_batched && !a_trans && !b_batched {
         let rows = batch * m;
@@ -158,6 +171,54 @@ fn matmul_impl<T: Real>(
             .enumerate()
             .with_min_len(per_task)
             .for_each(|(i, o)| item(i, o, Parallelism::None));
+    }
+}
+
+/// Largest output (m·n) for which a long reduction is split.
+const SPLIT_K_MAX_OUT: usize = 1024 * 1024;
+/// Smallest reduction length of one part.
+const SPLIT_K_MIN: usize = 1024;
+/// Most parts.
+const SPLIT_K_PARTS: usize = 4;
+
+/// `out (+)= op(a)·op(b)` for one product, the reduction split into parts (see the caller).
+#[allow(clippy::too_many_arguments)]
+fn split_k<T: Real>(
+    a: &[T],
+    b: &[T],
+    out: &mut [T],
+    m: usize,
+    k: usize,
+    n: usize,
+    a_trans: bool,
+    b_trans: bool,
+    s: Strides,
+    accumulate: bool,
+) {
+    let parts = (k / SPLIT_K_MIN).clamp(2, SPLIT_K_PARTS);
+    let chunk = k.div_ceil(parts);
+    let range = |p: usize| (p * chunk, ((p + 1) * chunk).min(k));
+    // The operands of part p: the same layout, starting at reduction index p0.
+    let operands = |p0: usize| {
+        let a_off = if a_trans { p0 * m } else { p0 };
+        let b_off = if b_trans { p0 } else { p0 * n };
+        (&a[a_off..], &b[b_off..])
+    };
+    let mut partial = vec![T::zero(); (parts - 1) * m * n];
+    rayon::scope(|scope| {
+        for (i, dst) in partial.chunks_exact_mut(m * n).enumerate() {
+            let (p0, p1) = range(i + 1);
+            let (ap, bp) = operands(p0);
+            scope.spawn(move |_| gemm_one(ap, bp, dst, m, p1 - p0, n, s, false, Parallelism::None));
+        }
+        let (p0, p1) = range(0);
+        let (ap, bp) = operands(p0);
+        gemm_one(ap, bp, out, m, p1 - p0, n, s, accumulate, Parallelism::None);
+    });
+    for part in partial.chunks_exact(m * n) {
+        for (o, &v) in out.iter_mut().zip(part) {
+            *o = *o + v;
+        }
     }
 }
 

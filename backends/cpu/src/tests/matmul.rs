@@ -78,6 +78,21 @@ fn all_transpose_and_batch_combinations() {
 }
 
 #[test]
+fn long_reductions_split_over_threads() {
+    // One product, small output, k long enough to be split into uneven parts.
+    let mut rng = Rng::new(2);
+    check_all_flags(&mut rng, 1, 5, 3001, 7);
+    check_all_flags(&mut rng, 1, 9, 5003, 3);
+}
+
+#[test]
+fn many_large_products_run_one_per_task() {
+    // Each product above gemm's threading threshold, more products than threads.
+    let mut rng = Rng::new(3);
+    check_all_flags(&mut rng, 6, 90, 80, 90);
+}
+
+#[test]
 fn empty_inner_dimension_gives_zeros() {
     let mut out = vec![f64::NAN; 2 * 3 * 4];
     matmul::<f64>(&[], &[], &mut out, 2, 3, 0, 4, false, false, true, true);
