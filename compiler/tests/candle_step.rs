@@ -295,7 +295,7 @@ fn logits(m: &Clip) -> Result<Tensor> {
 
 /// ½ [CE(L, I) + CE(Lᵀ, I)].
 fn symmetric_ce(logits: &Tensor) -> Result<Tensor> {
-    ((cross_entropy_diagonal(logits)? + cross_entropy_diagonal(&logits.t()?)?)? / 2.0)
+    (cross_entropy_diagonal(logits)? + cross_entropy_diagonal(&logits.t()?)?)? / 2.0
 }
 
 /// Every term's unweighted value, in the order of `WEIGHTS`.

@@ -204,7 +204,22 @@ fn split_k<T: Real>(
         let b_off = if b_trans { p0 } else { p0 * n };
         (&a[a_off..], &b[b_off..])
     };
-    let mut partial = vec![T::zero(); (parts - 1) * m * n];
+    // The other parts' sums, in a buffer kept per thread and type between calls (a step makes
+    // the same calls every time, so this allocates on the first step only).
+    thread_local! {
+        static SCRATCH: std::cell::RefCell<Vec<Box<dyn std::any::Any>>> =
+            const { std::cell::RefCell::new(Vec::new()) };
+    }
+    let len = (parts - 1) * m * n;
+    let mut partial: Vec<T> = SCRATCH
+        .with(|s| {
+            let mut s = s.borrow_mut();
+            let at = s.iter().position(|b| b.is::<Vec<T>>())?;
+            Some(*s.swap_remove(at).downcast::<Vec<T>>().unwrap())
+        })
+        .unwrap_or_default();
+    partial.clear();
+    partial.resize(len, T::zero());
     rayon::scope(|scope| {
         for (i, dst) in partial.chunks_exact_mut(m * n).enumerate() {
             let (p0, p1) = range(i + 1);
@@ -220,6 +235,7 @@ fn split_k<T: Real>(
             *o = *o + v;
         }
     }
+    SCRATCH.with(|s| s.borrow_mut().push(Box::new(partial)));
 }
 
 #[derive(Clone, Copy)]
