@@ -221,17 +221,18 @@ pub struct Executable {
 pub fn prepare(g: &Graph, outputs: &[Id]) -> (Graph, Vec<PassReport>, MemoryPlan) {
     let mut g = g.clone();
     let reports = passes::optimize(&mut g, outputs);
-    let plan = plan::plan(&g, outputs, |i| {
+    let scratch_len = |i: Id| {
         let shapes: Vec<Vec<usize>> = g.nodes[i]
             .inputs
             .iter()
             .map(|&n| g.nodes[n].shape.clone())
             .collect();
         kernels::scratch_len(&g.nodes[i].op, &shapes)
-    });
+    };
+    let plan = plan::plan(&g, outputs, scratch_len);
     #[cfg(debug_assertions)]
     if plan.order.len() <= 4000 {
-        if let Err(conflict) = plan.check(&g, outputs) {
+        if let Err(conflict) = plan.check(&g, outputs, scratch_len) {
             panic!("kdc memory plan: {conflict}");
         }
     }

@@ -196,8 +196,15 @@ fn place(buffers: &[Buffer]) -> (Vec<usize>, usize) {
 
 impl MemoryPlan {
     /// Checks the plan's one invariant: values alive at the same time never share memory
-    /// (except a reshape and what it reads, which are one value). Returns the first conflict.
-    pub fn check(&self, g: &Graph, outputs: &[Id]) -> Result<(), String> {
+    /// (except a reshape and what it reads, which are one value), and a kernel's scratch
+    /// (`scratch_len(node)` floats) overlaps no value alive while it runs. Returns the first
+    /// conflict.
+    pub fn check(
+        &self,
+        g: &Graph,
+        outputs: &[Id],
+        scratch_len: impl Fn(Id) -> usize,
+    ) -> Result<(), String> {
         let n = g.nodes.len();
         let mut pos = vec![usize::MAX; n];
         for (p, &i) in self.order.iter().enumerate() {
@@ -253,6 +260,22 @@ impl MemoryPlan {
                 }
             }
         }
+        for &k in &self.order {
+            let len = scratch_len(k);
+            if len == 0 {
+                continue;
+            }
+            let (s0, s1) = (self.scratch[k], self.scratch[k] + len);
+            for &i in &self.order {
+                let Some((a0, a1)) = span(i) else { continue };
+                let alive = pos[i] <= pos[k] && last[i] >= pos[k];
+                if alive && a0 < s1 && s0 < a1 && a0 != a1 {
+                    return Err(format!(
+                        "the scratch of %{k} overlaps %{i}, alive at that step"
+                    ));
+                }
+            }
+        }
         Ok(())
     }
 }
@@ -299,7 +322,7 @@ mod tests {
     fn the_plan_reuses_memory_without_conflicts() {
         let (g, outputs) = graph();
         let p = plan(&g, &outputs, |_| 0);
-        p.check(&g, &outputs).unwrap();
+        p.check(&g, &outputs, |_| 0).unwrap();
         assert!(p.aliases >= 1, "the reshape shares its input's memory");
         assert!(
             p.arena_len < p.unshared_len,
@@ -323,7 +346,29 @@ mod tests {
                 *place = Place::Arena(0);
             }
         }
-        assert!(p.check(&g, &outputs).is_err());
+        assert!(p.check(&g, &outputs, |_| 0).is_err());
+    }
+
+    #[test]
+    fn scratch_is_checked_too() {
+        let (g, outputs) = graph();
+        // Every node asks for scratch: the plan places it, and the check accepts the plan.
+        let p = plan(&g, &outputs, |_| 64);
+        p.check(&g, &outputs, |_| 64).unwrap();
+        // Scratch moved onto a live value is caught.
+        let mut bad = p.clone();
+        let k = p.order[p.order.len() / 2];
+        let input = g.nodes[k]
+            .inputs
+            .iter()
+            .copied()
+            .find(|&i| matches!(p.place[i], Place::Arena(_)));
+        if let Some(Place::Arena(at)) = input.map(|i| p.place[i]) {
+            bad.scratch[k] = at;
+            assert!(bad.check(&g, &outputs, |_| 64).is_err());
+        } else {
+            panic!("the middle node should read a computed value");
+        }
     }
 
     #[test]
