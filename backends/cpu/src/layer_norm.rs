@@ -44,9 +44,7 @@ pub fn layer_norm<T: Real>(
         #[inline(always)]
         |(((r, o), mu), rs): (((usize, &mut [T]), &mut T), &mut T)| {
             let x = &x[r * d..(r + 1) * d];
-            let m = sum_slice(x) * inv_d;
-            let var = sq_dev_sum(x, m) * inv_d;
-            let rho = (var + eps).sqrt().recip();
+            let (m, rho) = row_stats(x, inv_d, eps);
             for (((o, &v), &g), &b) in o.iter_mut().zip(x).zip(gain).zip(bias) {
                 *o = (v - m) * rho * g + b;
             }
@@ -68,6 +66,14 @@ pub fn layer_norm<T: Real>(
             .with_min_len(min_items_per_task(d))
             .for_each(|args| simd(|| row(args)));
     }
+}
+
+/// `(μ, ρ)` of one row (`inv_d = 1/d`): the mean and `1/√(biased variance + eps)`.
+#[inline(always)]
+fn row_stats<T: Real>(x: &[T], inv_d: T, eps: T) -> (T, T) {
+    let m = sum_slice(x) * inv_d;
+    let var = sq_dev_sum(x, m) * inv_d;
+    (m, (var + eps).sqrt().recip())
 }
 
 /// The statistics [`layer_norm`] saves, without the normalised output: `mean[r] = μ_r`,
@@ -93,10 +99,7 @@ pub fn layer_norm_stats<T: Real>(
     let row = {
         #[inline(always)]
         |((r, mu), rs): ((usize, &mut T), &mut T)| {
-            let x = &x[r * d..(r + 1) * d];
-            let m = sum_slice(x) * inv_d;
-            *mu = m;
-            *rs = (sq_dev_sum(x, m) * inv_d + eps).sqrt().recip();
+            (*mu, *rs) = row_stats(&x[r * d..(r + 1) * d], inv_d, eps);
         }
     };
     if x.len() < PAR_MIN_WORK {

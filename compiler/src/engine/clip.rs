@@ -58,39 +58,87 @@ fn act(g: &mut Graph, x: Id, a: Activation) -> Id {
     )
 }
 
-/// Multi-head self-attention of x [b, t, w]; `bias` is added to the scores (a causal or
-/// padding mask, broadcastable to [b, heads, t, t]).
+/// The query rows an attention layer computes: every token, or only the rows a pooled output
+/// reads, the class token (first) or one gathered position per batch item (CLIP text: end of
+/// text). Keys and values always come from every token.
+#[derive(Clone, Copy)]
+pub enum Rows {
+    All,
+    First,
+    Gather(Id),
+}
+
+impl Rows {
+    /// Query rows per sequence, of `t` tokens.
+    fn len(self, t: usize) -> usize {
+        match self {
+            Rows::All => t,
+            Rows::First | Rows::Gather(_) => 1,
+        }
+    }
+}
+
+/// `x[:, rows, :]`: x itself for all rows, else [b, 1, w].
+fn pick(g: &mut Graph, x: Id, rows: Rows) -> Id {
+    match rows {
+        Rows::All => x,
+        Rows::First => g.slice(x, 1, 0, 1),
+        Rows::Gather(index) => g.gather_rows(x, index),
+    }
+}
+
+/// Multi-head self-attention of x [b, t, w] for the query `rows` ([b, rows.len(t), w] out);
+/// `bias` is added to the scores: with all rows a causal or padding mask broadcastable to
+/// [b, heads, t, t]; with picked rows a per-query-row mask [t, t] (causal), of which the picked
+/// rows' lines are used.
 pub fn self_attention(
     g: &mut Graph,
     x: Id,
     heads: usize,
     proj: [(Id, Id); 4],
     bias: Option<Id>,
+    rows: Rows,
 ) -> Id {
     let s = g.shape(x).to_vec();
     let (b, t, w) = (s[0], s[1], s[2]);
-    let d = w / heads;
-    let split = |g: &mut Graph, y: Id| {
-        let r = g.reshape(y, vec![b, t, heads, d]);
-        g.permute(r, vec![0, 2, 1, 3])
+    let (d, r) = (w / heads, rows.len(t));
+    let split = |g: &mut Graph, y: Id, len: usize| {
+        let y = g.reshape(y, vec![b, len, heads, d]);
+        g.permute(y, vec![0, 2, 1, 3])
     };
-    let q = linear(g, x, proj[0].0, Some(proj[0].1));
+    let xq = pick(g, x, rows);
+    let q = linear(g, xq, proj[0].0, Some(proj[0].1));
     let q = g.scale(q, (d as f32).powf(-0.5));
     let k = linear(g, x, proj[1].0, Some(proj[1].1));
     let v = linear(g, x, proj[2].0, Some(proj[2].1));
-    let (q, k, v) = (split(g, q), split(g, k), split(g, v));
+    let (q, k, v) = (split(g, q, r), split(g, k, t), split(g, v, t));
     let mut scores = g.matmul_t(q, k, false, true);
     if let Some(bias) = bias {
+        let bias = match rows {
+            Rows::All => bias,
+            // The picked rows' lines of the mask: [t, t] -> [b, t, t] -> [b, 1, 1, t].
+            _ => {
+                let full = g.reshape(bias, vec![1, t, t]);
+                let full = g.broadcast(full, vec![b, t, t]);
+                let line = pick(g, full, rows);
+                g.reshape(line, vec![b, 1, 1, t])
+            }
+        };
         scores = g.add2(scores, bias);
     }
     let p = g.softmax(scores, 3);
     let o = g.matmul(p, v);
     let o = g.permute(o, vec![0, 2, 1, 3]);
-    let o = g.reshape(o, vec![b, t, w]);
+    let o = g.reshape(o, vec![b, r, w]);
     linear(g, o, proj[3].0, Some(proj[3].1))
 }
 
-/// One CLIP encoder layer (pre-LN): x + attn(ln1(x)), then x + fc2(act(fc1(ln2(x)))).
+/// One CLIP encoder layer (pre-LN): x + attn(ln1(x)), then x + fc2(act(fc1(ln2(x)))), for the
+/// query `rows`. Row for row the same operations whichever rows are picked, so a picked layer
+/// equals `pick(clip_layer(x, All))`: the last layer of a tower whose pooled output reads one
+/// token is built for that row, and when nothing reads the full layer's tokens, dead code
+/// removes its queries, output projection and MLP for every other row.
+#[allow(clippy::too_many_arguments)]
 fn clip_layer(
     g: &mut Graph,
     p: &ModelParams,
@@ -99,6 +147,7 @@ fn clip_layer(
     heads: usize,
     a: Activation,
     bias: Option<Id>,
+    rows: Rows,
 ) -> Id {
     let n = |s: &str| p.get(&format!("{prefix}.{s}"));
     let h = g.layer_norm(
@@ -114,104 +163,10 @@ fn clip_layer(
         )
     });
     g.push_scope("attn");
-    let h = self_attention(g, h, heads, proj, bias);
+    let h = self_attention(g, h, heads, proj, bias, rows);
     g.pop_scope();
+    let x = pick(g, x, rows);
     let x = g.add2(x, h);
-    let h = g.layer_norm(
-        x,
-        n("layer_norm2.weight"),
-        n("layer_norm2.bias"),
-        CLIP_LN_EPS,
-    );
-    let h = linear(g, h, n("mlp.fc1.weight"), Some(n("mlp.fc1.bias")));
-    let h = act(g, h, a);
-    let h = linear(g, h, n("mlp.fc2.weight"), Some(n("mlp.fc2.bias")));
-    g.add2(x, h)
-}
-
-/// Which rows of a sequence a pooled output reads: the class token (first) or one gathered
-/// position per batch item (CLIP text: end of text).
-#[derive(Clone, Copy)]
-enum Rows {
-    First,
-    Gather(Id),
-}
-
-/// `x[:, rows, :]` as [b, 1, w].
-fn pick(g: &mut Graph, x: Id, rows: Rows) -> Id {
-    match rows {
-        Rows::First => g.slice(x, 1, 0, 1),
-        Rows::Gather(index) => g.gather_rows(x, index),
-    }
-}
-
-/// The last CLIP encoder layer evaluated only at the rows a pooled output reads: keys and
-/// values from every token (the rows attend to them), queries, attention output, residual and
-/// MLP for the picked rows alone. Row for row the same operations as [`clip_layer`], so the
-/// result equals `pick(clip_layer(x))`; when nothing else reads the full layer's output, dead
-/// code removes the full layer's queries, output projection and MLP (about 5/6 of its
-/// products).
-#[allow(clippy::too_many_arguments)]
-fn clip_layer_rows(
-    g: &mut Graph,
-    p: &ModelParams,
-    prefix: &str,
-    x: Id,
-    heads: usize,
-    a: Activation,
-    causal: Option<Id>,
-    rows: Rows,
-) -> Id {
-    let n = |s: &str| p.get(&format!("{prefix}.{s}"));
-    let s = g.shape(x).to_vec();
-    let (b, t, w) = (s[0], s[1], s[2]);
-    let d = w / heads;
-    let h = g.layer_norm(
-        x,
-        n("layer_norm1.weight"),
-        n("layer_norm1.bias"),
-        CLIP_LN_EPS,
-    );
-    let w_of = |q: &str| {
-        (
-            n(&format!("self_attn.{q}.weight")),
-            n(&format!("self_attn.{q}.bias")),
-        )
-    };
-    let (wq, wk, wv, wo) = (
-        w_of("q_proj"),
-        w_of("k_proj"),
-        w_of("v_proj"),
-        w_of("out_proj"),
-    );
-    g.push_scope("attn");
-    let hq = pick(g, h, rows);
-    let q = linear(g, hq, wq.0, Some(wq.1));
-    let q = g.scale(q, (d as f32).powf(-0.5));
-    let k = linear(g, h, wk.0, Some(wk.1));
-    let v = linear(g, h, wv.0, Some(wv.1));
-    let split = |g: &mut Graph, y: Id, len: usize| {
-        let r = g.reshape(y, vec![b, len, heads, d]);
-        g.permute(r, vec![0, 2, 1, 3])
-    };
-    let (q, k, v) = (split(g, q, 1), split(g, k, t), split(g, v, t));
-    let mut scores = g.matmul_t(q, k, false, true);
-    if let Some(causal) = causal {
-        // Each picked row's line of the mask: [t, t] -> [b, t, t] -> [b, 1, t].
-        let full = g.reshape(causal, vec![1, t, t]);
-        let full = g.broadcast(full, vec![b, t, t]);
-        let line = pick(g, full, rows);
-        let line = g.reshape(line, vec![b, 1, 1, t]);
-        scores = g.add2(scores, line);
-    }
-    let probs = g.softmax(scores, 3);
-    let o = g.matmul(probs, v);
-    let o = g.permute(o, vec![0, 2, 1, 3]);
-    let o = g.reshape(o, vec![b, 1, w]);
-    let o = linear(g, o, wo.0, Some(wo.1));
-    g.pop_scope();
-    let xr = pick(g, x, rows);
-    let x = g.add2(xr, o);
     let h = g.layer_norm(
         x,
         n("layer_norm2.weight"),
@@ -288,6 +243,7 @@ pub fn vision(
             v.heads as usize,
             v.act,
             None,
+            Rows::All,
         );
         g.pop_scope();
         hidden.push(x);
@@ -297,7 +253,7 @@ pub fn vision(
         0 => g.slice(x, 1, 0, 1),
         layers => {
             g.push_scope(format!("layer{}.class", layers - 1));
-            let row = clip_layer_rows(
+            let row = clip_layer(
                 g,
                 p,
                 &format!("vision_model.encoder.layers.{}", layers - 1),
@@ -370,6 +326,7 @@ pub fn text(g: &mut Graph, spec: &ModelSpec, p: &ModelParams, inputs: &TextInput
                     t.heads as usize,
                     t.act,
                     Some(causal),
+                    Rows::All,
                 );
                 g.pop_scope();
                 hidden.push(x);
@@ -383,7 +340,7 @@ pub fn text(g: &mut Graph, spec: &ModelSpec, p: &ModelParams, inputs: &TextInput
                 0 => g.gather_rows(x, eot),
                 layers => {
                     g.push_scope(format!("layer{}.eot", layers - 1));
-                    let row = clip_layer_rows(
+                    let row = clip_layer(
                         g,
                         p,
                         &format!("text_model.encoder.layers.{}", layers - 1),
@@ -444,7 +401,7 @@ pub fn text(g: &mut Graph, spec: &ModelSpec, p: &ModelParams, inputs: &TextInput
                     "attention.output.dense",
                 ]
                 .map(|q| (n(&format!("{q}.weight")), n(&format!("{q}.bias"))));
-                let a = self_attention(g, x, t.heads as usize, proj, Some(bias));
+                let a = self_attention(g, x, t.heads as usize, proj, Some(bias), Rows::All);
                 let a = g.add2(a, x);
                 let x1 = g.layer_norm(
                     a,

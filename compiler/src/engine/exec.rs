@@ -131,18 +131,17 @@ impl Operator for Kernel {
             );
         }
         if let Some(started) = started {
-            let name = format!("{:?}", self.op);
-            let mut name = name
-                .split(['(', ' ', '{'])
-                .next()
-                .unwrap_or_default()
-                .to_string();
-            if profiling_shapes() {
-                name = format!(
-                    "{name} {:?} {:?} -> {:?}",
-                    self.op, self.input_shapes, self.shape
-                );
-            }
+            let name = if profiling_shapes() {
+                format!(
+                    "{} {:?} {:?} -> {:?}",
+                    self.op.kind(),
+                    self.op,
+                    self.input_shapes,
+                    self.shape
+                )
+            } else {
+                self.op.kind()
+            };
             let mut times = PROFILE.lock().unwrap();
             let entry = times.entry(name).or_insert((0.0, 0));
             entry.0 += started.elapsed().as_secs_f64();
@@ -221,18 +220,12 @@ pub struct Executable {
 pub fn prepare(g: &Graph, outputs: &[Id]) -> (Graph, Vec<PassReport>, MemoryPlan) {
     let mut g = g.clone();
     let reports = passes::optimize(&mut g, outputs);
-    let scratch_len = |i: Id| {
-        let shapes: Vec<Vec<usize>> = g.nodes[i]
-            .inputs
-            .iter()
-            .map(|&n| g.nodes[n].shape.clone())
-            .collect();
-        kernels::scratch_len(&g.nodes[i].op, &shapes)
-    };
-    let plan = plan::plan(&g, outputs, scratch_len);
+    let plan = plan::plan(&g, outputs, |i| {
+        kernels::scratch_len(&g.nodes[i].op, &g.input_shapes(i))
+    });
     #[cfg(debug_assertions)]
     if plan.order.len() <= 4000 {
-        if let Err(conflict) = plan.check(&g, outputs, scratch_len) {
+        if let Err(conflict) = plan.check(&g, outputs) {
             panic!("kdc memory plan: {conflict}");
         }
     }
@@ -245,13 +238,6 @@ impl Executable {
     pub fn new(g: &Graph, outputs: &[Id]) -> Executable {
         let (g, reports, plan) = prepare(g, outputs);
         let g = &g;
-        let shapes_of = |i: Id| -> Vec<Vec<usize>> {
-            g.nodes[i]
-                .inputs
-                .iter()
-                .map(|&n| g.nodes[n].shape.clone())
-                .collect()
-        };
         let arena = Arc::new(Arena {
             data: UnsafeCell::new(Vec::new()),
             next: AtomicUsize::new(0),
@@ -287,16 +273,15 @@ impl Executable {
                     debug_assert_eq!(plan.order[position], i);
                     let alias = matches!(op, Op::Reshape | Op::Detach)
                         && plan.place[i] == plan.place[node.inputs[0]];
-                    let scratch = plan.scratch[i];
                     let kernel = Kernel {
                         node: i,
                         position,
                         op: op.clone(),
-                        input_shapes: shapes_of(i),
+                        input_shapes: g.input_shapes(i),
                         shape: node.shape.clone(),
                         inputs: node.inputs.iter().map(|&n| range(n)).collect(),
                         output: if alias { None } else { range(i) },
-                        scratch: scratch..scratch + kernels::scratch_len(op, &shapes_of(i)),
+                        scratch: plan.scratch[i].clone(),
                         arena: arena.clone(),
                     };
                     position += 1;

@@ -247,6 +247,15 @@ impl Graph {
         self.nodes.len() - 1
     }
 
+    /// The shapes of a node's inputs, in order.
+    pub fn input_shapes(&self, id: Id) -> Vec<Vec<usize>> {
+        self.nodes[id]
+            .inputs
+            .iter()
+            .map(|&n| self.nodes[n].shape.clone())
+            .collect()
+    }
+
     pub fn shape(&self, id: Id) -> &[usize] {
         &self.nodes[id].shape
     }
@@ -450,6 +459,24 @@ impl Graph {
             }
         }
         live
+    }
+}
+
+impl Op {
+    /// Whether the runner sets this value (a parameter, batch input or scheduled scalar)
+    /// rather than a kernel computing it.
+    pub fn is_source(&self) -> bool {
+        matches!(self, Op::Param(_) | Op::Input(_) | Op::Scalar(_))
+    }
+
+    /// The operation's name without its parameters (`MatMul`, `Softmax`), for summaries and
+    /// profiles.
+    pub fn kind(&self) -> String {
+        let full = format!("{self:?}");
+        full.split(['(', ' ', '{'])
+            .next()
+            .unwrap_or_default()
+            .to_string()
     }
 }
 

@@ -84,13 +84,7 @@ pub fn describe(recipe: &crate::ir::Recipe) -> String {
         );
         let mut histogram: BTreeMap<String, usize> = BTreeMap::new();
         for &i in &plan.order {
-            let name = format!("{:?}", optimised.nodes[i].op);
-            let name = name
-                .split(['(', ' ', '{'])
-                .next()
-                .unwrap_or_default()
-                .to_string();
-            *histogram.entry(name).or_default() += 1;
+            *histogram.entry(optimised.nodes[i].op.kind()).or_default() += 1;
         }
         let _ = writeln!(
             out,

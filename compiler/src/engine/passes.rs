@@ -25,21 +25,17 @@ pub struct PassReport {
     pub rewrites: usize,
 }
 
-fn is_source(op: &Op) -> bool {
-    matches!(op, Op::Param(_) | Op::Input(_) | Op::Scalar(_))
-}
-
 /// Live operations (excluding sources).
 pub fn live_ops(g: &Graph, outputs: &[Id]) -> usize {
     let live = g.live(outputs);
     (0..g.nodes.len())
-        .filter(|&i| live[i] && !is_source(&g.nodes[i].op))
+        .filter(|&i| live[i] && !g.nodes[i].op.is_source())
         .count()
 }
 
 /// Runs every pass; returns their reports in order.
 pub fn optimize(g: &mut Graph, outputs: &[Id]) -> Vec<PassReport> {
-    let built = g.nodes.iter().filter(|n| !is_source(&n.op)).count();
+    let built = g.nodes.iter().filter(|n| !n.op.is_source()).count();
     let live = live_ops(g, outputs);
     let mut reports = vec![PassReport {
         name: "dead code",
@@ -75,7 +71,7 @@ fn common_subexpressions(g: &mut Graph, outputs: &[Id]) -> usize {
         let inputs: Vec<Id> = g.nodes[i].inputs.iter().map(|&x| canonical[x]).collect();
         g.nodes[i].inputs = inputs;
         let node = &g.nodes[i];
-        if !live[i] || is_source(&node.op) {
+        if !live[i] || node.op.is_source() {
             continue;
         }
         let key = format!("{:?} {:?} {:?}", node.op, node.inputs, node.shape);
@@ -153,14 +149,20 @@ mod tests {
     use super::*;
     use crate::engine::graph::Reduce;
 
-    #[test]
-    fn a_bias_add_fuses_into_its_product() {
+    /// A linear layer `y = x·w + b`: the graph and (x, w, b, x·w, y).
+    fn linear() -> (Graph, [Id; 5]) {
         let mut g = Graph::default();
         let x = g.input("x", vec![4, 3]);
         let w = g.param("w", vec![3, 5], true);
         let b = g.param("b", vec![5], true);
         let xw = g.matmul(x, w);
         let y = g.add2(xw, b);
+        (g, [x, w, b, xw, y])
+    }
+
+    #[test]
+    fn a_bias_add_fuses_into_its_product() {
+        let (mut g, [x, w, b, _, y]) = linear();
         let loss = g.reduce(Reduce::Sum, y, None);
         let reports = optimize(&mut g, &[loss]);
         assert_eq!(reports[2].rewrites, 1);
@@ -177,12 +179,7 @@ mod tests {
 
     #[test]
     fn a_product_read_twice_is_not_fused() {
-        let mut g = Graph::default();
-        let x = g.input("x", vec![4, 3]);
-        let w = g.param("w", vec![3, 5], true);
-        let b = g.param("b", vec![5], true);
-        let xw = g.matmul(x, w);
-        let y = g.add2(xw, b);
+        let (mut g, [_, _, _, xw, y]) = linear();
         let z = g.mul(xw, y);
         let loss = g.reduce(Reduce::Sum, z, None);
         let reports = optimize(&mut g, &[loss]);

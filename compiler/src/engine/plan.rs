@@ -10,6 +10,8 @@
 //! taking a buffer. Kernel scratch (layer norm statistics) is a buffer alive for one step.
 //! Values the caller reads after the run (loss, terms, gradients) live to the end.
 
+use std::ops::Range;
+
 use super::graph::{numel, Graph, Id, Op};
 
 /// Buffers start at multiples of this many floats (64 bytes: a cache line, an AVX-512 vector).
@@ -33,8 +35,8 @@ pub struct MemoryPlan {
     pub order: Vec<Id>,
     /// Per node: where its value lives.
     pub place: Vec<Place>,
-    /// Per node: the offset of its scratch buffer (meaningful when it asks for scratch).
-    pub scratch: Vec<usize>,
+    /// Per node: its kernel's scratch buffer (empty when it asks for none).
+    pub scratch: Vec<Range<usize>>,
     /// Floats in the arena.
     pub arena_len: usize,
     /// Floats that one buffer per value (no reuse) would take: what the plan saves against.
@@ -53,17 +55,13 @@ struct Buffer {
     last: usize,
 }
 
-fn is_source(op: &Op) -> bool {
-    matches!(op, Op::Param(_) | Op::Input(_) | Op::Scalar(_))
-}
-
 /// Plans memory for the nodes `outputs` need. `scratch_len(node)` is the scratch (floats) a
 /// node's kernel asks for.
 pub fn plan(g: &Graph, outputs: &[Id], scratch_len: impl Fn(Id) -> usize) -> MemoryPlan {
     let live = g.live(outputs);
     let n = g.nodes.len();
     let order: Vec<Id> = (0..n)
-        .filter(|&i| live[i] && !is_source(&g.nodes[i].op))
+        .filter(|&i| live[i] && !g.nodes[i].op.is_source())
         .collect();
     let mut pos = vec![usize::MAX; n];
     for (p, &i) in order.iter().enumerate() {
@@ -76,7 +74,7 @@ pub fn plan(g: &Graph, outputs: &[Id], scratch_len: impl Fn(Id) -> usize) -> Mem
         let node = &g.nodes[i];
         if matches!(node.op, Op::Reshape | Op::Detach) {
             let input = node.inputs[0];
-            if !is_source(&g.nodes[input].op) {
+            if !g.nodes[input].op.is_source() {
                 root[i] = root[input];
                 aliases += 1;
             }
@@ -110,8 +108,17 @@ pub fn plan(g: &Graph, outputs: &[Id], scratch_len: impl Fn(Id) -> usize) -> Mem
     }
     let values = buffers.len();
     let mut scratch_buffer = vec![usize::MAX; n];
+    let scratch_sizes: Vec<usize> = (0..n)
+        .map(|i| {
+            if pos[i] == usize::MAX {
+                0
+            } else {
+                scratch_len(i)
+            }
+        })
+        .collect();
     for &i in &order {
-        let s = scratch_len(i);
+        let s = scratch_sizes[i];
         if s > 0 {
             scratch_buffer[i] = buffers.len();
             buffers.push(Buffer {
@@ -125,18 +132,19 @@ pub fn plan(g: &Graph, outputs: &[Id], scratch_len: impl Fn(Id) -> usize) -> Mem
     let (offsets, arena_len) = place(&buffers);
 
     let mut place = vec![Place::Dead; n];
-    let mut scratch = vec![0; n];
+    let mut scratch = vec![0..0; n];
     for i in 0..n {
         if !live[i] {
             continue;
         }
-        if is_source(&g.nodes[i].op) {
+        if g.nodes[i].op.is_source() {
             place[i] = Place::Source;
             continue;
         }
         place[i] = Place::Arena(offsets[buffer_of[root[i]]]);
         if scratch_buffer[i] != usize::MAX {
-            scratch[i] = offsets[scratch_buffer[i]];
+            let at = offsets[scratch_buffer[i]];
+            scratch[i] = at..at + scratch_sizes[i];
         }
     }
     debug_assert!(values <= buffers.len());
@@ -197,14 +205,8 @@ fn place(buffers: &[Buffer]) -> (Vec<usize>, usize) {
 impl MemoryPlan {
     /// Checks the plan's one invariant: values alive at the same time never share memory
     /// (except a reshape and what it reads, which are one value), and a kernel's scratch
-    /// (`scratch_len(node)` floats) overlaps no value alive while it runs. Returns the first
-    /// conflict.
-    pub fn check(
-        &self,
-        g: &Graph,
-        outputs: &[Id],
-        scratch_len: impl Fn(Id) -> usize,
-    ) -> Result<(), String> {
+    /// overlaps no value alive while it runs. Returns the first conflict.
+    pub fn check(&self, g: &Graph, outputs: &[Id]) -> Result<(), String> {
         let n = g.nodes.len();
         let mut pos = vec![usize::MAX; n];
         for (p, &i) in self.order.iter().enumerate() {
@@ -261,11 +263,10 @@ impl MemoryPlan {
             }
         }
         for &k in &self.order {
-            let len = scratch_len(k);
-            if len == 0 {
+            let (s0, s1) = (self.scratch[k].start, self.scratch[k].end);
+            if s0 == s1 {
                 continue;
             }
-            let (s0, s1) = (self.scratch[k], self.scratch[k] + len);
             for &i in &self.order {
                 let Some((a0, a1)) = span(i) else { continue };
                 let alive = pos[i] <= pos[k] && last[i] >= pos[k];
@@ -322,7 +323,7 @@ mod tests {
     fn the_plan_reuses_memory_without_conflicts() {
         let (g, outputs) = graph();
         let p = plan(&g, &outputs, |_| 0);
-        p.check(&g, &outputs, |_| 0).unwrap();
+        p.check(&g, &outputs).unwrap();
         assert!(p.aliases >= 1, "the reshape shares its input's memory");
         assert!(
             p.arena_len < p.unshared_len,
@@ -346,7 +347,7 @@ mod tests {
                 *place = Place::Arena(0);
             }
         }
-        assert!(p.check(&g, &outputs, |_| 0).is_err());
+        assert!(p.check(&g, &outputs).is_err());
     }
 
     #[test]
@@ -354,7 +355,7 @@ mod tests {
         let (g, outputs) = graph();
         // Every node asks for scratch: the plan places it, and the check accepts the plan.
         let p = plan(&g, &outputs, |_| 64);
-        p.check(&g, &outputs, |_| 64).unwrap();
+        p.check(&g, &outputs).unwrap();
         // Scratch moved onto a live value is caught.
         let mut bad = p.clone();
         let k = p.order[p.order.len() / 2];
@@ -364,8 +365,8 @@ mod tests {
             .copied()
             .find(|&i| matches!(p.place[i], Place::Arena(_)));
         if let Some(Place::Arena(at)) = input.map(|i| p.place[i]) {
-            bad.scratch[k] = at;
-            assert!(bad.check(&g, &outputs, |_| 64).is_err());
+            bad.scratch[k] = at..at + 64;
+            assert!(bad.check(&g, &outputs).is_err());
         } else {
             panic!("the middle node should read a computed value");
         }

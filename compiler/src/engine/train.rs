@@ -103,7 +103,7 @@ impl<'r> Trainer<'r> {
         let mut outputs = vec![step.loss];
         outputs.extend(step.terms.iter().map(|t| t.2));
         outputs.extend(step.grads.iter().map(|g| g.1));
-        let exec = Executable::new(&step.graph, &outputs);
+        let mut exec = Executable::new(&step.graph, &outputs);
         let g = &step.graph;
         let n_params = g.params.len();
         let mut values: Vec<Option<Vec<f32>>> = vec![None; g.params.len()];
@@ -189,7 +189,6 @@ impl<'r> Trainer<'r> {
             Length::Steps(n) => n,
             Length::Epochs(e) => e * per_epoch,
         };
-        let mut exec = exec;
         exec.allocate().map_err(|bytes| TrainError::Memory {
             stage: stage.name.clone(),
             batch,
