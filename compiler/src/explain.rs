@@ -461,9 +461,17 @@ fn stage_ir(out: &mut String, recipe: &Recipe, index: usize, stage: &Stage) {
                 .clamp
                 .map(|(lo, hi)| format!(", clamped to [{}, {}]", fmt_num(lo), fmt_num(hi)))
                 .unwrap_or_default();
+            // Which scale a term uses (CLIP-KD's as-is κ, or an exponentiated σ) shows here.
+            let read = if p.exponentiated {
+                ", read as σ = exp(t)"
+            } else if p.shape.is_empty() {
+                ", read as is"
+            } else {
+                ""
+            };
             let _ = writeln!(
                 out,
-                "    p{i} {} {:?} init {}{}, {}",
+                "    p{i} {} {:?} init {}{}{read}, {}",
                 p.name,
                 p.shape,
                 p.init,

@@ -212,6 +212,8 @@ pub struct ParamSpec {
     /// Clamped to this range after every optimiser step.
     pub clamp: Option<(f64, f64)>,
     pub class: ParamClass,
+    /// The loss reads exp(t) of this parameter t (a `logit_scale`), not t itself.
+    pub exponentiated: bool,
     #[serde(skip)]
     pub span: Span,
 }

@@ -308,17 +308,9 @@ fn terms(s: &Clip, t: &Clip, loss: &HashMap<String, Tensor>) -> Result<Vec<Tenso
     let crd = ((kl(&log_softmax(&lt)?, &log_softmax(&ls)?)?
         + kl(&log_softmax(&lt.t()?)?, &log_softmax(&ls.t()?)?)?)?
         / 2.0)?;
-    // The student's embeddings mapped into the teacher's space: norm(W·norm(x) + b).
-    let image_to = normalize(&linear(
-        &normalize(&s.image)?,
-        p("w_image.weight"),
-        Some(p("w_image.bias")),
-    )?)?;
-    let text_to = normalize(&linear(
-        &normalize(&s.text)?,
-        p("w_text.weight"),
-        Some(p("w_text.bias")),
-    )?)?;
+    // The student's raw embeddings mapped into the teacher's space: norm(W·x + b).
+    let image_to = normalize(&linear(&s.image, p("w_image.weight"), Some(p("w_image.bias")))?)?;
+    let text_to = normalize(&linear(&s.text, p("w_text.weight"), Some(p("w_text.bias")))?)?;
     let (t_image, t_text) = (normalize(&t.image)?.detach(), normalize(&t.text)?.detach());
     // FD: element-wise MSE of the mapped student embeddings to the teacher's.
     let fd = (mse(&image_to, &t_image)? + mse(&text_to, &t_text)?)?;
@@ -416,7 +408,7 @@ fn a_clip_kd_step_matches_candle_autograd() -> Result<()> {
     let grads = total.backward()?;
 
     // Loss and terms.
-    let close = |a: f64, b: f64| (a - b).abs() <= 1e-5 + 1e-5 * b.abs();
+    let close = |a: f64, b: f64| (a - b).abs() <= 1e-5 * b.abs();
     let candle_loss = total.to_scalar::<f32>()? as f64;
     println!("loss: kdc {:.7}, candle {candle_loss:.7}", ev.loss);
     assert!(
@@ -472,10 +464,26 @@ fn a_clip_kd_step_matches_candle_autograd() -> Result<()> {
         if diff > worst_abs.0 {
             worst_abs = (diff, name.clone());
         }
-        if rel > worst_rel.0 {
+        if rel > worst_rel.0 && !name.ends_with("k_proj.bias") {
             worst_rel = (rel, name.clone());
         }
-        if !(diff <= 1e-4 + 1e-3 * scale) {
+        if name.ends_with("k_proj.bias") {
+            // A key bias adds the same q·b to a whole row of attention scores, which softmax
+            // ignores: its exact gradient is zero, and both sides must be zero up to rounding
+            // next to the same layer's key weights.
+            let weights = name.replace("k_proj.bias", "k_proj.weight");
+            let (_, w) = ev.grads.iter().find(|g| g.0 == weights).unwrap();
+            let w_scale = w.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+            let got_scale = got.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+            if !(got_scale <= 1e-6 * w_scale && scale <= 1e-6 * w_scale) {
+                failures.push(format!(
+                    "{name}: should be zero; kdc {got_scale:.3e}, candle {scale:.3e}, key weights {w_scale:.3e}"
+                ));
+            }
+            continue;
+        }
+        // Relative to the tensor's own largest entry, with no absolute floor.
+        if !(diff <= 1e-5 * scale) {
             failures.push(format!(
                 "{name}: max |diff| {diff:.3e}, max |g| {scale:.3e}, relative {rel:.3e}"
             ));

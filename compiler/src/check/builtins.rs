@@ -2094,6 +2094,7 @@ impl<'p> Checker<'p> {
             init,
             clamp,
             class,
+            exponentiated: false,
             span,
         });
         let id = ctx.params.len() - 1;
@@ -2579,6 +2580,7 @@ impl<'p> Checker<'p> {
                 ) else {
                     return Value::Error;
                 };
+                ctx.params[p].exponentiated = true;
                 let t = self.push_node(ctx, Op::Param(p), vec![], Shape::scalar(), span);
                 self.node(ctx, Op::Exp, vec![t], Shape::scalar(), span)
             }

@@ -25,7 +25,16 @@ pub fn describe_function(name: &str) -> Option<String> {
                     let params: Vec<String> = f
                         .params
                         .iter()
-                        .map(|p| format!("{}: {}", p.name.name, p.ty.name))
+                        .map(|p| match &p.default {
+                            // Defaults as written, so a variant's default is visible.
+                            Some(d) => format!(
+                                "{}: {} = {}",
+                                p.name.name,
+                                p.ty.name,
+                                &text[d.span.start as usize..d.span.end as usize]
+                            ),
+                            None => format!("{}: {}", p.name.name, p.ty.name),
+                        })
                         .collect();
                     let ret = f
                         .ret
