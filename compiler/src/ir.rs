@@ -6,10 +6,12 @@
 //! into the models (`student.image`, a layer's tokens), learnable parts of the loss (`Param`s)
 //! and constants. Each loss term is one node with its weight beside it.
 
+pub use kdc_backend::op::LossKind;
 use crate::model::{ModelSpec, ParamClass, Part};
 use crate::shape::Shape;
 use crate::source::Span;
 use serde::Serialize;
+use std::hash::Hash;
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Recipe {
@@ -63,7 +65,7 @@ pub struct Node {
 }
 
 /// What can be read out of a model.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 pub enum Tap {
     /// The projected image embedding, before normalisation: [B, embed].
     Image,
@@ -134,22 +136,9 @@ pub enum Op {
     Var {
         axis: Option<usize>,
     },
-    /// Mean of (a − b)² over all elements.
-    Mse,
-    /// Mean of |a − b| over all elements.
-    L1,
-    /// Mean of Huber-style smooth L1 with threshold `beta`.
-    SmoothL1 {
-        beta: f64,
-    },
-    /// KL(p ‖ q) from log-probabilities (log p, log q) over the last axis: Σ p (log p − log q),
-    /// mean over rows.
-    Kl,
-    /// Cross-entropy of row logits against the diagonal (row i's target is column i), mean
-    /// over rows.
-    CrossEntropyDiagonal,
-    /// Cross-entropy of row logits against given target probabilities, mean over rows.
-    CrossEntropySoft,
+    /// A loss primitive (mse, l1, smooth_l1, kl, cross_entropy): a scalar. The engine's graph
+    /// uses the same kinds.
+    Loss(LossKind),
     Concat {
         axis: usize,
     },
@@ -159,6 +148,96 @@ pub enum Op {
     },
     /// The value, with no gradient flowing back through it.
     Detach,
+}
+
+/// Hashes a float consistently with `==`: 0.0 and −0.0 hash alike (NaN equals nothing, so
+/// its hash does not matter).
+fn hash_f64<H: std::hash::Hasher>(v: f64, state: &mut H) {
+    (if v == 0.0 { 0.0f64 } else { v }).to_bits().hash(state)
+}
+
+/// Operators are hash-consed by the checker (one node per distinct computation), keyed on the
+/// operator and its inputs.
+impl std::hash::Hash for Op {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        std::mem::discriminant(self).hash(state);
+        match self {
+            Op::Tap { model, tap, mask } => {
+                model.hash(state);
+                tap.hash(state);
+                mask.is_some().hash(state);
+                if let Some(m) = mask {
+                    hash_f64(*m, state);
+                }
+            }
+            Op::Param(p) => p.hash(state),
+            Op::Const(v) => hash_f64(*v, state),
+            Op::Scheduled(s) => s.hash(state),
+            Op::Size { axis }
+            | Op::Softmax { axis }
+            | Op::LogSoftmax { axis }
+            | Op::Normalize { axis }
+            | Op::Concat { axis } => axis.hash(state),
+            Op::Mean { axis } | Op::Sum { axis } | Op::Var { axis } => axis.hash(state),
+            Op::Loss(kind) => kind.hash(state),
+            Op::Attention { heads } => heads.hash(state),
+            Op::Eye
+            | Op::Add
+            | Op::Sub
+            | Op::Mul
+            | Op::Div
+            | Op::Neg
+            | Op::Exp
+            | Op::Log
+            | Op::Sqrt
+            | Op::Abs
+            | Op::MatMul
+            | Op::Transpose
+            | Op::Detach => {}
+        }
+    }
+}
+
+impl Eq for Op {}
+
+impl std::hash::Hash for Schedule {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        std::mem::discriminant(self).hash(state);
+        match self {
+            Schedule::Constant(v) => hash_f64(*v, state),
+            Schedule::Ramp {
+                from,
+                to,
+                start,
+                steps,
+            } => {
+                hash_f64(*from, state);
+                hash_f64(*to, state);
+                start.hash(state);
+                steps.hash(state);
+            }
+            Schedule::Cosine {
+                peak,
+                warmup,
+                end,
+                steps,
+            } => {
+                hash_f64(*peak, state);
+                warmup.hash(state);
+                hash_f64(*end, state);
+                steps.hash(state);
+            }
+            Schedule::Step { values, at } => {
+                values.len().hash(state);
+                values.iter().for_each(|v| hash_f64(*v, state));
+                at.hash(state);
+            }
+            Schedule::Scaled(factor, inner) => {
+                hash_f64(*factor, state);
+                inner.hash(state);
+            }
+        }
+    }
 }
 
 impl Op {
@@ -190,12 +269,7 @@ impl Op {
             Op::Sum { axis: None } => "sum".into(),
             Op::Var { axis: Some(a) } => format!("var[axis {a}]"),
             Op::Var { axis: None } => "var".into(),
-            Op::Mse => "mse".into(),
-            Op::L1 => "l1".into(),
-            Op::SmoothL1 { beta } => format!("smooth_l1[beta {beta}]"),
-            Op::Kl => "kl".into(),
-            Op::CrossEntropyDiagonal => "cross_entropy[diagonal]".into(),
-            Op::CrossEntropySoft => "cross_entropy[soft]".into(),
+            Op::Loss(kind) => kind.name(),
             Op::Concat { axis } => format!("concat[axis {axis}]"),
             Op::Attention { heads } => format!("attention[heads {heads}]"),
             Op::Detach => "detach".into(),

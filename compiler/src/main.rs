@@ -5,6 +5,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use kdc::codes::Code;
 use kdc::diag::{render_all, RenderOptions};
+use kdc::engine::exec::Profiling;
 use kdc::{compile, explain, format, FsLoader};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -164,273 +165,264 @@ fn read(path: &Path) -> Result<String> {
     std::fs::read_to_string(path).with_context(|| format!("cannot read recipe {}", path.display()))
 }
 
+/// Writes to standard output. A closed pipe (`kdc explain … | head`) ends the output quietly
+/// instead of panicking.
+fn print(text: &str) -> Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other.context("writing to standard output"),
+    }
+}
+
+/// Compiles a recipe and prints its diagnostics (to standard error).
+fn load(name: &str, text: &str) -> kdc::Compiled {
+    let compiled = compile(name, text, &FsLoader);
+    if !compiled.diagnostics.is_empty() {
+        eprint!(
+            "{}",
+            render_all(&compiled.diagnostics, &compiled.sources, render_options())
+        );
+    }
+    compiled
+}
+
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
-        Command::Check { recipes } => {
-            let files = expand(&recipes)?;
-            let mut failed = 0;
-            for path in &files {
-                let text = read(path)?;
-                let compiled = compile(&path.display().to_string(), &text, &FsLoader);
-                if !compiled.diagnostics.is_empty() {
-                    eprint!(
-                        "{}",
-                        render_all(&compiled.diagnostics, &compiled.sources, render_options())
-                    );
-                }
-                if compiled.diagnostics.has_errors() {
-                    failed += 1;
-                }
-            }
-            if failed > 0 {
-                eprintln!(
-                    "{failed} of {} recipe{} failed to check",
-                    files.len(),
-                    if files.len() == 1 { "" } else { "s" }
-                );
-                Ok(ExitCode::from(1))
-            } else {
-                eprintln!(
-                    "checked {} recipe{}: ok",
-                    files.len(),
-                    if files.len() == 1 { "" } else { "s" }
-                );
-                Ok(ExitCode::SUCCESS)
-            }
-        }
-        Command::Fmt { check, recipes } => {
-            let files = expand(&recipes)?;
-            let mut changed = 0;
-            let mut errors = 0;
-            for path in &files {
-                let text = read(path)?;
-                let mut sources = kdc::source::SourceMap::new();
-                let name = path.display().to_string();
-                let file = sources.add(name.clone(), text.clone());
-                match kdc::syntax::parse(file, &text) {
-                    Ok(ast) => {
-                        let formatted = format::format(&ast, &text);
-                        if formatted != text {
-                            changed += 1;
-                            if check {
-                                eprintln!("would reformat {name}");
-                            } else {
-                                std::fs::write(path, formatted)
-                                    .with_context(|| format!("writing {name}"))?;
-                                eprintln!("formatted {name}");
-                            }
-                        }
-                    }
-                    Err(diags) => {
-                        errors += 1;
-                        let mut all = kdc::diag::Diagnostics::default();
-                        diags.into_iter().for_each(|d| all.push(d));
-                        eprint!("{}", render_all(&all, &sources, render_options()));
-                    }
-                }
-            }
-            if errors > 0 || (check && changed > 0) {
-                Ok(ExitCode::from(1))
-            } else {
-                Ok(ExitCode::SUCCESS)
-            }
-        }
-        Command::Explain { target, stage } => {
-            if let Some(code) = Code::parse(&target) {
-                println!("{}: {}\n\n{}", code, code.title(), code.explanation());
-                return Ok(ExitCode::SUCCESS);
-            }
-            if !Path::new(&target).exists() {
-                if let Some(text) = kdc::check::describe_function(&target) {
-                    println!("{text}");
-                    return Ok(ExitCode::SUCCESS);
-                }
-            }
-            if target.to_ascii_uppercase().starts_with("KD") && !Path::new(&target).exists() {
-                bail!(
-                    "there is no diagnostic code {target}; codes run from KD0001 to {}",
-                    Code::ALL.last().unwrap()
-                );
-            }
-            let path = PathBuf::from(&target);
-            let text = read(&path)?;
-            let compiled = compile(&target, &text, &FsLoader);
-            if !compiled.diagnostics.is_empty() {
-                eprint!(
-                    "{}",
-                    render_all(&compiled.diagnostics, &compiled.sources, render_options())
-                );
-            }
-            match stage {
-                ExplainStage::Ast => {
-                    let Some(program) = &compiled.program else {
-                        return Ok(ExitCode::from(1));
-                    };
-                    print!("{}", explain::ast(&program.root().ast, &compiled.sources));
-                    Ok(ExitCode::SUCCESS)
-                }
-                ExplainStage::Ir => match &compiled.recipe {
-                    Some(recipe) => {
-                        print!("{}", explain::ir(recipe));
-                        Ok(ExitCode::SUCCESS)
-                    }
-                    None => Ok(ExitCode::from(1)),
-                },
-                ExplainStage::Graph => {
-                    if compiled.recipe.is_none() {
-                        return Ok(ExitCode::from(1));
-                    }
-                    let Some(recipe) = &compiled.recipe else {
-                        return Ok(ExitCode::from(1));
-                    };
-                    print!("{}", kdc::engine::describe(recipe));
-                    Ok(ExitCode::SUCCESS)
-                }
-            }
-        }
+        Command::Check { recipes } => check(&recipes),
+        Command::Fmt { check, recipes } => fmt(&recipes, check),
+        Command::Explain { target, stage } => explain(&target, stage),
         Command::Run {
             recipe,
             steps,
             log,
             every,
-        } => {
-            let (name, text, base) = match &recipe {
-                Some(path) => (
-                    path.display().to_string(),
-                    read(path)?,
-                    path.parent().map(Path::to_path_buf).unwrap_or_default(),
-                ),
-                None => (
-                    DEFAULT_RECIPE.0.to_string(),
-                    DEFAULT_RECIPE.1.to_string(),
-                    PathBuf::from(DEFAULT_BASE),
-                ),
-            };
-            let compiled = compile(&name, &text, &FsLoader);
-            if !compiled.diagnostics.is_empty() {
-                eprint!(
-                    "{}",
-                    render_all(&compiled.diagnostics, &compiled.sources, render_options())
-                );
-            }
-            let Some(recipe) = compiled.recipe else {
-                return Ok(ExitCode::from(1));
-            };
-            let stem = Path::new(&name)
-                .file_stem()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_else(|| "run".into());
-            let log = log.unwrap_or_else(|| PathBuf::from("runs").join(&stem).join("log.jsonl"));
-            if let Some(dir) = log.parent() {
-                std::fs::create_dir_all(dir)
-                    .with_context(|| format!("creating {}", dir.display()))?;
-            }
-            let options = kdc::engine::train::Options {
-                steps,
-                base,
-                log: Some(log.clone()),
-                random_missing_weights: false,
-            };
-            for (index, stage) in recipe.stages.iter().enumerate() {
-                if !matches!(stage.data.source, kdc::ir::DataSource::Synthetic { .. }) {
-                    eprintln!("note: stage {}: reading {} arrives with the data milestone; training on synthetic batches of the same shapes", stage.name, data_name(&stage.data.source));
-                }
-                let started = std::time::Instant::now();
-                let mut trainer = kdc::engine::train::Trainer::new(&recipe, index, &options)?;
-                let total = steps.unwrap_or(trainer.total_steps);
-                eprintln!(
-                    "stage {} ({} of {}): {} steps, graph of {} operations, compiled in {:.2} s",
-                    stage.name,
-                    index + 1,
-                    recipe.stages.len(),
-                    total,
-                    trainer.graph().nodes.len(),
-                    started.elapsed().as_secs_f64()
-                );
-                trainer.train(Some(total), Some(&log), |entry| {
-                    if entry.step == 1 || entry.step % every.max(1) == 0 || entry.step == total {
-                        let terms: Vec<String> = entry
-                            .terms
-                            .iter()
-                            .map(|(k, v)| format!("{k} {v:.4}"))
-                            .collect();
-                        eprintln!(
-                            "step {:>5}/{total}  loss {:.4}  [{}]  lr {:.2e}  |g| {:.3}  {:.0} ms",
-                            entry.step,
-                            entry.loss,
-                            terms.join(", "),
-                            entry.lr,
-                            entry.grad_norm,
-                            entry.seconds * 1e3
-                        );
-                    }
-                })?;
-            }
-            eprintln!("log: {}", log.display());
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Eval { target } => {
-            bail!("evaluation of {} arrives with real data and checkpoints (after the training engine)", target.display())
-        }
+        } => train(recipe.as_deref(), steps, log, every),
+        Command::Eval { target } => bail!(
+            "evaluation of {} arrives with real data and checkpoints (after the training engine)",
+            target.display()
+        ),
         Command::Bench {
-            recipe: path,
+            recipe,
             steps,
             warmup,
-        } => {
-            let text = read(&path)?;
-            let name = path.display().to_string();
-            let started = std::time::Instant::now();
-            let compiled = compile(&name, &text, &FsLoader);
-            if !compiled.diagnostics.is_empty() {
-                eprint!(
-                    "{}",
-                    render_all(&compiled.diagnostics, &compiled.sources, render_options())
-                );
-            }
-            let Some(recipe) = compiled.recipe else {
-                return Ok(ExitCode::from(1));
-            };
-            let check_seconds = started.elapsed().as_secs_f64();
-            let options = kdc::engine::train::Options {
-                steps: None,
-                base: path.parent().map(Path::to_path_buf).unwrap_or_default(),
-                log: None,
-                random_missing_weights: true,
-            };
-            let mut trainer = kdc::engine::train::Trainer::new(&recipe, 0, &options)?;
-            let compile_seconds = started.elapsed().as_secs_f64();
-            let report = |e: &kdc::engine::train::StepLog| {
-                eprintln!("step {} {:.3} s loss {:.4}", e.step, e.seconds, e.loss)
-            };
-            let mut logs = trainer.train(Some(warmup), None, report)?;
-            // The profile covers the measured steps only (warm-up touches fresh memory).
-            kdc::engine::exec::reset_profile();
-            logs.extend(trainer.train(Some(steps), None, report)?);
-            let mut times: Vec<f64> = logs[warmup as usize..].iter().map(|l| l.seconds).collect();
-            times.sort_by(f64::total_cmp);
-            let half = times.len() / 2;
-            let median = if times.len() % 2 == 0 {
-                (times[half - 1] + times[half]) / 2.0
-            } else {
-                times[half]
-            };
-            let mean = times.iter().sum::<f64>() / times.len() as f64;
-            let peak = peak_rss_mib();
-            let result = serde_json::json!({
-                "impl": "kdc", "recipe": name, "batch": recipe.stages[0].data.batch,
-                "check_s": check_seconds, "compile_s": compile_seconds,
-                "median_step_s": median, "mean_step_s": mean, "peak_rss_mib": peak,
-                "first_loss": logs.first().map(|l| l.loss), "last_loss": logs.last().map(|l| l.loss),
-            });
-            println!("{result}");
-            for (op, seconds, calls) in kdc::engine::exec::profile() {
-                let per_step = seconds / steps as f64;
-                eprintln!(
-                    "{op:<24} {per_step:>9.4} s/step {:>7} calls/step",
-                    calls / steps
-                );
-            }
-            Ok(ExitCode::SUCCESS)
+        } => bench(&recipe, steps, warmup),
+    }
+}
+
+/// `kdc check`: every recipe's diagnostics; exit 1 if any has an error.
+fn check(recipes: &[PathBuf]) -> Result<ExitCode> {
+    let files = expand(recipes)?;
+    let mut failed = 0;
+    for path in &files {
+        let compiled = load(&path.display().to_string(), &read(path)?);
+        if compiled.diagnostics.has_errors() {
+            failed += 1;
         }
     }
+    let plural = if files.len() == 1 { "" } else { "s" };
+    if failed > 0 {
+        eprintln!("{failed} of {} recipe{plural} failed to check", files.len());
+        Ok(ExitCode::from(1))
+    } else {
+        eprintln!("checked {} recipe{plural}: ok", files.len());
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+/// `kdc fmt [--check]`.
+fn fmt(recipes: &[PathBuf], check: bool) -> Result<ExitCode> {
+    let files = expand(recipes)?;
+    let mut changed = 0;
+    let mut errors = 0;
+    for path in &files {
+        let text = read(path)?;
+        let mut sources = kdc::source::SourceMap::new();
+        let name = path.display().to_string();
+        let file = sources.add(name.clone(), text.clone());
+        match kdc::syntax::parse(file, &text) {
+            Ok(ast) => {
+                let formatted = format::format(&ast, &text);
+                if formatted != text {
+                    changed += 1;
+                    if check {
+                        eprintln!("would reformat {name}");
+                    } else {
+                        std::fs::write(path, formatted).with_context(|| format!("writing {name}"))?;
+                        eprintln!("formatted {name}");
+                    }
+                }
+            }
+            Err(diags) => {
+                errors += 1;
+                let mut all = kdc::diag::Diagnostics::default();
+                diags.into_iter().for_each(|d| all.push(d));
+                eprint!("{}", render_all(&all, &sources, render_options()));
+            }
+        }
+    }
+    if errors > 0 || (check && changed > 0) {
+        Ok(ExitCode::from(1))
+    } else {
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+/// `kdc explain`: a diagnostic code, a function, or a recipe at one stage.
+fn explain(target: &str, stage: ExplainStage) -> Result<ExitCode> {
+    if let Some(code) = Code::parse(target) {
+        print(&format!("{}: {}\n\n{}\n", code, code.title(), code.explanation()))?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let is_file = Path::new(target).exists();
+    if !is_file {
+        if let Some(text) = kdc::check::describe_function(target) {
+            print(&format!("{text}\n"))?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        if target.to_ascii_uppercase().starts_with("KD") {
+            bail!(
+                "there is no diagnostic code {target}; codes run from KD0001 to {}",
+                Code::ALL.last().unwrap()
+            );
+        }
+    }
+    let compiled = load(target, &read(Path::new(target))?);
+    let text = match (stage, &compiled.recipe, &compiled.program) {
+        (ExplainStage::Ast, _, Some(program)) => {
+            explain::ast(&program.root().ast, &compiled.sources)
+        }
+        (ExplainStage::Ir, Some(recipe), _) => explain::ir(recipe),
+        (ExplainStage::Graph, Some(recipe), _) => {
+            let backend = kdc::engine::device::open(kdc::engine::device::Device::Cpu)?;
+            let guard = kdc::engine::exec::lock(&backend);
+            explain::graph(recipe, &**guard)
+        }
+        _ => return Ok(ExitCode::from(1)),
+    };
+    print(&text)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `kdc run`: trains every stage of a recipe (default: the shipped demo).
+fn train(recipe: Option<&Path>, steps: Option<u64>, log: Option<PathBuf>, every: u64) -> Result<ExitCode> {
+    let (name, text, base) = match recipe {
+        Some(path) => (
+            path.display().to_string(),
+            read(path)?,
+            path.parent().map(Path::to_path_buf).unwrap_or_default(),
+        ),
+        None => (
+            DEFAULT_RECIPE.0.to_string(),
+            DEFAULT_RECIPE.1.to_string(),
+            PathBuf::from(DEFAULT_BASE),
+        ),
+    };
+    let Some(recipe) = load(&name, &text).recipe else {
+        return Ok(ExitCode::from(1));
+    };
+    let stem = Path::new(&name)
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "run".into());
+    let log = log.unwrap_or_else(|| PathBuf::from("runs").join(&stem).join("log.jsonl"));
+    if let Some(dir) = log.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let options = kdc::engine::train::Options {
+        steps,
+        base,
+        log: Some(log.clone()),
+        random_missing_weights: false,
+    };
+    for (index, stage) in recipe.stages.iter().enumerate() {
+        if !matches!(stage.data.source, kdc::ir::DataSource::Synthetic { .. }) {
+            eprintln!("note: stage {}: reading {} arrives with the data milestone; training on synthetic batches of the same shapes", stage.name, data_name(&stage.data.source));
+        }
+        let started = std::time::Instant::now();
+        let mut trainer = kdc::engine::train::Trainer::new(&recipe, index, &options)?;
+        let total = steps.unwrap_or(trainer.total_steps);
+        eprintln!(
+            "stage {} ({} of {}): {} steps, graph of {} operations, compiled in {:.2} s",
+            stage.name,
+            index + 1,
+            recipe.stages.len(),
+            total,
+            trainer.graph().nodes.len(),
+            started.elapsed().as_secs_f64()
+        );
+        trainer.train(Some(total), Some(&log), |entry| {
+            if entry.step == 1 || entry.step % every.max(1) == 0 || entry.step == total {
+                let terms: Vec<String> = entry
+                    .terms
+                    .iter()
+                    .map(|(k, v)| format!("{k} {v:.4}"))
+                    .collect();
+                eprintln!(
+                    "step {:>5}/{total}  loss {:.4}  [{}]  lr {:.2e}  |g| {:.3}  {:.0} ms",
+                    entry.step,
+                    entry.loss,
+                    terms.join(", "),
+                    entry.lr,
+                    entry.grad_norm,
+                    entry.seconds * 1e3
+                );
+            }
+        })?;
+    }
+    eprintln!("log: {}", log.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `kdc bench`: compile time, median step time and peak memory of the first stage (JSON on
+/// standard output); `KDC_PROFILE=1` (or `=shapes`) adds the time per operation.
+fn bench(path: &Path, steps: u64, warmup: u64) -> Result<ExitCode> {
+    let name = path.display().to_string();
+    let started = std::time::Instant::now();
+    let Some(recipe) = load(&name, &read(path)?).recipe else {
+        return Ok(ExitCode::from(1));
+    };
+    let check_seconds = started.elapsed().as_secs_f64();
+    let options = kdc::engine::train::Options {
+        steps: None,
+        base: path.parent().map(Path::to_path_buf).unwrap_or_default(),
+        log: None,
+        random_missing_weights: true,
+    };
+    let mut trainer = kdc::engine::train::Trainer::new(&recipe, 0, &options)?;
+    let compile_seconds = started.elapsed().as_secs_f64();
+    let report = |e: &kdc::engine::train::StepLog| {
+        eprintln!("step {} {:.3} s loss {:.4}", e.step, e.seconds, e.loss)
+    };
+    let mut logs = trainer.train(Some(warmup), None, report)?;
+    // The profile covers the measured steps only (warm-up touches fresh memory).
+    let profiling = match std::env::var("KDC_PROFILE").as_deref() {
+        Ok("shapes") => Profiling::ByShape,
+        Ok(_) => Profiling::ByKind,
+        Err(_) => Profiling::Off,
+    };
+    trainer.executable().set_profiling(profiling);
+    logs.extend(trainer.train(Some(steps), None, report)?);
+    let mut times: Vec<f64> = logs[warmup as usize..].iter().map(|l| l.seconds).collect();
+    times.sort_by(f64::total_cmp);
+    let half = times.len() / 2;
+    let median = if times.len() % 2 == 0 {
+        (times[half - 1] + times[half]) / 2.0
+    } else {
+        times[half]
+    };
+    let mean = times.iter().sum::<f64>() / times.len() as f64;
+    let result = serde_json::json!({
+        "impl": "kdc", "recipe": name, "batch": recipe.stages[0].data.batch,
+        "check_s": check_seconds, "compile_s": compile_seconds,
+        "median_step_s": median, "mean_step_s": mean, "peak_rss_mib": peak_rss_mib(),
+        "first_loss": logs.first().map(|l| l.loss), "last_loss": logs.last().map(|l| l.loss),
+    });
+    print(&format!("{result}\n"))?;
+    for (op, seconds, calls) in trainer.executable().profile() {
+        let per_step = seconds / steps as f64;
+        eprintln!("{op:<24} {per_step:>9.4} s/step {:>7} calls/step", calls / steps);
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -5,7 +5,7 @@
 
 use kdc::engine::autodiff::backward;
 use kdc::engine::exec::Executable;
-use kdc::engine::graph::{Binary, Graph, Id, Op, Reduce, Unary};
+use kdc::engine::graph::{Binary, Graph, Id, LossKind, Op, Reduce, Unary, F32};
 use kdc::engine::rng::Rng;
 
 /// Builds `f` on parameters of the given shapes, reduces its output with a fixed random
@@ -50,17 +50,13 @@ fn check(name: &str, shapes: &[Vec<usize>], positive: bool, f: impl Fn(&mut Grap
     let r_values: Vec<f32> = (0..r_len).map(|_| r_rng.normal() as f32).collect();
     let mut outputs = vec![loss];
     outputs.extend(grads.iter().map(|g| g.1));
-    let mut exec = Executable::new(&g, &outputs);
+    let mut exec = Executable::from_graph(g, &outputs);
     let evaluate = |exec: &mut Executable, values: &[Vec<f32>]| -> Vec<Vec<f32>> {
         for (i, v) in values.iter().enumerate() {
-            exec.set_param(i, v.clone());
+            exec.set_param(i, v);
         }
-        exec.set_param(r_index, r_values.clone());
-        let out = exec.run();
-        for i in 0..=values.len() {
-            exec.take_param(i);
-        }
-        out
+        exec.set_param(r_index, &r_values);
+        exec.run()
     };
     let analytic = evaluate(&mut exec, &values);
     let eps = 1e-2f32;
@@ -190,7 +186,7 @@ fn movement() {
     check("gather rows", &[vec![2, 5, 3]], false, |g, x| {
         let index = g.param("index", vec![2, 2], false);
         let _ = index;
-        let idx = g.add(Op::Fill(1.0), vec![], vec![2, 2]);
+        let idx = g.add(Op::Fill(F32(1.0)), vec![], vec![2, 2]);
         g.gather_rows(x[0], idx)
     });
 }
@@ -229,7 +225,7 @@ fn reductions_and_normalisations() {
 #[test]
 fn embedding_lookup() {
     check("embedding", &[vec![6, 3]], false, |g, x| {
-        let ids = g.add(Op::Fill(2.0), vec![], vec![2, 3]);
+        let ids = g.add(Op::Fill(F32(2.0)), vec![], vec![2, 3]);
         g.embedding(x[0], ids)
     });
 }
@@ -237,21 +233,21 @@ fn embedding_lookup() {
 #[test]
 fn losses() {
     check("mse", &[vec![3, 4], vec![3, 4]], false, |g, x| {
-        g.loss(Op::Mse, vec![x[0], x[1]])
+        g.loss(LossKind::Mse, vec![x[0], x[1]])
     });
     check("l1", &[vec![3, 4], vec![3, 4]], false, |g, x| {
-        g.loss(Op::L1, vec![x[0], x[1]])
+        g.loss(LossKind::L1, vec![x[0], x[1]])
     });
     check("smooth_l1", &[vec![3, 4], vec![3, 4]], false, |g, x| {
-        g.loss(Op::SmoothL1 { beta: 0.7 }, vec![x[0], x[1]])
+        g.loss(LossKind::SmoothL1 { beta: F32(0.7) }, vec![x[0], x[1]])
     });
     check("kl", &[vec![3, 4], vec![3, 4]], false, |g, x| {
         let p = g.log_softmax(x[0], 1);
         let q = g.log_softmax(x[1], 1);
-        g.loss(Op::Kl, vec![p, q])
+        g.loss(LossKind::Kl, vec![p, q])
     });
     check("cross_entropy diagonal", &[vec![4, 4]], false, |g, x| {
-        g.loss(Op::CrossEntropyDiagonal, vec![x[0]])
+        g.loss(LossKind::CrossEntropyDiagonal, vec![x[0]])
     });
     check(
         "cross_entropy soft",
@@ -259,7 +255,7 @@ fn losses() {
         false,
         |g, x| {
             let t = g.softmax(x[1], 1);
-            g.loss(Op::CrossEntropySoft, vec![x[0], t])
+            g.loss(LossKind::CrossEntropySoft, vec![x[0], t])
         },
     );
 }

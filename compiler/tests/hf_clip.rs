@@ -4,7 +4,7 @@
 
 use kdc::engine::clip::{self, ModelParams, TextInputs};
 use kdc::engine::exec::Executable;
-use kdc::engine::graph::Graph;
+use kdc::engine::graph::{Graph, InputKind};
 use kdc::engine::weights;
 use std::path::{Path, PathBuf};
 
@@ -46,9 +46,10 @@ fn towers_match_hugging_face() {
 
     let mut g = Graph::default();
     let params = ModelParams::new(&mut g, &spec, |_| false);
-    let pixels = g.input("pixels", vec![b, 3, 32, 32]);
-    let ids = g.input("ids", vec![b, l]);
-    let eot = g.input("eot", vec![b, 1]);
+    let owner = || spec.name.clone();
+    let pixels = g.input(InputKind::Pixels { model: owner() }, vec![b, 3, 32, 32]);
+    let ids = g.input(InputKind::Ids { model: owner() }, vec![b, l]);
+    let eot = g.input(InputKind::Eot { model: owner() }, vec![b, 1]);
     let vision = clip::vision(&mut g, &spec, &params, pixels, None);
     let text = clip::text(
         &mut g,
@@ -75,18 +76,27 @@ fn towers_match_hugging_face() {
     checks.push(("text_embeds_unnormalized".into(), text.embed));
     checks.push(("logit_scale_exp".into(), scale));
     let outputs: Vec<usize> = checks.iter().map(|c| c.1).collect();
-    let mut exec = Executable::new(&g, &outputs);
+    let mut values = Vec::new();
     for (name, &id) in &params.by_name {
         let kdc::engine::graph::Op::Param(p) = g.nodes[id].op else {
             unreachable!()
         };
-        let values = weights::find(&model, name, &g.params[p].shape)
+        let found = weights::find(&model, name, &g.params[p].shape)
             .unwrap_or_else(|| panic!("fixture lacks {name}"));
-        exec.set_param(p, values);
+        values.push((p, found));
     }
-    exec.set_input("pixels", io["pixel_values"].1.clone());
-    exec.set_input("ids", io["input_ids"].1.clone());
-    exec.set_input("eot", io["eot_positions"].1.clone());
+    let mut exec = Executable::from_graph(g, &outputs);
+    for (p, v) in &values {
+        exec.set_param(*p, v);
+    }
+    for (kind, fixture) in [
+        (InputKind::Pixels { model: owner() }, "pixel_values"),
+        (InputKind::Ids { model: owner() }, "input_ids"),
+        (InputKind::Eot { model: owner() }, "eot_positions"),
+    ] {
+        let index = exec.input_index(&kind).unwrap();
+        exec.set_input(index, &io[fixture].1);
+    }
     let results = exec.run();
     let mut worst = 0.0f32;
     for ((name, _), got) in checks.iter().zip(&results) {

@@ -10,8 +10,11 @@
 //! Two tests prove the comparison can fail: a 1e-4 relative error in any value or any gradient
 //! tensor is rejected, and so is each of several plausible slips in a formula.
 
-use kdc::engine::exec::Executable;
-use kdc::engine::lower::lower_with;
+use kdc::engine::compile;
+use kdc::engine::device;
+use kdc::engine::exec::{self, Executable};
+use kdc::engine::graph::InputKind;
+use kdc::engine::lower::{Output, Target};
 use kdc::engine::weights::read_safetensors;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -270,10 +273,14 @@ fn evaluate(case: &Case, inputs: &Tensors) -> Evaluation {
         .iter()
         .map(|(t, _)| t.trim_start_matches("tap:").to_string())
         .collect();
-    let step = lower_with(&recipe, 0, 6, &taps);
-    let mut outputs = vec![step.loss];
-    outputs.extend(step.grads.iter().map(|g| g.1));
-    let mut exec = Executable::new(&step.graph, &outputs);
+    let options = compile::Options {
+        batch: Some(6),
+        target: Target::Train,
+        tap_params: taps,
+    };
+    let backend = device::cpu();
+    let compiled = compile::compile(&recipe, 0, &options, &**exec::lock(&backend));
+    let mut exec = Executable::new(compiled, backend).unwrap();
     let fixture_name = |kdc_name: &str| -> Option<&'static str> {
         TAPS.iter()
             .chain(case.params)
@@ -284,7 +291,8 @@ fn evaluate(case: &Case, inputs: &Tensors) -> Evaluation {
                 _ => None,
             })
     };
-    for (i, p) in step.graph.params.iter().enumerate() {
+    let params = exec.compiled().graph.params.clone();
+    for (i, p) in params.iter().enumerate() {
         let values = match (fixture_name(&p.name), p.name.as_str()) {
             (Some(f), _) => inputs[f].1.clone(),
             (None, "student/logit_scale") => vec![50f32.ln()],
@@ -306,30 +314,28 @@ fn evaluate(case: &Case, inputs: &Tensors) -> Evaluation {
             case.loss,
             p.name
         );
-        exec.set_param(i, values);
+        exec.set_param(i, &values);
     }
-    for name in &step.weight_inputs {
-        let label = name.trim_start_matches("weight:");
-        let weight = recipe.stages[0]
-            .terms
-            .iter()
-            .find(|t| t.label == label)
-            .unwrap()
-            .weight
-            .at(0, 1);
-        exec.set_input(name, vec![weight as f32]);
+    for term in &recipe.stages[0].terms {
+        let kind = InputKind::Weight {
+            term: term.label.clone(),
+        };
+        let index = exec.input_index(&kind).unwrap();
+        exec.set_input(index, &[term.weight.at(0, 1) as f32]);
     }
-    let results = exec.run();
-    let grads = step
-        .grads
-        .iter()
-        .zip(&results[1..])
-        .filter_map(|((p, _), g)| {
-            fixture_name(&step.graph.params[*p].name).map(|f| (f.to_string(), g.clone()))
+    exec.execute();
+    let grads = exec
+        .compiled()
+        .grads()
+        .into_iter()
+        .filter_map(|(p, _)| {
+            let name = params[p].name.clone();
+            let fixture = fixture_name(&name)?;
+            Some((fixture.to_string(), exec.output(&Output::Grad(name))))
         })
         .collect();
     Evaluation {
-        value: results[0][0],
+        value: exec.output(&Output::Loss)[0],
         grads,
     }
 }

@@ -30,6 +30,7 @@
 
 #![warn(missing_docs)]
 
+mod backend;
 mod binary;
 mod layer_norm;
 mod loss;
@@ -49,6 +50,7 @@ use std::fmt::Debug;
 
 use num_traits::Float;
 
+pub use backend::CpuBackend;
 pub use binary::{
     add, binary, binary_backward, broadcast_shape, broadcast_to, div, mul, sub, sum_to, BinaryOp,
 };

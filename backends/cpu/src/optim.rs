@@ -6,7 +6,7 @@ use crate::util::{ordered_sum, simd, FLAT_CHUNK, PAR_MIN_WORK};
 use crate::Real;
 
 /// The `1e-6` PyTorch adds to the total norm in `clip_grad_norm_`.
-pub const CLIP_GRAD_NORM_EPS: f64 = 1e-6;
+pub const CLIP_GRAD_NORM_EPS: f64 = kdc_backend::backend::CLIP_GRAD_NORM_EPS;
 
 /// One AdamW step in place, exactly as PyTorch's `torch.optim.AdamW` (single-tensor path,
 /// `amsgrad=False`, `maximize=False`). For every element, with `t = step` (the count *after*

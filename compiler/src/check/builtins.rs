@@ -7,7 +7,8 @@ use super::{Checker, Ctx, Env};
 use crate::codes::Code;
 use crate::diag::Diagnostic;
 use crate::fmt_num;
-use crate::ir::{self, DataSource, DataSpec, EvalSpec, Init, NodeId, Op, ParamSpec, Schedule};
+use crate::ir::{self, DataSource, DataSpec, EvalSpec, Init, LossKind, NodeId, Op, ParamSpec, Schedule};
+use kdc_backend::op::F32;
 use crate::model::{
     self, Activation, LogitScaleSpec, ModelSpec, ParamClass, PreprocessSpec, TextKind, TextSpec,
     TokenizerSpec, VisionSpec,
@@ -2252,8 +2253,8 @@ impl<'p> Checker<'p> {
                     return Value::Error;
                 }
                 let op = match name {
-                    "mse" => Op::Mse,
-                    "l1" => Op::L1,
+                    "mse" => Op::Loss(LossKind::Mse),
+                    "l1" => Op::Loss(LossKind::L1),
                     "kl" => {
                         if sa.is_scalar() {
                             self.bad(
@@ -2268,7 +2269,7 @@ impl<'p> Checker<'p> {
                             );
                             return Value::Error;
                         }
-                        Op::Kl
+                        Op::Loss(LossKind::Kl)
                     }
                     _ => {
                         let beta = if b.has("beta") {
@@ -2279,7 +2280,9 @@ impl<'p> Checker<'p> {
                         let Some(beta) = beta else {
                             return Value::Error;
                         };
-                        Op::SmoothL1 { beta }
+                        Op::Loss(LossKind::SmoothL1 {
+                            beta: F32(beta as f32),
+                        })
                     }
                 };
                 self.node(ctx, op, vec![a, c], Shape::scalar(), span)
@@ -2316,7 +2319,7 @@ impl<'p> Checker<'p> {
                         }
                         self.node(
                             ctx,
-                            Op::CrossEntropyDiagonal,
+                            Op::Loss(LossKind::CrossEntropyDiagonal),
                             vec![logits],
                             Shape::scalar(),
                             span,
@@ -2337,7 +2340,7 @@ impl<'p> Checker<'p> {
                         }
                         self.node(
                             ctx,
-                            Op::CrossEntropySoft,
+                            Op::Loss(LossKind::CrossEntropySoft),
                             vec![logits, t],
                             Shape::scalar(),
                             span,

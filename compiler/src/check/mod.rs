@@ -117,7 +117,7 @@ struct Ctx {
     params: Vec<ParamSpec>,
     param_keys: HashMap<String, ir::ParamId>,
     /// Hash-consing of pure nodes: identical operations on identical inputs are one node.
-    node_keys: HashMap<String, NodeId>,
+    node_keys: HashMap<(Op, Vec<NodeId>), NodeId>,
     memo: HashMap<BindingKey, Value>,
     evaluating: Vec<(BindingKey, Span)>,
     /// User functions being evaluated, outermost first: (module, name, call span).
@@ -2069,7 +2069,7 @@ impl<'p> Checker<'p> {
         span: Span,
     ) -> NodeId {
         let pure = !matches!(op, Op::Param(_));
-        let key = format!("{op:?}|{inputs:?}");
+        let key = (op.clone(), inputs.clone());
         if pure {
             if let Some(&n) = ctx.node_keys.get(&key) {
                 return n;

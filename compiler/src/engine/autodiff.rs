@@ -189,12 +189,7 @@ pub fn backward(graph: &mut Graph, loss: Id) -> Vec<(usize, Id)> {
                     ),
                 ));
             }
-            Op::Mse
-            | Op::L1
-            | Op::SmoothL1 { .. }
-            | Op::Kl
-            | Op::CrossEntropyDiagonal
-            | Op::CrossEntropySoft => {
+            Op::Loss(kind) => {
                 for (which, &input) in node.inputs.iter().enumerate() {
                     if graph.nodes[input].grad {
                         let mut inputs = node.inputs.clone();
@@ -203,10 +198,7 @@ pub fn backward(graph: &mut Graph, loss: Id) -> Vec<(usize, Id)> {
                         contributions.push((
                             input,
                             graph.add(
-                                Op::LossBackward {
-                                    loss: Box::new(node.op.clone()),
-                                    which,
-                                },
+                                Op::LossBackward { loss: *kind, which },
                                 inputs,
                                 s,
                             ),
@@ -214,7 +206,7 @@ pub fn backward(graph: &mut Graph, loss: Id) -> Vec<(usize, Id)> {
                     }
                 }
             }
-            Op::Detach | Op::Input(_) | Op::Fill(_) | Op::Eye | Op::CausalMask | Op::Scalar(_) => {}
+            Op::Detach | Op::Input(_) | Op::Fill(_) | Op::Eye | Op::CausalMask => {}
             other => {
                 panic!("{other:?} is a backward or fused operation, made after differentiation")
             }

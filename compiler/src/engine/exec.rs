@@ -1,59 +1,55 @@
-//! Running an engine graph: every node becomes a node of a luminal 0.2.0 `Graph` (kept boxed:
-//! its tensors hold a pointer to it) whose operator is kdc's own, calling the CPU backend's
-//! kernel for that operation. luminal's own CPU compiler is not used.
+//! Running a compiled graph on a backend. Every operation becomes a node of a luminal 0.2.0
+//! `Graph` (kept boxed: its tensors hold a pointer to it) whose operator is kdc's own and
+//! launches the operation on the backend; luminal's own CPU compiler is not used.
 //!
-//! Memory follows the compile-time plan (`plan.rs`): one arena, allocated when the executable
-//! is built, holds every intermediate value at a fixed offset, so a step allocates nothing.
-//! luminal runs the nodes (in the planned order, which schedule edges between consecutive
-//! kernels pin down) and passes between them only empty handles; a kernel reads its inputs and
-//! writes its output at the planned offsets. Parameters and batch inputs stay luminal tensors
-//! that the runner moves in and out.
+//! Memory follows the compile-time plan: one arena, allocated on the backend when the
+//! executable is built, holds every intermediate value at a fixed offset, so a step allocates
+//! nothing. Every parameter and every per-step input has a backend buffer of its own, which
+//! the runner fills through [`Executable::set_param`] and [`Executable::set_input`]; outputs
+//! are read by name. luminal runs the operations in the planned order (schedule edges between
+//! consecutive operations pin it down) and passes between them only empty handles.
 
-use super::graph::{numel, Graph, Id, Op};
-use super::kernels;
-use super::passes::{self, PassReport};
-use super::plan::{self, MemoryPlan, Place};
-use luminal::op::InputTensor;
-use luminal::op::Operator;
+use super::compile::Compiled;
+use super::graph::{numel, Graph, Id, InputKind, Op};
+use super::lower::Output;
+use super::plan::Place;
+use kdc_backend::{Backend, BackendError, BufferId, Launch, View};
+use luminal::op::{InputTensor, Operator};
 use luminal::prelude::{Data, Graph as LGraph, NodeIndex, ShapeTracker, Tensor};
-use std::cell::UnsafeCell;
-use std::collections::HashMap;
-use std::ops::Range;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
-/// The memory every intermediate value of a step lives in.
-struct Arena {
-    data: UnsafeCell<Vec<f32>>,
+/// A backend shared by the executables and the trainer that use it.
+pub type SharedBackend = Arc<Mutex<Box<dyn Backend>>>;
+
+/// Locks a shared backend (a panic in another holder does not poison it for good: the engine
+/// never leaves a backend half-updated across a panic it recovers from).
+pub fn lock(backend: &SharedBackend) -> MutexGuard<'_, Box<dyn Backend>> {
+    backend.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// How kernels are timed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Profiling {
+    Off,
+    /// Seconds and calls per kind of operation (`MatMul`, `Softmax`).
+    ByKind,
+    /// Per operation and shapes.
+    ByShape,
+}
+
+/// What the kernels of one executable share.
+struct Shared {
+    backend: SharedBackend,
     /// Position (in the planned order) of the next kernel to run: a run-time check that luminal
     /// follows the plan's order, on which the plan's reuse of memory depends.
     next: AtomicUsize,
+    profiling: AtomicU8,
+    profile: Mutex<BTreeMap<String, (f64, u64)>>,
 }
 
-// SAFETY: kernels run one at a time (luminal executes nodes sequentially; a kernel's own
-// threads only write its output range), and the plan guarantees that the range a kernel writes
-// (output, scratch) overlaps no range that is read while it runs (its inputs, alive values).
-unsafe impl Sync for Arena {}
-unsafe impl Send for Arena {}
-
-impl Arena {
-    /// # Safety
-    /// No `&mut` to an overlapping range may be alive.
-    unsafe fn slice(&self, r: Range<usize>) -> &[f32] {
-        let v = &*self.data.get();
-        std::slice::from_raw_parts(v.as_ptr().add(r.start), r.len())
-    }
-
-    /// # Safety
-    /// No other reference to an overlapping range may be alive.
-    #[allow(clippy::mut_from_ref)]
-    unsafe fn slice_mut(&self, r: Range<usize>) -> &mut [f32] {
-        let v = &mut *self.data.get();
-        std::slice::from_raw_parts_mut(v.as_mut_ptr().add(r.start), r.len())
-    }
-}
-
-/// What flows along luminal's edges between kernels: nothing (the data is in the arena).
+/// What flows along luminal's edges between kernels: nothing (the data is on the backend).
 #[derive(Clone, Debug)]
 struct Handle;
 
@@ -66,21 +62,20 @@ impl Data for Handle {
     }
 }
 
-/// kdc's operator inside luminal: the engine operation with its static shapes and planned
-/// memory. `node` makes every operator distinct, so luminal's common-subexpression pass (which
-/// compares operators for equality) can never merge two of them.
+/// kdc's operator inside luminal: one operation with its static shapes and planned memory.
+/// `node` makes every operator distinct, so luminal's common-subexpression pass (which compares
+/// operators for equality) can never merge two of them.
 struct Kernel {
     node: Id,
     position: usize,
     op: Op,
     input_shapes: Vec<Vec<usize>>,
     shape: Vec<usize>,
-    /// Per input: its arena range, or None for a source (read from luminal's tensor).
-    inputs: Vec<Option<Range<usize>>>,
-    /// The output's range; None when it is the input's memory (a reshape).
-    output: Option<Range<usize>>,
-    scratch: Range<usize>,
-    arena: Arc<Arena>,
+    inputs: Vec<View>,
+    /// The output's view; None when it is the input's memory (a reshape): nothing to run.
+    output: Option<View>,
+    scratch: View,
+    shared: Arc<Shared>,
 }
 
 impl std::fmt::Debug for Kernel {
@@ -96,42 +91,34 @@ impl PartialEq for Kernel {
 }
 
 impl Operator for Kernel {
-    fn process(&mut self, inputs: Vec<(InputTensor, ShapeTracker)>) -> Vec<Tensor> {
-        let expected = self.arena.next.fetch_add(1, Ordering::Relaxed);
+    fn process(&mut self, _: Vec<(InputTensor, ShapeTracker)>) -> Vec<Tensor> {
+        let expected = self.shared.next.fetch_add(1, Ordering::Relaxed);
         assert_eq!(
             expected, self.position,
             "kdc runtime: luminal ran %{} out of the planned order",
             self.node
         );
-        let Some(output) = self.output.clone() else {
+        let Some(output) = self.output else {
             return vec![Tensor::new(Handle)];
         };
-        let started = profiling().then(std::time::Instant::now);
-        // SAFETY: the plan gives the output and scratch ranges memory that no input and no
-        // other live value uses at this position of the order (checked by `MemoryPlan::check`
-        // in tests), and the order is enforced above.
-        unsafe {
-            let slices: Vec<&[f32]> = inputs
-                .iter()
-                .zip(&self.inputs)
-                .map(|((t, _), place)| match place {
-                    Some(r) => self.arena.slice(r.clone()),
-                    None => data(t.borrowed()),
-                })
-                .collect();
-            let out = self.arena.slice_mut(output);
-            let scratch = self.arena.slice_mut(self.scratch.clone());
-            kernels::run(
-                &self.op,
-                &slices,
-                &self.input_shapes,
-                &self.shape,
-                out,
-                scratch,
-            );
+        let profiling = self.shared.profiling.load(Ordering::Relaxed);
+        let started = (profiling != 0).then(std::time::Instant::now);
+        {
+            let mut backend = lock(&self.shared.backend);
+            backend.launch(&Launch {
+                op: &self.op,
+                inputs: &self.inputs,
+                input_shapes: &self.input_shapes,
+                output,
+                shape: &self.shape,
+                scratch: self.scratch,
+            });
+            if started.is_some() {
+                backend.synchronize();
+            }
         }
         if let Some(started) = started {
-            let name = if profiling_shapes() {
+            let name = if profiling == 2 {
                 format!(
                     "{} {:?} {:?} -> {:?}",
                     self.op.kind(),
@@ -140,9 +127,9 @@ impl Operator for Kernel {
                     self.shape
                 )
             } else {
-                self.op.kind()
+                self.op.kind().to_string()
             };
-            let mut times = PROFILE.lock().unwrap();
+            let mut times = self.shared.profile.lock().unwrap_or_else(|e| e.into_inner());
             let entry = times.entry(name).or_insert((0.0, 0));
             entry.0 += started.elapsed().as_secs_f64();
             entry.1 += 1;
@@ -151,275 +138,245 @@ impl Operator for Kernel {
     }
 }
 
-static PROFILE: std::sync::Mutex<std::collections::BTreeMap<String, (f64, u64)>> =
-    std::sync::Mutex::new(std::collections::BTreeMap::new());
-
-/// Whether kernels are timed (`KDC_PROFILE=1`).
-pub fn profiling() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var_os("KDC_PROFILE").is_some())
-}
-
-/// Forgets the times measured so far.
-pub fn reset_profile() {
-    PROFILE.lock().unwrap().clear();
-}
-
-/// Whether the profile tells operations apart by their shapes (`KDC_PROFILE=shapes`).
-fn profiling_shapes() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("KDC_PROFILE").is_ok_and(|v| v == "shapes"))
-}
-
-/// Seconds and calls per kind of operation since the start, slowest first.
-pub fn profile() -> Vec<(String, f64, u64)> {
-    let mut v: Vec<(String, f64, u64)> = PROFILE
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|(k, (t, n))| (k.clone(), *t, *n))
-        .collect();
-    v.sort_by(|a, b| b.1.total_cmp(&a.1));
-    v
-}
-
-/// A value the runner sets before each execution (a parameter, a batch input, a scalar).
-#[derive(Debug, PartialEq)]
-struct Source {
-    name: String,
-}
-
-impl Operator for Source {
-    fn process(&mut self, _: Vec<(InputTensor, ShapeTracker)>) -> Vec<Tensor> {
-        panic!("kdc runtime: no value was set for {}", self.name)
-    }
-}
-
-fn data(t: &Tensor) -> &[f32] {
-    t.data
-        .as_any()
-        .downcast_ref::<Vec<f32>>()
-        .expect("kdc source tensors hold Vec<f32>")
-}
-
-/// A compiled graph ready to execute repeatedly.
+/// A compiled graph on a backend, ready to run repeatedly.
 pub struct Executable {
+    compiled: Compiled,
+    shared: Arc<Shared>,
     graph: Box<LGraph>,
-    nodes: Vec<Option<NodeIndex>>,
-    /// Parameter index → its source node.
-    params: Vec<Option<NodeIndex>>,
-    inputs: HashMap<String, NodeIndex>,
-    outputs: Vec<Id>,
-    shapes: Vec<Vec<usize>>,
-    plan: MemoryPlan,
-    reports: Vec<PassReport>,
-    arena: Arc<Arena>,
-}
-
-/// The graph as it runs: `g` after the passes, with its memory plan.
-pub fn prepare(g: &Graph, outputs: &[Id]) -> (Graph, Vec<PassReport>, MemoryPlan) {
-    let mut g = g.clone();
-    let reports = passes::optimize(&mut g, outputs);
-    let plan = plan::plan(&g, outputs, |i| {
-        kernels::scratch_len(&g.nodes[i].op, &g.input_shapes(i))
-    });
-    #[cfg(debug_assertions)]
-    if plan.order.len() <= 4000 {
-        if let Err(conflict) = plan.check(&g, outputs) {
-            panic!("kdc memory plan: {conflict}");
-        }
-    }
-    (g, reports, plan)
+    arena: BufferId,
+    /// Per parameter: its buffer (every parameter has one, used by this graph or not).
+    params: Vec<View>,
+    /// Per input: its buffer.
+    inputs: Vec<View>,
+    /// Per node: where its value is (None: not computed).
+    views: Vec<Option<View>>,
 }
 
 impl Executable {
-    /// Optimises a copy of `g` (passes.rs), plans its memory, and builds the luminal graph of
-    /// the nodes that `outputs` need.
-    pub fn new(g: &Graph, outputs: &[Id]) -> Executable {
-        let (g, reports, plan) = prepare(g, outputs);
-        let g = &g;
-        let arena = Arc::new(Arena {
-            data: UnsafeCell::new(Vec::new()),
-            next: AtomicUsize::new(0),
-        });
-        let range = |i: Id| match plan.place[i] {
-            Place::Arena(o) => Some(o..o + numel(&g.nodes[i].shape)),
-            _ => None,
+    /// Allocates the graph's memory on `backend` (the arena, a buffer per parameter and per
+    /// input, all zeroed) and builds the luminal graph of its operations.
+    pub fn new(compiled: Compiled, backend: SharedBackend) -> Result<Executable, BackendError> {
+        let g = &compiled.graph;
+        let plan = &compiled.plan;
+        let (arena, params, inputs) = {
+            let mut b = lock(&backend);
+            let arena = b.alloc(plan.arena_len)?;
+            let mut params = Vec::with_capacity(g.params.len());
+            for p in &g.params {
+                let len = numel(&p.shape);
+                params.push(View::whole(b.alloc(len)?, len));
+            }
+            let mut inputs = Vec::with_capacity(g.inputs.len());
+            for input in &g.inputs {
+                let len = numel(&input.shape);
+                inputs.push(View::whole(b.alloc(len)?, len));
+            }
+            (arena, params, inputs)
         };
+        let views: Vec<Option<View>> = g
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, node)| match (&node.op, plan.place[i]) {
+                (_, Place::Dead) => None,
+                (Op::Param(p), _) => Some(params[*p]),
+                (Op::Input(k), _) => Some(inputs[*k]),
+                (_, Place::Arena(offset)) => Some(View {
+                    buffer: arena,
+                    offset,
+                    len: numel(&node.shape),
+                }),
+                (_, Place::Source) => unreachable!("only parameters and inputs are sources"),
+            })
+            .collect();
+        let shared = Arc::new(Shared {
+            backend,
+            next: AtomicUsize::new(0),
+            profiling: AtomicU8::new(0),
+            profile: Mutex::new(BTreeMap::new()),
+        });
         let mut graph = Box::new(LGraph::new());
-        let mut nodes = vec![None; g.nodes.len()];
-        let mut params = vec![None; g.params.len()];
-        let mut inputs = HashMap::new();
+        let mut nodes: Vec<Option<NodeIndex>> = vec![None; g.nodes.len()];
         let mut previous: Option<NodeIndex> = None;
-        let mut position = 0;
-        for (i, node) in g.nodes.iter().enumerate() {
-            let index = match (&node.op, plan.place[i]) {
-                (_, Place::Dead) => continue,
-                (Op::Param(p), _) => {
-                    let index = graph
-                        .add_op(Source {
-                            name: g.params[*p].name.clone(),
-                        })
-                        .finish();
-                    params[*p] = Some(index);
-                    index
-                }
-                (Op::Input(name) | Op::Scalar(name), _) => {
-                    let index = graph.add_op(Source { name: name.clone() }).finish();
-                    inputs.insert(name.clone(), index);
-                    index
-                }
-                (op, _) => {
-                    debug_assert_eq!(plan.order[position], i);
-                    let alias = matches!(op, Op::Reshape | Op::Detach)
-                        && plan.place[i] == plan.place[node.inputs[0]];
-                    let kernel = Kernel {
-                        node: i,
-                        position,
-                        op: op.clone(),
-                        input_shapes: g.input_shapes(i),
-                        shape: node.shape.clone(),
-                        inputs: node.inputs.iter().map(|&n| range(n)).collect(),
-                        output: if alias { None } else { range(i) },
-                        scratch: plan.scratch[i].clone(),
-                        arena: arena.clone(),
-                    };
-                    position += 1;
-                    let mut new = graph.add_op(kernel);
-                    for &source in &node.inputs {
-                        new = new.input(
-                            nodes[source].expect("inputs come first"),
-                            0,
-                            ShapeTracker::new(&[]),
-                        );
-                    }
-                    let index = new.finish();
-                    if let Some(p) = previous {
-                        graph.add_schedule_dependency(p, index);
-                    }
-                    previous = Some(index);
-                    index
-                }
+        for (position, &i) in plan.order.iter().enumerate() {
+            let node = &g.nodes[i];
+            let alias = node.op.is_view() && plan.place[i] == plan.place[node.inputs[0]];
+            let scratch = plan.scratch[i].clone();
+            let kernel = Kernel {
+                node: i,
+                position,
+                op: node.op.clone(),
+                input_shapes: g.input_shapes(i),
+                shape: node.shape.clone(),
+                inputs: node
+                    .inputs
+                    .iter()
+                    .map(|&n| views[n].expect("inputs of a computed node are computed"))
+                    .collect(),
+                output: if alias { None } else { views[i] },
+                scratch: View {
+                    buffer: arena,
+                    offset: scratch.start,
+                    len: scratch.len(),
+                },
+                shared: shared.clone(),
             };
+            let mut new = graph.add_op(kernel);
+            for &source in &node.inputs {
+                if let Some(index) = nodes[source] {
+                    new = new.input(index, 0, ShapeTracker::new(&[]));
+                }
+            }
+            let index = new.finish();
+            if let Some(p) = previous {
+                graph.add_schedule_dependency(p, index);
+            }
+            previous = Some(index);
             nodes[i] = Some(index);
         }
-        let kept: Vec<NodeIndex> = params.iter().flatten().copied().collect();
-        graph.keep_tensors(kept);
-        Executable {
+        Ok(Executable {
+            compiled,
+            shared,
             graph,
-            nodes,
+            arena,
             params,
             inputs,
-            outputs: outputs.to_vec(),
-            shapes: g.nodes.iter().map(|n| n.shape.clone()).collect(),
-            plan,
-            reports,
-            arena,
-        }
+            views,
+        })
     }
 
-    /// What the graph passes did.
-    pub fn reports(&self) -> &[PassReport] {
-        &self.reports
+    /// A graph built by hand (tests, tools) compiled for the CPU, its outputs named
+    /// `Output::Tensor("%<node>")` in the order given.
+    pub fn from_graph(g: Graph, outputs: &[Id]) -> Executable {
+        let backend = super::device::cpu();
+        let named = outputs
+            .iter()
+            .map(|&id| (Output::Tensor(format!("%{id}")), id))
+            .collect();
+        let compiled = {
+            let b = lock(&backend);
+            super::compile::compile_graph(g, named, usize::MAX, &**b)
+        };
+        Executable::new(compiled, backend).expect("the CPU can hold a test graph")
     }
 
-    /// The memory plan this executable runs with.
-    pub fn plan(&self) -> &MemoryPlan {
-        &self.plan
+    /// Runs once and returns every output's values, in the order of the compiled outputs.
+    pub fn run(&mut self) -> Vec<Vec<f32>> {
+        self.execute();
+        let names: Vec<Output> = self.compiled.outputs.iter().map(|o| o.0.clone()).collect();
+        names.iter().map(|name| self.output(name)).collect()
     }
 
-    /// Whether parameter `p` is used by this graph.
+    /// The compiled graph this runs.
+    pub fn compiled(&self) -> &Compiled {
+        &self.compiled
+    }
+
+    /// The backend it runs on.
+    pub fn backend(&self) -> &SharedBackend {
+        &self.shared.backend
+    }
+
+    /// Whether parameter `p` is read by this graph.
     pub fn uses_param(&self, p: usize) -> bool {
-        self.params[p].is_some()
+        let g = &self.compiled.graph;
+        g.nodes
+            .iter()
+            .enumerate()
+            .any(|(i, n)| n.op == Op::Param(p) && self.views[i].is_some())
     }
 
-    /// Moves a parameter's values into the graph.
-    pub fn set_param(&mut self, p: usize, values: Vec<f32>) {
-        if let Some(index) = self.params[p] {
-            self.graph.set_tensor(index, 0, Tensor::new(values));
-        }
+    /// Parameter `p`'s buffer.
+    pub fn param_view(&self, p: usize) -> View {
+        self.params[p]
     }
 
-    /// Takes a parameter's values back out (to update them).
-    pub fn take_param(&mut self, p: usize) -> Option<Vec<f32>> {
-        let index = self.params[p]?;
-        self.graph.get_tensor(index, 0).map(into_vec)
+    /// Copies values into parameter `p`.
+    pub fn set_param(&mut self, p: usize, values: &[f32]) {
+        lock(&self.shared.backend).upload(self.params[p], values);
     }
 
-    pub fn has_input(&self, name: &str) -> bool {
-        self.inputs.contains_key(name)
+    /// Parameter `p`'s values.
+    pub fn param(&self, p: usize) -> Vec<f32> {
+        let view = self.params[p];
+        let mut out = vec![0.0; view.len];
+        lock(&self.shared.backend).download(view, &mut out);
+        out
     }
 
-    pub fn set_input(&mut self, name: &str, values: Vec<f32>) {
-        if let Some(&index) = self.inputs.get(name) {
-            self.graph.set_tensor(index, 0, Tensor::new(values));
-        }
+    /// The index of the input holding `kind`, if the graph reads it.
+    pub fn input_index(&self, kind: &InputKind) -> Option<usize> {
+        self.compiled.graph.inputs.iter().position(|i| &i.kind == kind)
     }
 
-    /// Allocates the arena (once; building the executable does not). `Err` gives the bytes
-    /// that could not be had.
-    pub fn allocate(&mut self) -> Result<(), usize> {
-        let len = self.plan.arena_len;
-        // SAFETY: `&mut self`: no kernel runs and no output slice is borrowed.
-        let data = unsafe { &mut *self.arena.data.get() };
-        if data.len() < len {
-            let bytes = len * std::mem::size_of::<f32>();
-            let layout = std::alloc::Layout::array::<f32>(len).map_err(|_| bytes)?;
-            // Zeroed memory from the allocator (calloc: pages are mapped on first touch).
-            // SAFETY: the layout has a non-zero size (len > data.len() >= 0).
-            let ptr = unsafe { std::alloc::alloc_zeroed(layout) } as *mut f32;
-            if ptr.is_null() {
-                return Err(bytes);
-            }
-            // SAFETY: allocated by the global allocator with exactly this layout, and zeroed
-            // floats are valid `0.0`s.
-            *data = unsafe { Vec::from_raw_parts(ptr, len, len) };
-        }
-        Ok(())
+    /// Copies values into input `i`.
+    pub fn set_input(&mut self, i: usize, values: &[f32]) {
+        lock(&self.shared.backend).upload(self.inputs[i], values);
     }
 
-    /// Runs the graph; the outputs are then read with [`Executable::output`].
+    /// The view of a named output, if the graph has it.
+    pub fn output_view(&self, name: &Output) -> Option<View> {
+        self.compiled.output(name).and_then(|id| self.views[id])
+    }
+
+    /// A named output's values after the last run. Panics if the graph has no such output.
+    pub fn output(&self, name: &Output) -> Vec<f32> {
+        let view = self
+            .output_view(name)
+            .unwrap_or_else(|| panic!("the compiled graph has no output `{name}`"));
+        let mut out = vec![0.0; view.len];
+        lock(&self.shared.backend).download(view, &mut out);
+        out
+    }
+
+    /// A scalar output (the loss, a term).
+    pub fn scalar(&self, name: &Output) -> f64 {
+        self.output(name)[0] as f64
+    }
+
+    /// Runs every operation once, in the planned order.
     pub fn execute(&mut self) {
-        if let Err(bytes) = self.allocate() {
-            panic!("kdc runtime: cannot allocate the {bytes}-byte arena");
-        }
-        self.arena.next.store(0, Ordering::Relaxed);
+        self.shared.next.store(0, Ordering::Relaxed);
         self.graph.execute();
         assert_eq!(
-            self.arena.next.load(Ordering::Relaxed),
-            self.plan.order.len(),
-            "kdc runtime: luminal skipped kernels of the plan"
+            self.shared.next.load(Ordering::Relaxed),
+            self.compiled.plan.order.len(),
+            "kdc runtime: luminal skipped operations of the plan"
         );
     }
 
-    /// Output `k` (in the order given at construction) of the last run.
-    pub fn output(&self, k: usize) -> &[f32] {
-        let o = self.outputs[k];
-        match self.plan.place[o] {
-            // SAFETY: no kernel runs while `&self` is borrowed (execute takes `&mut self`).
-            Place::Arena(at) => unsafe { self.arena.slice(at..at + numel(&self.shapes[o])) },
-            _ => data(
-                self.graph
-                    .get_tensor_ref(self.nodes[o].unwrap(), 0)
-                    .unwrap_or_else(|| panic!("source %{o} was not set")),
-            ),
-        }
+    /// Turns the timing of every operation on or off (it synchronises after each one).
+    pub fn set_profiling(&mut self, mode: Profiling) {
+        let code = match mode {
+            Profiling::Off => 0,
+            Profiling::ByKind => 1,
+            Profiling::ByShape => 2,
+        };
+        self.shared.profiling.store(code, Ordering::Relaxed);
+        self.shared.profile.lock().unwrap_or_else(|e| e.into_inner()).clear();
     }
 
-    /// Runs the graph and returns copies of the outputs, in the order given at construction.
-    pub fn run(&mut self) -> Vec<Vec<f32>> {
-        self.execute();
-        (0..self.outputs.len())
-            .map(|k| self.output(k).to_vec())
-            .collect()
+    /// Seconds and calls per operation since profiling was turned on, slowest first.
+    pub fn profile(&self) -> Vec<(String, f64, u64)> {
+        let mut v: Vec<(String, f64, u64)> = self
+            .shared
+            .profile
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(k, (t, n))| (k.clone(), *t, *n))
+            .collect();
+        v.sort_by(|a, b| b.1.total_cmp(&a.1));
+        v
     }
 }
 
-fn into_vec(mut t: Tensor) -> Vec<f32> {
-    std::mem::take(
-        t.data
-            .as_any_mut()
-            .downcast_mut::<Vec<f32>>()
-            .expect("kdc source tensors hold Vec<f32>"),
-    )
+impl Drop for Executable {
+    fn drop(&mut self) {
+        let mut b = lock(&self.shared.backend);
+        b.free(self.arena);
+        for v in self.params.iter().chain(&self.inputs) {
+            b.free(v.buffer);
+        }
+    }
 }

@@ -6,161 +6,49 @@
 
 use std::fmt;
 
+pub use kdc_backend::op::{broadcast_shapes, numel, Binary, LossKind, Op, Reduce, Unary, F32};
+
 pub type Id = usize;
 
-/// A unary elementwise function.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Unary {
-    Neg,
-    Exp,
-    Log,
-    Sqrt,
-    Abs,
-    /// The exact GELU, x·Φ(x).
-    Gelu,
-    /// x·σ(1.702x).
-    QuickGelu,
-}
-
-/// A binary elementwise function with NumPy broadcasting.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Binary {
-    Add,
-    Sub,
-    Mul,
-    Div,
-}
-
-/// A reduction along one axis, or over everything (`axis: None`, a scalar result).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Reduce {
-    Sum,
-    Mean,
-    /// Biased variance.
-    Var,
-}
-
+/// What a per-step input of the graph holds. The runner fills each before a run.
 #[derive(Clone, Debug, PartialEq)]
-pub enum Op {
-    /// A per-step input: pixels, token ids, pooling indices, mask indices. Integers are held as
-    /// exact f32 values.
-    Input(String),
-    /// A trainable or frozen parameter, by index into `Graph::params`.
-    Param(usize),
-    /// A constant tensor filled with one value.
-    Fill(f32),
-    /// The identity matrix.
-    Eye,
-    /// The additive causal mask: 0 on and below the diagonal, −∞ (a large negative) above.
-    CausalMask,
-    /// A scalar that the runner sets every step (a scheduled loss weight or learning rate).
-    Scalar(String),
-    Unary(Unary),
-    /// The backward of a unary function: inputs (x, y, dy) → dx.
-    UnaryBackward(Unary),
-    Binary(Binary),
-    /// Batched matrix product of the last two axes; `ta`/`tb` read an operand transposed.
-    /// An operand of rank 2 is shared by every batch item of the other.
-    MatMul {
-        ta: bool,
-        tb: bool,
-    },
-    /// `MatMul { ta, tb }` of the first two inputs plus the third broadcast to the product's
-    /// shape (a bias, a residual): made by the fusion pass, one pass over the output instead of
-    /// two.
-    MatMulAdd {
-        ta: bool,
-        tb: bool,
-    },
-    /// Reorders axes (a copy).
-    Permute(Vec<usize>),
-    /// The same data seen with another shape.
-    Reshape,
-    /// Repeats the input along axes of size 1 (or missing leading axes) to the output shape.
-    Broadcast,
-    /// Sums the input down to the output shape (the gradient of `Broadcast` and of
-    /// broadcasting binary operations).
-    SumTo,
-    Reduce {
-        kind: Reduce,
-        axis: Option<usize>,
-    },
-    /// The gradient of a reduction: inputs (x, dy) → dx.
-    ReduceBackward {
-        kind: Reduce,
-        axis: Option<usize>,
-    },
-    Softmax {
-        axis: usize,
-    },
-    LogSoftmax {
-        axis: usize,
-    },
-    /// Inputs (y, dy) → dx, y the softmax output.
-    SoftmaxBackward {
-        axis: usize,
-    },
-    /// Inputs (y, dy) → dx, y the log-softmax output.
-    LogSoftmaxBackward {
-        axis: usize,
-    },
-    /// x / max(‖x‖₂, ε) along an axis.
-    Normalize {
-        axis: usize,
-    },
-    /// Inputs (x, dy) → dx.
-    NormalizeBackward {
-        axis: usize,
-    },
-    /// Layer norm over the last axis: inputs (x, gain, bias).
-    LayerNorm {
-        eps: f32,
-    },
-    /// Inputs (x, gain, dy) → dx.
-    LayerNormBackward {
-        eps: f32,
-    },
-    /// Inputs (x, dy) → [2, n]: row 0 the gain's gradient, row 1 the bias's.
-    LayerNormParamGrads {
-        eps: f32,
-    },
-    /// Rows of a table: inputs (table [v, w], ids [..]) → [.., w].
-    Embedding,
-    /// Inputs (ids, dy) → the table's gradient (scatter-add), shape of the table.
-    EmbeddingBackward,
-    /// Per batch item, rows of x picked by index: (x [b, t, w], index [b, k]) → [b, k, w].
-    GatherRows,
-    /// Inputs (index [b, k], dy [b, k, w]) → dx [b, t, w] (scatter-add).
-    ScatterRows,
-    Concat {
-        axis: usize,
-    },
-    /// A contiguous range along an axis.
-    Slice {
-        axis: usize,
-        start: usize,
-    },
-    /// Inputs (dy) → dx zero outside the slice: the gradient of `Slice`.
-    SliceBackward {
-        axis: usize,
-        start: usize,
-    },
-    Mse,
-    L1,
-    SmoothL1 {
-        beta: f32,
-    },
-    /// KL(p ‖ q) from log-probabilities over the last axis, mean over rows.
-    Kl,
-    CrossEntropyDiagonal,
-    CrossEntropySoft,
-    /// The gradient of a loss with respect to input `which`: inputs (loss inputs…, dloss).
-    LossBackward {
-        loss: Box<Op>,
-        which: usize,
-    },
-    /// Blocks gradients.
-    Detach,
+pub enum InputKind {
+    /// A model's images [b, 3, s, s], preprocessed.
+    Pixels { model: String },
+    /// A model's token ids [b, l] (exact integers).
+    Ids { model: String },
+    /// The end-of-text position of each caption [b, 1], where a CLIP text tower pools.
+    Eot { model: String },
+    /// 1 for each real token, 0 for padding [b, l] (BERT-family towers).
+    Mask { model: String },
+    /// The indices of the patches a masked view keeps [b, k], sorted, fresh every step.
+    Keep { model: String, ratio: f64 },
+    /// A loss term's weight at the current step, [].
+    Weight { term: String },
+    /// A scheduled scalar of the loss at the current step, [] (by its node in the IR).
+    Schedule { node: usize },
+}
+
+impl fmt::Display for InputKind {
+    /// The input's name in explanations; also the seed of its synthetic stream.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            InputKind::Pixels { model } => write!(f, "pixels:{model}"),
+            InputKind::Ids { model } => write!(f, "ids:{model}"),
+            InputKind::Eot { model } => write!(f, "eot:{model}"),
+            InputKind::Mask { model } => write!(f, "mask:{model}"),
+            InputKind::Keep { model, ratio } => write!(f, "keep:{model}:{ratio}"),
+            InputKind::Weight { term } => write!(f, "weight:{term}"),
+            InputKind::Schedule { node } => write!(f, "schedule:{node}"),
+        }
+    }
+}
+
+/// A per-step input: what it holds and its shape.
+#[derive(Clone, Debug)]
+pub struct Input {
+    pub kind: InputKind,
+    pub shape: Vec<usize>,
 }
 
 #[derive(Clone, Debug)]
@@ -186,37 +74,10 @@ pub struct Param {
 pub struct Graph {
     pub nodes: Vec<Node>,
     pub params: Vec<Param>,
+    /// The per-step inputs; `Op::Input(i)` reads `inputs[i]`.
+    pub inputs: Vec<Input>,
     /// The scope prefixed to node labels.
     scope: Vec<String>,
-}
-
-pub fn numel(shape: &[usize]) -> usize {
-    shape.iter().product()
-}
-
-/// The broadcast of two shapes (NumPy rules), or `None`.
-pub fn broadcast_shapes(a: &[usize], b: &[usize]) -> Option<Vec<usize>> {
-    let rank = a.len().max(b.len());
-    let mut out = vec![0; rank];
-    for i in 0..rank {
-        let x = if i + a.len() >= rank {
-            a[i + a.len() - rank]
-        } else {
-            1
-        };
-        let y = if i + b.len() >= rank {
-            b[i + b.len() - rank]
-        } else {
-            1
-        };
-        out[i] = match (x, y) {
-            (x, y) if x == y => x,
-            (1, y) => y,
-            (x, 1) => x,
-            _ => return None,
-        };
-    }
-    Some(out)
 }
 
 impl Graph {
@@ -232,9 +93,7 @@ impl Graph {
     pub fn add(&mut self, op: Op, inputs: Vec<Id>, shape: Vec<usize>) -> Id {
         let grad = match &op {
             Op::Param(p) => self.params[*p].trainable,
-            Op::Detach | Op::Input(_) | Op::Fill(_) | Op::Eye | Op::CausalMask | Op::Scalar(_) => {
-                false
-            }
+            Op::Detach | Op::Input(_) | Op::Fill(_) | Op::Eye | Op::CausalMask => false,
             _ => inputs.iter().any(|&i| self.nodes[i].grad),
         };
         self.nodes.push(Node {
@@ -270,12 +129,21 @@ impl Graph {
         self.add(Op::Param(index), vec![], shape)
     }
 
-    pub fn input(&mut self, name: &str, shape: Vec<usize>) -> Id {
-        self.add(Op::Input(name.into()), vec![], shape)
+    /// The node of an input, added the first time it is asked for.
+    pub fn input(&mut self, kind: InputKind, shape: Vec<usize>) -> Id {
+        if let Some(i) = self.inputs.iter().position(|x| x.kind == kind) {
+            let found = self.nodes.iter().position(|n| n.op == Op::Input(i));
+            return found.expect("every input has its node");
+        }
+        self.inputs.push(Input {
+            kind,
+            shape: shape.clone(),
+        });
+        self.add(Op::Input(self.inputs.len() - 1), vec![], shape)
     }
 
     pub fn fill(&mut self, value: f32, shape: Vec<usize>) -> Id {
-        self.add(Op::Fill(value), vec![], shape)
+        self.add(Op::Fill(F32(value)), vec![], shape)
     }
 
     pub fn scalar(&mut self, value: f32) -> Id {
@@ -416,7 +284,7 @@ impl Graph {
 
     pub fn layer_norm(&mut self, x: Id, gain: Id, bias: Id, eps: f32) -> Id {
         let shape = self.shape(x).to_vec();
-        self.add(Op::LayerNorm { eps }, vec![x, gain, bias], shape)
+        self.add(Op::LayerNorm { eps: F32(eps) }, vec![x, gain, bias], shape)
     }
 
     pub fn embedding(&mut self, table: Id, ids: Id) -> Id {
@@ -444,8 +312,9 @@ impl Graph {
         self.add(Op::Slice { axis, start }, vec![x], shape)
     }
 
-    pub fn loss(&mut self, op: Op, inputs: Vec<Id>) -> Id {
-        self.add(op, inputs, vec![])
+    pub fn loss(&mut self, kind: LossKind, inputs: Vec<Id>) -> Id {
+        debug_assert_eq!(inputs.len(), kind.arity());
+        self.add(Op::Loss(kind), inputs, vec![])
     }
 
     /// Nodes the given outputs depend on, in order.
@@ -459,24 +328,6 @@ impl Graph {
             }
         }
         live
-    }
-}
-
-impl Op {
-    /// Whether the runner sets this value (a parameter, batch input or scheduled scalar)
-    /// rather than a kernel computing it.
-    pub fn is_source(&self) -> bool {
-        matches!(self, Op::Param(_) | Op::Input(_) | Op::Scalar(_))
-    }
-
-    /// The operation's name without its parameters (`MatMul`, `Softmax`), for summaries and
-    /// profiles.
-    pub fn kind(&self) -> String {
-        let full = format!("{self:?}");
-        full.split(['(', ' ', '{'])
-            .next()
-            .unwrap_or_default()
-            .to_string()
     }
 }
 

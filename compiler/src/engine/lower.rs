@@ -4,47 +4,73 @@
 
 use super::autodiff;
 use super::clip::{self, ModelParams, TextInputs};
-use super::graph::{Binary, Graph, Id, Op, Reduce, Unary};
+use super::graph::{Binary, Graph, Id, InputKind, Op, Reduce, Unary};
 use crate::ir::{self, Recipe, Schedule, Tap};
 use crate::model::{Part, TextKind};
 use std::collections::HashMap;
 
-/// A lowered training step.
-pub struct Step {
+/// What a compiled graph computes.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Target {
+    /// A training step: every loss term, their weighted sum, and the gradient of that sum for
+    /// every trainable parameter it reaches.
+    Train,
+    /// Only the forward pass of these taps (`student.image`, `teacher.text`), with every
+    /// parameter frozen: no loss and no backward (evaluation, feature extraction).
+    Forward(Vec<(ir::ModelId, Tap)>),
+}
+
+/// A value a compiled graph produces, addressed by name rather than by position.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Output {
+    /// The total weighted loss.
+    Loss,
+    /// One loss term, unweighted, by its label (`crd`, `fd#2`).
+    Term(String),
+    /// The gradient of the total loss for a parameter, by its name
+    /// (`student/vision_model.…`, `loss/clip_kd.icl_scale`).
+    Grad(String),
+    /// A tap of a model, by `model.tap` (`student.image`, `teacher.text_layer(3)`).
+    Tensor(String),
+}
+
+impl std::fmt::Display for Output {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Output::Loss => write!(f, "loss"),
+            Output::Term(t) => write!(f, "term {t}"),
+            Output::Grad(p) => write!(f, "gradient of {p}"),
+            Output::Tensor(t) => write!(f, "{t}"),
+        }
+    }
+}
+
+/// A lowered graph, before the passes.
+pub struct Lowered {
     pub graph: Graph,
-    /// The total loss.
-    pub loss: Id,
-    /// Each term's unweighted value, with its label and weight schedule.
-    pub terms: Vec<(String, Schedule, Id)>,
-    /// The scalar inputs holding each term's weight at the current step: `weight:<label>`.
-    pub weight_inputs: Vec<String>,
-    /// (parameter index, gradient node) for every trainable parameter the loss reaches.
-    pub grads: Vec<(usize, Id)>,
-    /// Parameter index ranges per model, and the loss's own parameters.
+    /// Every value the caller reads, by name.
+    pub outputs: Vec<(Output, Id)>,
+    /// Each loss term's label and weight schedule, in order (empty for a forward graph).
+    pub terms: Vec<(String, Schedule)>,
+    /// Per model: its parameters' names and indices into `graph.params`.
     pub model_params: Vec<(ir::ModelId, HashMap<String, usize>)>,
+    /// The loss's own parameters: (index in the stage's `params`, index in `graph.params`).
     pub loss_params: Vec<(usize, usize)>,
-    /// Per-step inputs the runner must provide: name → shape.
-    pub inputs: Vec<(String, Vec<usize>)>,
     pub batch: usize,
     /// Nodes before this index are the forward pass; the backward pass follows.
     pub forward_len: usize,
 }
 
-/// Names of a model's per-step inputs.
-pub fn pixels_input(model: &str) -> String {
-    format!("pixels:{model}")
-}
-pub fn ids_input(model: &str) -> String {
-    format!("ids:{model}")
-}
-pub fn eot_input(model: &str) -> String {
-    format!("eot:{model}")
-}
-pub fn mask_input(model: &str) -> String {
-    format!("mask:{model}")
-}
-pub fn keep_input(model: &str, ratio: f64) -> String {
-    format!("keep:{model}:{ratio}")
+/// The name of a model's tap, as in a recipe (`image`, `image_layer(3)`).
+pub fn tap_name(tap: Tap) -> String {
+    match tap {
+        Tap::Image => "image".into(),
+        Tap::Text => "text".into(),
+        Tap::Scale => "scale".into(),
+        Tap::Patches => "patches".into(),
+        Tap::ImageLayer(k) => format!("image_layer({k})"),
+        Tap::TextLayer(k) => format!("text_layer({k})"),
+    }
 }
 
 struct Lowering<'r> {
@@ -55,31 +81,24 @@ struct Lowering<'r> {
     params: HashMap<ir::ModelId, ModelParams>,
     vision_cache: HashMap<(ir::ModelId, Option<u64>), clip::VisionOut>,
     text_cache: HashMap<ir::ModelId, clip::TextOut>,
-    inputs: Vec<(String, Vec<usize>)>,
-    input_ids: HashMap<String, Id>,
+    /// Whether model parameters may be trainable (a training graph).
+    training: bool,
     /// Taps replaced by trainable parameters named `tap:<model>.<tap>` (for testing the loss
     /// library on given features), with the parameters made so far.
     tap_params: Vec<String>,
     tap_nodes: HashMap<String, Id>,
+    /// Where the forward pass ends (set when the backward pass is appended).
+    forward_len: usize,
 }
 
 impl Lowering<'_> {
-    fn input(&mut self, name: String, shape: Vec<usize>) -> Id {
-        if let Some(&id) = self.input_ids.get(&name) {
-            return id;
-        }
-        let id = self.g.input(&name, shape.clone());
-        self.inputs.push((name.clone(), shape));
-        self.input_ids.insert(name, id);
-        id
-    }
-
     fn model_params(&mut self, model: ir::ModelId) -> &ModelParams {
         if !self.params.contains_key(&model) {
             let spec = &self.recipe.models[model];
             let stage = self.stage;
+            let training = self.training;
             let p = ModelParams::new(&mut self.g, spec, |part: Part| {
-                stage.trainable.contains(&(model, part))
+                training && stage.trainable.contains(&(model, part))
             });
             self.params.insert(model, p);
         }
@@ -91,10 +110,17 @@ impl Lowering<'_> {
         if !self.vision_cache.contains_key(&key) {
             let spec = self.recipe.models[model].clone();
             let size = spec.vision.image_size as usize;
-            let pixels = self.input(pixels_input(&spec.name), vec![self.batch, 3, size, size]);
+            let model_name = spec.name.clone();
+            let pixels = self.g.input(
+                InputKind::Pixels { model: model_name.clone() },
+                vec![self.batch, 3, size, size],
+            );
             let keep = mask.map(|ratio| {
                 let kept = crate::check::kept_patches(spec.vision.patches(), ratio) as usize;
-                self.input(keep_input(&spec.name, ratio), vec![self.batch, kept])
+                self.g.input(
+                    InputKind::Keep { model: model_name.clone(), ratio },
+                    vec![self.batch, kept],
+                )
             });
             self.model_params(model);
             let p = &self.params[&model];
@@ -108,17 +134,18 @@ impl Lowering<'_> {
         if !self.text_cache.contains_key(&model) {
             let spec = self.recipe.models[model].clone();
             let l = spec.tokenizer.context as usize;
-            let ids = self.input(ids_input(&spec.name), vec![self.batch, l]);
+            let name = spec.name.clone();
+            let ids = self.g.input(InputKind::Ids { model: name.clone() }, vec![self.batch, l]);
             let inputs = match spec.text.kind {
                 TextKind::Clip => TextInputs {
                     ids,
-                    eot: Some(self.input(eot_input(&spec.name), vec![self.batch, 1])),
+                    eot: Some(self.g.input(InputKind::Eot { model: name }, vec![self.batch, 1])),
                     mask: None,
                 },
                 TextKind::Bert => TextInputs {
                     ids,
                     eot: None,
-                    mask: Some(self.input(mask_input(&spec.name), vec![self.batch, l])),
+                    mask: Some(self.g.input(InputKind::Mask { model: name }, vec![self.batch, l])),
                 },
             };
             self.model_params(model);
@@ -172,31 +199,16 @@ impl Lowering<'_> {
     }
 }
 
-fn tap_name(tap: Tap) -> String {
-    match tap {
-        Tap::Image => "image".into(),
-        Tap::Text => "text".into(),
-        Tap::Scale => "scale".into(),
-        Tap::Patches => "patches".into(),
-        Tap::ImageLayer(k) => format!("image_layer({k})"),
-        Tap::TextLayer(k) => format!("text_layer({k})"),
-    }
-}
-
-/// Lowers stage `stage_index` of `recipe` for batches of `batch`.
-pub fn lower(recipe: &Recipe, stage_index: usize, batch: usize) -> Step {
-    lower_with(recipe, stage_index, batch, &[])
-}
-
-/// Like `lower`, with the taps named in `tap_params` (`student.image`, `teacher.scale`)
-/// replaced by trainable parameters `tap:<name>`, so a loss can be evaluated and
-/// differentiated on given features.
-pub fn lower_with(
+/// Lowers stage `stage_index` of `recipe` for batches of `batch`. The taps named in
+/// `tap_params` (`student.image`, `teacher.scale`) are replaced by trainable parameters
+/// `tap:<name>`, so that a loss can be evaluated and differentiated on given features.
+pub fn lower(
     recipe: &Recipe,
     stage_index: usize,
     batch: usize,
+    target: &Target,
     tap_params: &[String],
-) -> Step {
+) -> Lowered {
     let stage = &recipe.stages[stage_index];
     let mut l = Lowering {
         recipe,
@@ -206,43 +218,123 @@ pub fn lower_with(
         params: HashMap::new(),
         vision_cache: HashMap::new(),
         text_cache: HashMap::new(),
-        inputs: Vec::new(),
-        input_ids: HashMap::new(),
+        training: *target == Target::Train,
         tap_params: tap_params.to_vec(),
         tap_nodes: HashMap::new(),
+        forward_len: 0,
     };
-    // The loss's own parameters first, so their indices are stable.
-    let mut loss_params = Vec::new();
-    for (i, p) in stage.params.iter().enumerate() {
-        let shape: Vec<usize> = p.shape.iter().map(|&d| d as usize).collect();
-        let id = l.g.param(format!("loss/{}", p.name), shape, true);
-        let Op::Param(index) = l.g.nodes[id].op else {
-            unreachable!()
-        };
-        loss_params.push((i, index));
-    }
-    let param_nodes: Vec<Id> = (0..stage.params.len())
-        .map(|i| {
-            l.g.nodes
+    let (outputs, terms, loss_params) = match target {
+        Target::Train => {
+            let (outputs, terms, loss_params) = l.training_step();
+            (outputs, terms, loss_params)
+        }
+        Target::Forward(taps) => {
+            let outputs = taps
                 .iter()
-                .position(|n| n.op == Op::Param(loss_params[i].1))
-                .unwrap()
+                .map(|&(model, tap)| {
+                    let name = format!("{}.{}", recipe.models[model].name, tap_name(tap));
+                    (Output::Tensor(name), l.tap(model, tap, None))
+                })
+                .collect();
+            (outputs, Vec::new(), Vec::new())
+        }
+    };
+    let forward_len = match target {
+        Target::Train => l.forward_len,
+        Target::Forward(_) => l.g.nodes.len(),
+    };
+    let model_params = l
+        .params
+        .iter()
+        .map(|(m, p)| {
+            let by_name = p
+                .by_name
+                .iter()
+                .map(|(name, &id)| {
+                    let Op::Param(index) = l.g.nodes[id].op else {
+                        unreachable!()
+                    };
+                    (name.clone(), index)
+                })
+                .collect();
+            (*m, by_name)
         })
         .collect();
+    Lowered {
+        graph: l.g,
+        outputs,
+        terms,
+        model_params,
+        loss_params,
+        batch,
+        forward_len,
+    }
+}
 
-    let mut map: Vec<Id> = Vec::with_capacity(stage.graph.nodes.len());
-    for node in &stage.graph.nodes {
+type TrainingParts = (Vec<(Output, Id)>, Vec<(String, Schedule)>, Vec<(usize, usize)>);
+
+impl Lowering<'_> {
+    /// The loss terms, their weighted sum, and the backward pass.
+    fn training_step(&mut self) -> TrainingParts {
+        let stage = self.stage;
+        // The loss's own parameters first, so their indices are stable.
+        let mut loss_params = Vec::new();
+        let mut param_nodes = Vec::new();
+        for (i, p) in stage.params.iter().enumerate() {
+            let shape: Vec<usize> = p.shape.iter().map(|&d| d as usize).collect();
+            let id = self.g.param(format!("loss/{}", p.name), shape, true);
+            let Op::Param(index) = self.g.nodes[id].op else {
+                unreachable!()
+            };
+            loss_params.push((i, index));
+            param_nodes.push(id);
+        }
+
+        let mut map: Vec<Id> = Vec::with_capacity(stage.graph.nodes.len());
+        for node in &stage.graph.nodes {
+            let id = self.lower_node(node, &map, &param_nodes);
+            map.push(id);
+        }
+        // Each term's weight is an input set every step (a schedule may change it).
+        let mut outputs = Vec::new();
+        let mut terms = Vec::new();
+        let mut total: Option<Id> = None;
+        for term in &stage.terms {
+            let value = map[term.node];
+            let w = self.g.input(
+                InputKind::Weight {
+                    term: term.label.clone(),
+                },
+                vec![],
+            );
+            let weighted = self.g.mul(w, value);
+            total = Some(match total {
+                Some(t) => self.g.add2(t, weighted),
+                None => weighted,
+            });
+            terms.push((term.label.clone(), term.weight.clone()));
+            outputs.push((Output::Term(term.label.clone()), value));
+        }
+        let loss = total.expect("a checked stage has terms");
+        outputs.insert(0, (Output::Loss, loss));
+        self.forward_len = self.g.nodes.len();
+        for (param, grad) in autodiff::backward(&mut self.g, loss) {
+            outputs.push((Output::Grad(self.g.params[param].name.clone()), grad));
+        }
+        (outputs, terms, loss_params)
+    }
+
+    /// One IR node on concrete shapes; `map` holds the nodes lowered so far.
+    fn lower_node(&mut self, node: &ir::Node, map: &[Id], param_nodes: &[Id]) -> Id {
         let input = |i: usize| map[node.inputs[i]];
-        let shape = l.concrete(&node.shape);
-        let id = match &node.op {
+        let shape = self.concrete(&node.shape);
+        let l = self;
+        match &node.op {
             ir::Op::Tap { model, tap, mask } => l.tap(*model, *tap, *mask),
             ir::Op::Param(p) => param_nodes[*p],
             ir::Op::Const(v) => l.g.scalar(*v as f32),
-            ir::Op::Scheduled(_) => l.g.add(
-                Op::Scalar(format!("schedule:{}", map.len())),
-                vec![],
-                vec![],
-            ),
+            // Scheduled scalars are named by their IR node, so the runner can evaluate them.
+            ir::Op::Scheduled(_) => l.g.input(InputKind::Schedule { node: map.len() }, vec![]),
             ir::Op::Size { axis } => {
                 let size = l.g.shape(input(0))[*axis];
                 l.g.scalar(size as f32)
@@ -265,15 +357,10 @@ pub fn lower_with(
             ir::Op::Mean { axis } => l.g.reduce(Reduce::Mean, input(0), *axis),
             ir::Op::Sum { axis } => l.g.reduce(Reduce::Sum, input(0), *axis),
             ir::Op::Var { axis } => l.g.reduce(Reduce::Var, input(0), *axis),
-            ir::Op::Mse => l.g.loss(Op::Mse, vec![input(0), input(1)]),
-            ir::Op::L1 => l.g.loss(Op::L1, vec![input(0), input(1)]),
-            ir::Op::SmoothL1 { beta } => l.g.loss(
-                Op::SmoothL1 { beta: *beta as f32 },
-                vec![input(0), input(1)],
-            ),
-            ir::Op::Kl => l.g.loss(Op::Kl, vec![input(0), input(1)]),
-            ir::Op::CrossEntropyDiagonal => l.g.loss(Op::CrossEntropyDiagonal, vec![input(0)]),
-            ir::Op::CrossEntropySoft => l.g.loss(Op::CrossEntropySoft, vec![input(0), input(1)]),
+            ir::Op::Loss(kind) => {
+                let inputs = (0..kind.arity()).map(input).collect();
+                l.g.loss(*kind, inputs)
+            }
             ir::Op::Concat { axis } => l.g.concat(input(0), input(1), *axis),
             ir::Op::Attention { heads } => {
                 attention(&mut l.g, input(0), input(1), input(2), *heads as usize)
@@ -282,56 +369,7 @@ pub fn lower_with(
                 let s = l.g.shape(input(0)).to_vec();
                 l.g.add(Op::Detach, vec![input(0)], s)
             }
-        };
-        map.push(id);
-    }
-    // Scheduled scalars are named by their IR node, so the runner can evaluate them.
-    let mut terms = Vec::new();
-    let mut weight_inputs = Vec::new();
-    let mut total: Option<Id> = None;
-    for term in &stage.terms {
-        let value = map[term.node];
-        let name = format!("weight:{}", term.label);
-        let w = l.g.add(Op::Scalar(name.clone()), vec![], vec![]);
-        weight_inputs.push(name);
-        let weighted = l.g.mul(w, value);
-        total = Some(match total {
-            Some(t) => l.g.add2(t, weighted),
-            None => weighted,
-        });
-        terms.push((term.label.clone(), term.weight.clone(), value));
-    }
-    let loss = total.expect("a checked stage has terms");
-    let forward_len = l.g.nodes.len();
-    let grads = autodiff::backward(&mut l.g, loss);
-    let model_params = l
-        .params
-        .iter()
-        .map(|(m, p)| {
-            let by_name = p
-                .by_name
-                .iter()
-                .map(|(name, &id)| {
-                    let Op::Param(index) = l.g.nodes[id].op else {
-                        unreachable!()
-                    };
-                    (name.clone(), index)
-                })
-                .collect();
-            (*m, by_name)
-        })
-        .collect();
-    Step {
-        graph: l.g,
-        loss,
-        terms,
-        weight_inputs,
-        grads,
-        model_params,
-        loss_params,
-        inputs: l.inputs,
-        batch,
-        forward_len,
+        }
     }
 }
 

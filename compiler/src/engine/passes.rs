@@ -65,7 +65,9 @@ fn common_subexpressions(g: &mut Graph, outputs: &[Id]) -> usize {
     use std::collections::HashMap;
     let live = g.live(outputs);
     let mut canonical: Vec<Id> = (0..g.nodes.len()).collect();
-    let mut seen: HashMap<String, Id> = HashMap::new();
+    // Operators hash by value (their float constants by bits): two nodes are the same
+    // computation when operator, inputs and shape are equal.
+    let mut seen: HashMap<(Op, Vec<Id>, Vec<usize>), Id> = HashMap::new();
     let mut rewrites = 0;
     for i in 0..g.nodes.len() {
         let inputs: Vec<Id> = g.nodes[i].inputs.iter().map(|&x| canonical[x]).collect();
@@ -74,7 +76,7 @@ fn common_subexpressions(g: &mut Graph, outputs: &[Id]) -> usize {
         if !live[i] || node.op.is_source() {
             continue;
         }
-        let key = format!("{:?} {:?} {:?}", node.op, node.inputs, node.shape);
+        let key = (node.op.clone(), node.inputs.clone(), node.shape.clone());
         match seen.get(&key) {
             Some(&first) => {
                 canonical[i] = first;
@@ -147,12 +149,12 @@ fn fuse_matmul_add(g: &mut Graph, outputs: &[Id]) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::graph::Reduce;
+    use crate::engine::graph::{InputKind, Reduce};
 
     /// A linear layer `y = x·w + b`: the graph and (x, w, b, x·w, y).
     fn linear() -> (Graph, [Id; 5]) {
         let mut g = Graph::default();
-        let x = g.input("x", vec![4, 3]);
+        let x = g.input(InputKind::Pixels { model: "x".into() }, vec![4, 3]);
         let w = g.param("w", vec![3, 5], true);
         let b = g.param("b", vec![5], true);
         let xw = g.matmul(x, w);
@@ -190,7 +192,7 @@ mod tests {
     #[test]
     fn an_operation_computed_twice_runs_once() {
         let mut g = Graph::default();
-        let x = g.input("x", vec![4, 3]);
+        let x = g.input(InputKind::Pixels { model: "x".into() }, vec![4, 3]);
         let w = g.param("w", vec![3, 5], true);
         let a = g.matmul(x, w);
         let b = g.matmul(x, w);

@@ -299,12 +299,12 @@ fn aliases(g: &Graph, i: Id, j: Id) -> bool {
 mod tests {
     use super::*;
     use crate::engine::autodiff::backward;
-    use crate::engine::graph::{Reduce, Unary};
+    use crate::engine::graph::{InputKind, Reduce, Unary};
 
     /// A small MLP-like chain with a reshape, its backward, and the gradients as outputs.
     fn graph() -> (Graph, Vec<Id>) {
         let mut g = Graph::default();
-        let x = g.input("x", vec![8, 16]);
+        let x = g.input(InputKind::Pixels { model: "x".into() }, vec![8, 16]);
         let w1 = g.param("w1", vec![16, 32], true);
         let w2 = g.param("w2", vec![32, 4], true);
         let h = g.matmul(x, w1);

@@ -1,13 +1,18 @@
-//! The training loop: one lowered, executable step per stage; parameters, AdamW state and
-//! batches live here, outside the graph.
+//! The training loop. `engine::compile` makes one executable step per stage; the trainer only
+//! drives it: batches in, the schedule's values, the optimiser's update (run by the backend,
+//! where parameters, gradients and AdamW's moments live), clipping, accumulation and logs.
 
-use super::exec::Executable;
-use super::graph::Op;
-use super::lower::{self, Step};
+use super::compile::{self, Compiled};
+use super::device;
+use super::exec::{self, Executable, SharedBackend};
+use super::graph::{numel, InputKind};
+use super::lower::Output;
 use super::rng::Rng;
 use super::weights;
 use crate::ir::{self, DataSource, Length, Recipe};
 use crate::model::{ParamClass, TextKind};
+use kdc_backend::backend::CLIP_GRAD_NORM_EPS;
+use kdc_backend::{AdamW, BackendError, View};
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -29,6 +34,8 @@ pub enum TrainError {
         batch: usize,
         gib: f64,
     },
+    #[error(transparent)]
+    Backend(BackendError),
     #[error("cannot write the log {path}: {source}")]
     Log {
         path: String,
@@ -73,113 +80,92 @@ pub struct Evaluation {
     pub inputs: Vec<(String, Vec<usize>, Vec<f32>)>,
 }
 
+/// Per trainable parameter with a gradient: where its state is on the backend.
+struct Slot {
+    param: usize,
+    /// AdamW's first and second moments.
+    m: View,
+    v: View,
+    /// The gradient summed over micro-batches (only with `accumulate(n)`, n > 1; otherwise
+    /// the optimiser reads the gradient where the step left it).
+    sum: Option<View>,
+    decay: bool,
+    clamp: Option<(f32, f32)>,
+}
+
 /// A stage ready to train.
 pub struct Trainer<'r> {
     recipe: &'r Recipe,
     stage_index: usize,
-    step: Step,
     exec: Executable,
-    /// Values of every graph parameter (None while moved into the executable).
-    values: Vec<Option<Vec<f32>>>,
-    adam: Vec<Option<(Vec<f32>, Vec<f32>)>>,
-    decay: Vec<bool>,
-    clamp: Vec<Option<(f32, f32)>>,
+    slots: Vec<Slot>,
     pub total_steps: u64,
     done: u64,
     rng_seed: u64,
-    /// Per parameter: its gradient for the current step (kept allocated between steps).
-    grad_sums: Vec<Option<Vec<f32>>>,
 }
 
 impl<'r> Trainer<'r> {
+    /// Compiles stage `stage_index` for the CPU and loads or initialises its parameters.
     pub fn new(
         recipe: &'r Recipe,
         stage_index: usize,
         options: &Options,
     ) -> Result<Trainer<'r>, TrainError> {
+        Trainer::on(recipe, stage_index, options, device::cpu())
+    }
+
+    /// The same on a given backend.
+    pub fn on(
+        recipe: &'r Recipe,
+        stage_index: usize,
+        options: &Options,
+        backend: SharedBackend,
+    ) -> Result<Trainer<'r>, TrainError> {
         let stage = &recipe.stages[stage_index];
-        let batch = stage.data.batch as usize;
-        let step = lower::lower(recipe, stage_index, batch);
-        let mut outputs = vec![step.loss];
-        outputs.extend(step.terms.iter().map(|t| t.2));
-        outputs.extend(step.grads.iter().map(|g| g.1));
-        let mut exec = Executable::new(&step.graph, &outputs);
-        let g = &step.graph;
-        let n_params = g.params.len();
-        let mut values: Vec<Option<Vec<f32>>> = vec![None; g.params.len()];
-        let mut decay = vec![false; g.params.len()];
-        let mut clamp = vec![None; g.params.len()];
-        let no_decay = &stage.train.optimizer.no_decay;
-        for (model_id, by_name) in &step.model_params {
-            let spec = &recipe.models[*model_id];
-            let classes: HashMap<String, ParamClass> = spec
-                .parameters()
-                .into_iter()
-                .map(|p| (p.name, p.class))
-                .collect();
-            let loaded = match &spec.weights {
-                Some(w) if options.random_missing_weights && !options.base.join(w).exists() => None,
-                Some(w) => Some(weights::read_safetensors(&options.base.join(w))?),
-                None => None,
-            };
-            let initial: HashMap<String, Vec<f32>> =
-                weights::init(spec, stage.train.seed).into_iter().collect();
-            for (name, &index) in by_name {
-                let shape = &g.params[index].shape;
-                let value = match &loaded {
-                    Some(tensors) => weights::find(tensors, name, shape).ok_or_else(|| {
-                        weights::WeightsError::Missing {
-                            path: spec.weights.clone().unwrap_or_default(),
-                            name: name.clone(),
-                            count: tensors.len(),
-                        }
-                    })?,
-                    None => initial[name].clone(),
+        let compiled = {
+            let b = exec::lock(&backend);
+            compile::compile(recipe, stage_index, &compile::Options::train(), &**b)
+        };
+        let values = initial_values(recipe, stage_index, &compiled, options)?;
+        let memory = |e: BackendError| match e {
+            BackendError::OutOfMemory { bytes, .. } => TrainError::Memory {
+                stage: stage.name.clone(),
+                batch: compiled_batch(recipe, stage_index),
+                gib: bytes as f64 / (1u64 << 30) as f64,
+            },
+            other => TrainError::Backend(other),
+        };
+        let grads = compiled.grads();
+        let mut exec = Executable::new(compiled, backend.clone()).map_err(memory)?;
+        let mut init = values.into_iter();
+        for p in 0..exec.compiled().graph.params.len() {
+            let (values, _, _) = init.next().expect("one value per parameter");
+            exec.set_param(p, &values);
+        }
+        let (decay, clamp) = optimiser_groups(recipe, stage_index, exec.compiled());
+        let accumulate = stage.train.accumulate.max(1);
+        let mut slots = Vec::new();
+        {
+            let mut b = exec::lock(&backend);
+            for (param, _) in grads {
+                let len = exec.param_view(param).len;
+                let m = View::whole(b.alloc(len).map_err(memory)?, len);
+                let v = View::whole(b.alloc(len).map_err(memory)?, len);
+                let sum = if accumulate > 1 {
+                    Some(View::whole(b.alloc(len).map_err(memory)?, len))
+                } else {
+                    None
                 };
-                if value.len() != super::graph::numel(shape) {
-                    return Err(weights::WeightsError::Shape {
-                        path: spec.weights.clone().unwrap_or_default(),
-                        name: name.clone(),
-                        found: vec![value.len()],
-                        expected: shape.clone(),
-                    }
-                    .into());
-                }
-                values[index] = Some(value);
-                decay[index] = !no_decay.contains(&classes[name]);
-                if name == "logit_scale" {
-                    clamp[index] = Some((
-                        spec.logit_scale.min.ln() as f32,
-                        spec.logit_scale.max.ln() as f32,
-                    ));
-                }
+                slots.push(Slot {
+                    param,
+                    m,
+                    v,
+                    sum,
+                    decay: decay[param],
+                    clamp: clamp[param],
+                });
             }
         }
-        for &(spec_index, index) in &step.loss_params {
-            let p = &stage.params[spec_index];
-            let n = super::graph::numel(&g.params[index].shape);
-            let mut rng = Rng::derive(stage.train.seed, &p.name);
-            let value = match p.init {
-                ir::Init::Constant(c) => vec![c as f32; n],
-                ir::Init::Uniform { bound } => (0..n)
-                    .map(|_| ((rng.uniform() * 2.0 - 1.0) * bound) as f32)
-                    .collect(),
-                ir::Init::Normal { std } => (0..n).map(|_| (rng.normal() * std) as f32).collect(),
-            };
-            values[index] = Some(value);
-            decay[index] = !no_decay.contains(&p.class);
-            clamp[index] = p.clamp.map(|(lo, hi)| (lo as f32, hi as f32));
-        }
-        let adam = (0..g.params.len())
-            .map(|i| {
-                g.params[i].trainable.then(|| {
-                    (
-                        vec![0.0; values[i].as_ref().map_or(0, Vec::len)],
-                        vec![0.0; values[i].as_ref().map_or(0, Vec::len)],
-                    )
-                })
-            })
-            .collect();
         let samples = match &stage.data.source {
             DataSource::Synthetic { samples } => *samples,
             _ => 1024,
@@ -189,53 +175,57 @@ impl<'r> Trainer<'r> {
             Length::Steps(n) => n,
             Length::Epochs(e) => e * per_epoch,
         };
-        exec.allocate().map_err(|bytes| TrainError::Memory {
-            stage: stage.name.clone(),
-            batch,
-            gib: bytes as f64 / (1u64 << 30) as f64,
-        })?;
         Ok(Trainer {
             recipe,
             stage_index,
-            step,
             exec,
-            values,
-            adam,
-            decay,
-            clamp,
+            slots,
             total_steps,
             done: 0,
             rng_seed: stage.train.seed,
-            grad_sums: vec![None; n_params],
         })
     }
 
+    /// The executable step (its compiled graph, plan and profile).
+    pub fn executable(&mut self) -> &mut Executable {
+        &mut self.exec
+    }
+
     pub fn graph(&self) -> &super::graph::Graph {
-        &self.step.graph
+        &self.exec.compiled().graph
     }
 
     /// Synthetic inputs for step `step`: images ~ N(0, 1), captions of random token ids that end
     /// in the end-of-text token, fresh patch masks.
-    fn batch_inputs(&self, step: u64) -> Vec<(String, Vec<f32>)> {
+    fn batch_inputs(&self, step: u64) -> Vec<(usize, Vec<f32>)> {
         let mut out = Vec::new();
-        let b = self.step.batch;
-        for (name, shape) in &self.step.inputs {
-            let mut rng = Rng::derive(self.rng_seed ^ step.wrapping_mul(0x9E37), name);
-            let kind = name.split(':').next().unwrap();
-            let model_name = name.split(':').nth(1).unwrap_or_default();
+        let compiled = self.exec.compiled();
+        let b = compiled.batch;
+        for (index, input) in compiled.graph.inputs.iter().enumerate() {
+            let (kind, shape) = (&input.kind, &input.shape);
+            let name = kind.to_string();
+            let mut rng = Rng::derive(self.rng_seed ^ step.wrapping_mul(0x9E37), &name);
+            let model_name = match kind {
+                InputKind::Pixels { model }
+                | InputKind::Ids { model }
+                | InputKind::Eot { model }
+                | InputKind::Mask { model }
+                | InputKind::Keep { model, .. } => model.as_str(),
+                InputKind::Weight { .. } | InputKind::Schedule { .. } => continue,
+            };
             let spec = self.recipe.models.iter().find(|m| m.name == model_name);
             let n: usize = shape.iter().product();
             let values = match kind {
                 // Every model sees the same images (a teacher must judge what the student
                 // sees): the stream depends on the image size, not on the model.
-                "pixels" => {
+                InputKind::Pixels { .. } => {
                     let mut images = Rng::derive(
                         self.rng_seed ^ step.wrapping_mul(0x9E37),
                         &format!("pixels:{:?}", &shape[1..]),
                     );
                     (0..n).map(|_| images.normal() as f32).collect()
                 }
-                "ids" | "eot" | "mask" => {
+                InputKind::Ids { .. } | InputKind::Eot { .. } | InputKind::Mask { .. } => {
                     // One caption per row, shared by the ids, eot and mask inputs of a model.
                     let spec = spec.expect("text inputs belong to a model");
                     let l = spec.tokenizer.context as usize;
@@ -260,12 +250,12 @@ impl<'r> Trainer<'r> {
                         eot[row] = (len - 1) as f32;
                     }
                     match kind {
-                        "ids" => ids,
-                        "eot" => eot,
+                        InputKind::Ids { .. } => ids,
+                        InputKind::Eot { .. } => eot,
                         _ => mask,
                     }
                 }
-                "keep" => {
+                InputKind::Keep { .. } => {
                     let patches = spec.map(|s| s.vision.patches() as usize).unwrap_or(0);
                     let k = shape[1];
                     (0..b)
@@ -273,76 +263,84 @@ impl<'r> Trainer<'r> {
                         .map(|i| i as f32)
                         .collect()
                 }
-                _ => unreachable!("unknown input {name}"),
+                InputKind::Weight { .. } | InputKind::Schedule { .. } => unreachable!(),
             };
-            out.push((name.clone(), values));
+            out.push((index, values));
         }
         out
+    }
+
+    /// Sets every input of one micro-batch: the batch drawn for `batch_step`, and each loss
+    /// weight and scheduled scalar at optimiser step `t`. Shared by training and evaluation.
+    fn prepare(&mut self, batch_step: u64, t: u64) -> Vec<(usize, Vec<f32>)> {
+        let batch = self.batch_inputs(batch_step);
+        for (index, values) in &batch {
+            self.exec.set_input(*index, values);
+        }
+        let stage = &self.recipe.stages[self.stage_index];
+        let total = self.total_steps;
+        let scalars: Vec<(usize, f32)> = self
+            .exec
+            .compiled()
+            .graph
+            .inputs
+            .iter()
+            .enumerate()
+            .filter_map(|(index, input)| {
+                let value = match &input.kind {
+                    InputKind::Weight { term } => {
+                        let weight = &stage.terms.iter().find(|x| &x.label == term)?.weight;
+                        weight.at(t, total)
+                    }
+                    InputKind::Schedule { node } => match &stage.graph.nodes[*node].op {
+                        ir::Op::Scheduled(s) => s.at(t, total),
+                        other => unreachable!("schedule input on {other:?}"),
+                    },
+                    _ => return None,
+                };
+                Some((index, value as f32))
+            })
+            .collect();
+        for (index, value) in scalars {
+            self.exec.set_input(index, &[value]);
+        }
+        batch
     }
 
     /// The loss, each term and every gradient at `step` (one micro-batch), without updating
     /// anything: for tests against other implementations.
     pub fn evaluate(&mut self, step: u64) -> Evaluation {
-        let inputs = self.batch_inputs(step);
-        let stage = &self.recipe.stages[self.stage_index];
-        for (p, v) in self.values.iter_mut().enumerate() {
-            if let Some(values) = v.take() {
-                self.exec.set_param(p, values);
-            }
-        }
-        for (name, values) in &inputs {
-            self.exec.set_input(name, values.clone());
-        }
-        for ((_, schedule, _), name) in self.step.terms.iter().zip(&self.step.weight_inputs) {
-            self.exec
-                .set_input(name, vec![schedule.at(step, self.total_steps) as f32]);
-        }
-        let _ = stage;
-        let outputs = self.exec.run();
-        for (p, v) in self.values.iter_mut().enumerate() {
-            if v.is_none() {
-                *v = self.exec.take_param(p);
-            }
-        }
-        let g = &self.step.graph;
-        let first_grad = 1 + self.step.terms.len();
+        let inputs = self.prepare(step, step);
+        self.exec.execute();
+        let compiled = self.exec.compiled();
+        let g = &compiled.graph;
         Evaluation {
-            loss: outputs[0][0] as f64,
-            terms: self
-                .step
+            loss: self.exec.scalar(&Output::Loss),
+            terms: compiled
                 .terms
                 .iter()
-                .enumerate()
-                .map(|(i, t)| (t.0.clone(), outputs[1 + i][0] as f64))
+                .map(|(label, _)| (label.clone(), self.exec.scalar(&Output::Term(label.clone()))))
                 .collect(),
             params: g
                 .params
                 .iter()
                 .enumerate()
-                .filter_map(|(i, p)| {
-                    self.values[i]
-                        .clone()
-                        .map(|v| (p.name.clone(), p.shape.clone(), v))
-                })
+                .map(|(i, p)| (p.name.clone(), p.shape.clone(), self.exec.param(i)))
                 .collect(),
-            grads: self
-                .step
-                .grads
-                .iter()
-                .enumerate()
-                .map(|(k, &(p, _))| (g.params[p].name.clone(), outputs[first_grad + k].clone()))
+            grads: compiled
+                .grads()
+                .into_iter()
+                .map(|(p, _)| {
+                    let name = g.params[p].name.clone();
+                    let values = self.exec.output(&Output::Grad(name.clone()));
+                    (name, values)
+                })
                 .collect(),
             inputs: inputs
                 .into_iter()
-                .map(|(name, v)| {
-                    let shape = self
-                        .step
-                        .inputs
-                        .iter()
-                        .find(|i| i.0 == name)
-                        .map(|i| i.1.clone())
-                        .unwrap_or_default();
-                    (name, shape, v)
+                .map(|(index, v)| {
+                    let input = &g.inputs[index];
+                    (input.kind.to_string(), input.shape.clone(), v)
                 })
                 .collect(),
         }
@@ -355,110 +353,87 @@ impl<'r> Trainer<'r> {
         let t = self.done;
         let total = self.total_steps;
         let accumulate = stage.train.accumulate.max(1);
-        let mut loss = 0.0;
-        let mut terms = vec![0.0; self.step.terms.len()];
-        for micro in 0..accumulate {
-            for (p, v) in self.values.iter_mut().enumerate() {
-                if let Some(values) = v.take() {
-                    self.exec.set_param(p, values);
-                }
-            }
-            for (name, values) in self.batch_inputs(t * accumulate + micro) {
-                self.exec.set_input(&name, values);
-            }
-            for ((_, schedule, _), name) in self.step.terms.iter().zip(&self.step.weight_inputs) {
+        let labels: Vec<String> = self.exec.compiled().terms.iter().map(|t| t.0.clone()).collect();
+        let grad_views: Vec<View> = self
+            .slots
+            .iter()
+            .map(|s| {
+                let name = self.exec.compiled().graph.params[s.param].name.clone();
                 self.exec
-                    .set_input(name, vec![schedule.at(t, total) as f32]);
+                    .output_view(&Output::Grad(name))
+                    .expect("every slot has a gradient output")
+            })
+            .collect();
+        let mut loss = 0.0;
+        let mut terms = vec![0.0; labels.len()];
+        for micro in 0..accumulate {
+            self.prepare(t * accumulate + micro, t);
+            self.exec.execute();
+            loss += self.exec.scalar(&Output::Loss) / accumulate as f64;
+            for (term, label) in terms.iter_mut().zip(&labels) {
+                *term += self.exec.scalar(&Output::Term(label.clone())) / accumulate as f64;
             }
-            for node in &self.step.graph.nodes {
-                if let Op::Scalar(name) = &node.op {
-                    if let Some(index) = name.strip_prefix("schedule:") {
-                        let ir_node = &stage.graph.nodes[index.parse::<usize>().unwrap()];
-                        if let ir::Op::Scheduled(s) = &ir_node.op {
-                            self.exec.set_input(name, vec![s.at(t, total) as f32]);
-                        }
+            // With accumulation, gradients leave the arena (the next micro-batch reuses it)
+            // into sums that stay on the backend.
+            let mut b = exec::lock(self.exec.backend());
+            for (slot, &grad) in self.slots.iter().zip(&grad_views) {
+                if let Some(sum) = slot.sum {
+                    if micro == 0 {
+                        b.copy(sum, grad);
+                    } else {
+                        b.add_into(sum, grad);
                     }
                 }
             }
-            self.exec.execute();
-            for (p, v) in self.values.iter_mut().enumerate() {
-                if v.is_none() {
-                    *v = self.exec.take_param(p);
-                }
-            }
-            loss += self.exec.output(0)[0] as f64 / accumulate as f64;
-            for (i, term) in terms.iter_mut().enumerate() {
-                *term += self.exec.output(1 + i)[0] as f64 / accumulate as f64;
-            }
-            // Gradients leave the arena into buffers kept from step to step (summed over
-            // micro-batches).
-            let first_grad = 1 + self.step.terms.len();
-            for (k, &(p, _)) in self.step.grads.iter().enumerate() {
-                let g = self.exec.output(first_grad + k);
-                let sum = self.grad_sums[p].get_or_insert_with(|| vec![0.0; g.len()]);
-                if micro == 0 {
-                    sum.copy_from_slice(g);
-                } else {
-                    sum.iter_mut().zip(g).for_each(|(s, x)| *s += x);
-                }
-            }
         }
+        let mut b = exec::lock(self.exec.backend());
+        let grads: Vec<View> = self
+            .slots
+            .iter()
+            .zip(&grad_views)
+            .map(|(slot, &g)| slot.sum.unwrap_or(g))
+            .collect();
         if accumulate > 1 {
-            let scale = 1.0 / accumulate as f32;
-            for g in self.grad_sums.iter_mut().flatten() {
-                g.iter_mut().for_each(|x| *x *= scale);
+            for &g in &grads {
+                b.scale(g, 1.0 / accumulate as f32);
             }
         }
-        let grad_norm = {
-            let grads: Vec<&[f32]> = self.grad_sums.iter().flatten().map(|g| &g[..]).collect();
-            kdc_cpu::grad_norm(&grads)
-        };
+        let grad_norm = b.l2_norm(&grads);
         if let Some(max) = stage.train.clip_grad {
-            let mut grads: Vec<&mut [f32]> = self
-                .grad_sums
-                .iter_mut()
-                .flatten()
-                .map(|g| &mut g[..])
-                .collect();
-            kdc_cpu::clip_grad_norm(&mut grads, max);
+            // PyTorch's clip_grad_norm_: scale by max / (norm + 1e-6) when that is below 1
+            // (or NaN, which it keeps).
+            let coef = max / (grad_norm + CLIP_GRAD_NORM_EPS);
+            if coef.is_nan() || coef < 1.0 {
+                for &g in &grads {
+                    b.scale(g, coef as f32);
+                }
+            }
         }
         let o = &stage.train.optimizer;
         let lr = o.lr.at(t, total);
-        for (p, grad) in self.grad_sums.iter().enumerate() {
-            let (Some(grad), Some(values), Some((m, v))) =
-                (grad, self.values[p].as_mut(), self.adam[p].as_mut())
-            else {
-                continue;
-            };
-            let wd = if self.decay[p] { o.weight_decay } else { 0.0 };
-            kdc_cpu::adamw_step(
-                values,
-                grad,
-                m,
-                v,
+        for (slot, &grad) in self.slots.iter().zip(&grads) {
+            let param = self.exec.param_view(slot.param);
+            let hyper = AdamW {
                 lr,
-                o.betas.0,
-                o.betas.1,
-                o.eps,
-                wd,
-                t + 1,
-            );
-            if let Some((lo, hi)) = self.clamp[p] {
-                values.iter_mut().for_each(|x| *x = x.clamp(lo, hi));
+                beta1: o.betas.0,
+                beta2: o.betas.1,
+                eps: o.eps,
+                weight_decay: if slot.decay { o.weight_decay } else { 0.0 },
+                step: t + 1,
+            };
+            b.adamw(param, grad, slot.m, slot.v, &hyper);
+            if let Some((lo, hi)) = slot.clamp {
+                b.clamp(param, lo, hi);
             }
         }
+        b.synchronize();
+        drop(b);
         self.done += 1;
         StepLog {
             stage: stage.name.clone(),
             step: t + 1,
             loss,
-            terms: self
-                .step
-                .terms
-                .iter()
-                .map(|t| t.0.clone())
-                .zip(terms)
-                .collect(),
+            terms: labels.into_iter().zip(terms).collect(),
             lr,
             grad_norm,
             seconds: started.elapsed().as_secs_f64(),
@@ -505,4 +480,112 @@ impl<'r> Trainer<'r> {
         }
         Ok(logs)
     }
+}
+
+fn compiled_batch(recipe: &Recipe, stage_index: usize) -> usize {
+    recipe.stages[stage_index].data.batch as usize
+}
+
+/// Every parameter's initial values (name, shape, values), in the graph's order: model weights
+/// from their checkpoints (or initialised from the seed), the loss's parts from their `init`.
+fn initial_values(
+    recipe: &Recipe,
+    stage_index: usize,
+    compiled: &Compiled,
+    options: &Options,
+) -> Result<Vec<(Vec<f32>, String, Vec<usize>)>, TrainError> {
+    let stage = &recipe.stages[stage_index];
+    let g = &compiled.graph;
+    let mut values: Vec<Option<Vec<f32>>> = vec![None; g.params.len()];
+    for (model_id, by_name) in &compiled.model_params {
+        let spec = &recipe.models[*model_id];
+        let loaded = match &spec.weights {
+            Some(w) if options.random_missing_weights && !options.base.join(w).exists() => None,
+            Some(w) => Some(weights::read_safetensors(&options.base.join(w))?),
+            None => None,
+        };
+        let initial: HashMap<String, Vec<f32>> =
+            weights::init(spec, stage.train.seed).into_iter().collect();
+        for (name, &index) in by_name {
+            let shape = &g.params[index].shape;
+            let value = match &loaded {
+                Some(tensors) => weights::find(tensors, name, shape).ok_or_else(|| {
+                    weights::WeightsError::Missing {
+                        path: spec.weights.clone().unwrap_or_default(),
+                        name: name.clone(),
+                        count: tensors.len(),
+                    }
+                })?,
+                None => initial[name].clone(),
+            };
+            if value.len() != numel(shape) {
+                return Err(weights::WeightsError::Shape {
+                    path: spec.weights.clone().unwrap_or_default(),
+                    name: name.clone(),
+                    found: vec![value.len()],
+                    expected: shape.clone(),
+                }
+                .into());
+            }
+            values[index] = Some(value);
+        }
+    }
+    for &(spec_index, index) in &compiled.loss_params {
+        let p = &stage.params[spec_index];
+        let n = numel(&g.params[index].shape);
+        let mut rng = Rng::derive(stage.train.seed, &p.name);
+        values[index] = Some(match p.init {
+            ir::Init::Constant(c) => vec![c as f32; n],
+            ir::Init::Uniform { bound } => (0..n)
+                .map(|_| ((rng.uniform() * 2.0 - 1.0) * bound) as f32)
+                .collect(),
+            ir::Init::Normal { std } => (0..n).map(|_| (rng.normal() * std) as f32).collect(),
+        });
+    }
+    Ok(values
+        .into_iter()
+        .zip(&g.params)
+        .map(|(v, p)| {
+            let v = v.unwrap_or_else(|| {
+                // A parameter the step lowered for testing (a tap given as a parameter).
+                vec![0.0; numel(&p.shape)]
+            });
+            (v, p.name.clone(), p.shape.clone())
+        })
+        .collect())
+}
+
+/// Per parameter: whether AdamW decays it, and the range it is clamped to after each step.
+fn optimiser_groups(
+    recipe: &Recipe,
+    stage_index: usize,
+    compiled: &Compiled,
+) -> (Vec<bool>, Vec<Option<(f32, f32)>>) {
+    let stage = &recipe.stages[stage_index];
+    let n = compiled.graph.params.len();
+    let (mut decay, mut clamp) = (vec![false; n], vec![None; n]);
+    let no_decay = &stage.train.optimizer.no_decay;
+    for (model_id, by_name) in &compiled.model_params {
+        let spec = &recipe.models[*model_id];
+        let classes: HashMap<String, ParamClass> = spec
+            .parameters()
+            .into_iter()
+            .map(|p| (p.name, p.class))
+            .collect();
+        for (name, &index) in by_name {
+            decay[index] = !no_decay.contains(&classes[name]);
+            if name == "logit_scale" {
+                clamp[index] = Some((
+                    spec.logit_scale.min.ln() as f32,
+                    spec.logit_scale.max.ln() as f32,
+                ));
+            }
+        }
+    }
+    for &(spec_index, index) in &compiled.loss_params {
+        let p = &stage.params[spec_index];
+        decay[index] = !no_decay.contains(&p.class);
+        clamp[index] = p.clamp.map(|(lo, hi)| (lo as f32, hi as f32));
+    }
+    (decay, clamp)
 }

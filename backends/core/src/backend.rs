@@ -1,0 +1,131 @@
+//! The [`Backend`] trait: what the engine asks of a device.
+//!
+//! The engine plans a step's memory at compile time: every intermediate value at a fixed
+//! offset in one arena, every parameter, batch input and optimiser slot in a buffer of its
+//! own. A backend owns those buffers (host memory on the CPU, device memory on a GPU) and runs
+//! one operation at a time on views into them. Values cross between host and device only
+//! through [`Backend::upload`] and [`Backend::download`]: batches in, the loss and the
+//! per-term values out, checkpoints both ways. Parameters, gradients and optimiser state stay
+//! on the device; the optimiser's update is a backend operation.
+//!
+//! Operations are issued in order. A backend may run them asynchronously (a GPU stream), as
+//! long as each one sees the effects of the ones before it; [`Backend::download`],
+//! [`Backend::l2_norm`] and [`Backend::synchronize`] wait for everything issued.
+
+use crate::op::Op;
+
+/// A buffer a backend allocated: an index into the backend's own table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct BufferId(pub usize);
+
+/// `len` floats at `offset` in a buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct View {
+    pub buffer: BufferId,
+    pub offset: usize,
+    pub len: usize,
+}
+
+impl View {
+    /// The whole of a buffer of `len` floats.
+    pub fn whole(buffer: BufferId, len: usize) -> View {
+        View { buffer, offset: 0, len }
+    }
+
+    /// Whether two views share memory.
+    pub fn overlaps(&self, other: &View) -> bool {
+        self.buffer == other.buffer
+            && self.len > 0
+            && other.len > 0
+            && self.offset < other.offset + other.len
+            && other.offset < self.offset + self.len
+    }
+}
+
+/// One operation to run: its inputs (row-major, contiguous, of the given shapes), where its
+/// output goes, and the scratch memory the plan reserved for it
+/// ([`Backend::scratch_len`] floats). The output is overwritten entirely. The plan guarantees
+/// that the output and the scratch overlap no input and no value alive at that point.
+#[derive(Clone, Debug)]
+pub struct Launch<'a> {
+    pub op: &'a Op,
+    pub inputs: &'a [View],
+    pub input_shapes: &'a [Vec<usize>],
+    pub output: View,
+    pub shape: &'a [usize],
+    pub scratch: View,
+}
+
+/// AdamW's hyper-parameters for one update (decoupled weight decay, PyTorch's convention:
+/// `step` counts from 1).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AdamW {
+    pub lr: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
+    pub step: u64,
+}
+
+/// PyTorch's `clip_grad_norm_` divides by `norm + 1e-6`.
+pub const CLIP_GRAD_NORM_EPS: f64 = 1e-6;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// The device cannot hold a buffer of this many bytes.
+    #[error("the {device} backend cannot allocate {bytes} bytes")]
+    OutOfMemory { device: &'static str, bytes: usize },
+    /// The device is not there or not usable (no GPU, no driver).
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// A device that runs compiled steps. Every method that takes views panics if a view lies
+/// outside its buffer or a buffer is unknown: those are programming errors of the engine.
+pub trait Backend: Send {
+    /// `cpu`, `cuda`, …
+    fn name(&self) -> &'static str;
+
+    /// Floats of scratch memory this backend's kernel for `op` needs while it runs; the memory
+    /// plan reserves them next to the operation's output.
+    fn scratch_len(&self, op: &Op, input_shapes: &[Vec<usize>], shape: &[usize]) -> usize;
+
+    /// A new buffer of `len` floats, zeroed.
+    fn alloc(&mut self, len: usize) -> Result<BufferId, BackendError>;
+
+    /// Gives a buffer back.
+    fn free(&mut self, buffer: BufferId);
+
+    /// Copies host values into a view (`src.len() == dst.len`).
+    fn upload(&mut self, dst: View, src: &[f32]);
+
+    /// Copies a view to the host (`dst.len() == src.len`), after everything issued before.
+    fn download(&mut self, src: View, dst: &mut [f32]);
+
+    /// Runs one operation.
+    fn launch(&mut self, launch: &Launch<'_>);
+
+    /// `dst = src` (same lengths; no overlap).
+    fn copy(&mut self, dst: View, src: View);
+
+    /// `dst += src` (same lengths; no overlap).
+    fn add_into(&mut self, dst: View, src: View);
+
+    /// `x *= factor`.
+    fn scale(&mut self, x: View, factor: f32);
+
+    /// `x = clamp(x, lo, hi)`.
+    fn clamp(&mut self, x: View, lo: f32, hi: f32);
+
+    /// √(Σ x²) over all the views together, accumulated in f64, after everything issued
+    /// before (the global gradient norm).
+    fn l2_norm(&mut self, xs: &[View]) -> f64;
+
+    /// One AdamW update of `param` from `grad`, with its moment buffers `m` and `v`
+    /// (all the same length).
+    fn adamw(&mut self, param: View, grad: View, m: View, v: View, hyper: &AdamW);
+
+    /// Waits for everything issued.
+    fn synchronize(&mut self);
+}

@@ -1,0 +1,285 @@
+//! The operator set of a compiled step: forward operations from the model towers and the
+//! recipe's loss, and the backward operations autodiff appends, all on concrete shapes. A
+//! backward step is an operation of the same set (the gradient of a matmul is two matmuls), so
+//! every pass and every backend sees one kind of node.
+//!
+//! Operators are plain data: `Eq` and `Hash` (floats compare by their bits), so the engine's
+//! common-subexpression pass keys on them directly.
+
+use std::fmt;
+
+/// An `f32` that compares and hashes by its bits, for the constants inside operators
+/// (a fill value, an epsilon, a threshold). Prints as the plain number.
+#[derive(Clone, Copy, Default)]
+pub struct F32(pub f32);
+
+impl PartialEq for F32 {
+    fn eq(&self, other: &F32) -> bool {
+        self.0.to_bits() == other.0.to_bits()
+    }
+}
+
+impl Eq for F32 {}
+
+impl std::hash::Hash for F32 {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.to_bits().hash(state)
+    }
+}
+
+impl fmt::Debug for F32 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.0, f)
+    }
+}
+
+impl fmt::Display for F32 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl serde::Serialize for F32 {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_f32(self.0)
+    }
+}
+
+/// A unary elementwise function.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Unary {
+    Neg,
+    Exp,
+    Log,
+    Sqrt,
+    Abs,
+    /// The exact GELU, x·Φ(x).
+    Gelu,
+    /// x·σ(1.702x).
+    QuickGelu,
+}
+
+/// A binary elementwise function with NumPy broadcasting.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Binary {
+    Add,
+    Sub,
+    Mul,
+    Div,
+}
+
+/// A reduction along one axis, or over everything (`axis: None`, a scalar result).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Reduce {
+    Sum,
+    Mean,
+    /// Biased variance.
+    Var,
+}
+
+/// A loss primitive: a scalar from one or two tensors. The checked IR and the engine graph
+/// share this one enum, so a new primitive is declared once (ARCHITECTURE.md lists the other
+/// places it touches).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+pub enum LossKind {
+    /// Mean of (a − b)² over all elements.
+    Mse,
+    /// Mean of |a − b| over all elements.
+    L1,
+    /// Mean of ½d²/β where |d| < β, else |d| − ½β, d = a − b.
+    SmoothL1 { beta: F32 },
+    /// KL(p ‖ q) from log-probabilities (log p, log q) over the last axis: Σ p (log p − log q),
+    /// mean over rows.
+    Kl,
+    /// Cross-entropy of row logits against the diagonal (row i's target is column i), mean
+    /// over rows.
+    CrossEntropyDiagonal,
+    /// Cross-entropy of row logits against given target probabilities, mean over rows.
+    CrossEntropySoft,
+}
+
+impl LossKind {
+    /// How many tensors the loss reads.
+    pub fn arity(self) -> usize {
+        match self {
+            LossKind::CrossEntropyDiagonal => 1,
+            _ => 2,
+        }
+    }
+
+    /// The name the language and the IR explanation use (`smooth_l1[beta 1]`).
+    pub fn name(self) -> String {
+        match self {
+            LossKind::Mse => "mse".into(),
+            LossKind::L1 => "l1".into(),
+            LossKind::SmoothL1 { beta } => format!("smooth_l1[beta {beta}]"),
+            LossKind::Kl => "kl".into(),
+            LossKind::CrossEntropyDiagonal => "cross_entropy[diagonal]".into(),
+            LossKind::CrossEntropySoft => "cross_entropy[soft]".into(),
+        }
+    }
+
+    /// The name without parameters, for summaries and profiles (`Mse`, `SmoothL1`).
+    pub fn kind(self) -> &'static str {
+        match self {
+            LossKind::Mse => "Mse",
+            LossKind::L1 => "L1",
+            LossKind::SmoothL1 { .. } => "SmoothL1",
+            LossKind::Kl => "Kl",
+            LossKind::CrossEntropyDiagonal => "CrossEntropyDiagonal",
+            LossKind::CrossEntropySoft => "CrossEntropySoft",
+        }
+    }
+}
+
+/// One operation of a compiled step.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Op {
+    /// A value set from outside before each run: a batch input (pixels, token ids, pooling and
+    /// mask indices, held as exact f32 integers) or a scalar that follows the step (a loss
+    /// weight, a schedule), by index into the graph's table of inputs.
+    Input(usize),
+    /// A trainable or frozen parameter, by index into the graph's parameters.
+    Param(usize),
+    /// A constant tensor filled with one value.
+    Fill(F32),
+    /// The identity matrix.
+    Eye,
+    /// The additive causal mask: 0 on and below the diagonal, a large negative above.
+    CausalMask,
+    Unary(Unary),
+    /// The backward of a unary function: inputs (x, y, dy) → dx.
+    UnaryBackward(Unary),
+    Binary(Binary),
+    /// Batched matrix product of the last two axes; `ta`/`tb` read an operand transposed.
+    /// An operand of rank 2 is shared by every batch item of the other.
+    MatMul { ta: bool, tb: bool },
+    /// `MatMul { ta, tb }` of the first two inputs plus the third broadcast to the product's
+    /// shape (a bias, a residual): made by the fusion pass, one pass over the output instead of
+    /// two.
+    MatMulAdd { ta: bool, tb: bool },
+    /// Reorders axes (a copy).
+    Permute(Vec<usize>),
+    /// The same data seen with another shape.
+    Reshape,
+    /// Repeats the input along axes of size 1 (or missing leading axes) to the output shape.
+    Broadcast,
+    /// Sums the input down to the output shape (the gradient of `Broadcast` and of
+    /// broadcasting binary operations).
+    SumTo,
+    Reduce { kind: Reduce, axis: Option<usize> },
+    /// The gradient of a reduction: inputs (x, dy) → dx.
+    ReduceBackward { kind: Reduce, axis: Option<usize> },
+    Softmax { axis: usize },
+    LogSoftmax { axis: usize },
+    /// Inputs (y, dy) → dx, y the softmax output.
+    SoftmaxBackward { axis: usize },
+    /// Inputs (y, dy) → dx, y the log-softmax output.
+    LogSoftmaxBackward { axis: usize },
+    /// x / max(‖x‖₂, ε) along an axis.
+    Normalize { axis: usize },
+    /// Inputs (x, dy) → dx.
+    NormalizeBackward { axis: usize },
+    /// Layer norm over the last axis: inputs (x, gain, bias).
+    LayerNorm { eps: F32 },
+    /// Inputs (x, gain, dy) → dx.
+    LayerNormBackward { eps: F32 },
+    /// Inputs (x, dy) → [2, n]: row 0 the gain's gradient, row 1 the bias's.
+    LayerNormParamGrads { eps: F32 },
+    /// Rows of a table: inputs (table [v, w], ids [..]) → [.., w].
+    Embedding,
+    /// Inputs (ids, dy) → the table's gradient (scatter-add), shape of the table.
+    EmbeddingBackward,
+    /// Per batch item, rows of x picked by index: (x [b, t, w], index [b, k]) → [b, k, w].
+    GatherRows,
+    /// Inputs (index [b, k], dy [b, k, w]) → dx [b, t, w] (scatter-add).
+    ScatterRows,
+    Concat { axis: usize },
+    /// A contiguous range along an axis.
+    Slice { axis: usize, start: usize },
+    /// Inputs (dy) → dx zero outside the slice: the gradient of `Slice`.
+    SliceBackward { axis: usize, start: usize },
+    /// A loss primitive's value, a scalar.
+    Loss(LossKind),
+    /// The gradient of a loss with respect to its input `which`: inputs (loss inputs…, dloss).
+    LossBackward { loss: LossKind, which: usize },
+    /// Blocks gradients.
+    Detach,
+}
+
+impl Op {
+    /// Whether the runner sets this value (a parameter or an input) rather than a kernel
+    /// computing it.
+    pub fn is_source(&self) -> bool {
+        matches!(self, Op::Param(_) | Op::Input(_))
+    }
+
+    /// The operation's name without its parameters (`MatMul`, `Softmax`, `Mse`), for summaries
+    /// and profiles.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Op::Input(_) => "Input",
+            Op::Param(_) => "Param",
+            Op::Fill(_) => "Fill",
+            Op::Eye => "Eye",
+            Op::CausalMask => "CausalMask",
+            Op::Unary(_) => "Unary",
+            Op::UnaryBackward(_) => "UnaryBackward",
+            Op::Binary(_) => "Binary",
+            Op::MatMul { .. } => "MatMul",
+            Op::MatMulAdd { .. } => "MatMulAdd",
+            Op::Permute(_) => "Permute",
+            Op::Reshape => "Reshape",
+            Op::Broadcast => "Broadcast",
+            Op::SumTo => "SumTo",
+            Op::Reduce { .. } => "Reduce",
+            Op::ReduceBackward { .. } => "ReduceBackward",
+            Op::Softmax { .. } => "Softmax",
+            Op::LogSoftmax { .. } => "LogSoftmax",
+            Op::SoftmaxBackward { .. } => "SoftmaxBackward",
+            Op::LogSoftmaxBackward { .. } => "LogSoftmaxBackward",
+            Op::Normalize { .. } => "Normalize",
+            Op::NormalizeBackward { .. } => "NormalizeBackward",
+            Op::LayerNorm { .. } => "LayerNorm",
+            Op::LayerNormBackward { .. } => "LayerNormBackward",
+            Op::LayerNormParamGrads { .. } => "LayerNormParamGrads",
+            Op::Embedding => "Embedding",
+            Op::EmbeddingBackward => "EmbeddingBackward",
+            Op::GatherRows => "GatherRows",
+            Op::ScatterRows => "ScatterRows",
+            Op::Concat { .. } => "Concat",
+            Op::Slice { .. } => "Slice",
+            Op::SliceBackward { .. } => "SliceBackward",
+            Op::Loss(l) => l.kind(),
+            Op::LossBackward { .. } => "LossBackward",
+            Op::Detach => "Detach",
+        }
+    }
+
+    /// Whether the output is its input's memory seen with another shape (no kernel work).
+    pub fn is_view(&self) -> bool {
+        matches!(self, Op::Reshape | Op::Detach)
+    }
+}
+
+/// The number of elements of a shape.
+pub fn numel(shape: &[usize]) -> usize {
+    shape.iter().product()
+}
+
+/// The broadcast of two shapes (NumPy rules), or `None`.
+pub fn broadcast_shapes(a: &[usize], b: &[usize]) -> Option<Vec<usize>> {
+    let rank = a.len().max(b.len());
+    let mut out = vec![0; rank];
+    for (i, o) in out.iter_mut().enumerate() {
+        let x = if i + a.len() >= rank { a[i + a.len() - rank] } else { 1 };
+        let y = if i + b.len() >= rank { b[i + b.len() - rank] } else { 1 };
+        *o = match (x, y) {
+            (x, y) if x == y => x,
+            (1, y) => y,
+            (x, 1) => x,
+            _ => return None,
+        };
+    }
+    Some(out)
+}
