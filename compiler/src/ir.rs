@@ -487,13 +487,40 @@ pub enum Length {
     Steps(u64),
 }
 
+/// The number format a stage trains in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum Precision {
+    Fp32,
+    Bf16,
+    Fp16,
+}
+
+impl Precision {
+    pub const ALL: [Precision; 3] = [Precision::Fp32, Precision::Bf16, Precision::Fp16];
+
+    /// The word a recipe writes (`bf16`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::Fp32 => "fp32",
+            Precision::Bf16 => "bf16",
+            Precision::Fp16 => "fp16",
+        }
+    }
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct TrainSpec {
     pub optimizer: AdamW,
     pub length: Length,
     pub clip_grad: Option<f64>,
     pub accumulate: u64,
-    pub precision: String,
+    pub precision: Precision,
     pub seed: u64,
     pub checkpoint_every: Option<u64>,
 }

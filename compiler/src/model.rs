@@ -89,10 +89,27 @@ impl Default for LogitScaleSpec {
     }
 }
 
+/// How a model turns captions into token ids.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum TokenizerKind {
+    /// open_clip's byte-level BPE.
+    ClipBpe,
+    /// A Hugging Face `tokenizer.json`.
+    File,
+}
+
+impl std::fmt::Display for TokenizerKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TokenizerKind::ClipBpe => "clip_bpe",
+            TokenizerKind::File => "file",
+        })
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct TokenizerSpec {
-    /// `clip_bpe` (open_clip's byte-level BPE) or `file` (a Hugging Face tokenizer.json).
-    pub kind: String,
+    pub kind: TokenizerKind,
     pub path: Option<String>,
     pub context: u64,
 }
@@ -655,7 +672,7 @@ mod tests {
             frozen: false,
             logit_scale: LogitScaleSpec::default(),
             tokenizer: TokenizerSpec {
-                kind: "clip_bpe".into(),
+                kind: TokenizerKind::ClipBpe,
                 path: None,
                 context: p.text.0,
             },

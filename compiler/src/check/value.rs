@@ -55,7 +55,7 @@ pub enum TrainPart {
     Steps(u64),
     ClipGrad(f64),
     Accumulate(u64),
-    Precision(&'static str),
+    Precision(crate::ir::Precision),
     Seed(u64),
     Checkpoint(u64),
 }

@@ -92,7 +92,7 @@ fn model(out: &mut String, m: &ModelSpec) {
     let _ = writeln!(out, "    embed   {}; logit scale {}", m.embed, scale);
     let tok = match &m.tokenizer.path {
         Some(p) => format!("{} {p}", m.tokenizer.kind),
-        None => m.tokenizer.kind.clone(),
+        None => m.tokenizer.kind.to_string(),
     };
     let p = &m.preprocess;
     let _ = writeln!(

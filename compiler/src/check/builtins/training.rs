@@ -1,0 +1,265 @@
+//! Training settings (`adamw`, `epochs`, `steps`, `clip_grad`, `accumulate`, `precision`,
+//! `seed`, `checkpoint`) and schedules (`cosine`, `ramp`, `step`).
+
+use super::Bound;
+use crate::check::value::{TrainPart, Value};
+use crate::check::{Checker, Ctx};
+use crate::codes::Code;
+use crate::diag::Diagnostic;
+use crate::fmt_num;
+use crate::ir::{self, Schedule};
+use crate::model::ParamClass;
+use crate::source::Span;
+
+impl Checker<'_> {
+    pub(in crate::check) fn adamw(&mut self, ctx: &mut Ctx, b: &Bound, _span: Span) -> Value {
+        let lr = self.schedule(ctx, b, "lr");
+        if let Some(lr) = &lr {
+            if let Some(problem) = learning_rate_problem(lr) {
+                self.bad(
+                    ctx,
+                    b,
+                    Diagnostic::error(
+                        Code::OutOfRange,
+                        b.span("lr"),
+                        format!("the learning rate {problem}"),
+                    )
+                    .primary_label("not a valid learning rate"),
+                );
+            }
+        }
+        let wd = self.ranged(ctx, b, "weight_decay", 0.0, f64::INFINITY, false, true);
+        let betas = match self.num_list(ctx, b, "betas") {
+            Some(list) if list.len() == 2 && list.iter().all(|(v, _)| (0.0..1.0).contains(v)) => {
+                Some((list[0].0, list[1].0))
+            }
+            Some(_) => {
+                self.bad(
+                    ctx,
+                    b,
+                    Diagnostic::error(
+                        Code::OutOfRange,
+                        b.span("betas"),
+                        "`betas` must be two numbers in [0, 1)",
+                    )
+                    .primary_label("for example [0.9, 0.98]"),
+                );
+                None
+            }
+            None => None,
+        };
+        let eps = self.positive(ctx, b, "eps");
+        let no_decay = self.param_classes(ctx, b);
+        match (lr, wd, betas, eps, no_decay) {
+            (Some(lr), Some(weight_decay), Some(betas), Some(eps), Some(no_decay)) => {
+                Value::TrainPart(TrainPart::Optimizer(ir::AdamW {
+                    lr,
+                    weight_decay,
+                    betas,
+                    eps,
+                    no_decay,
+                }))
+            }
+            _ => Value::Error,
+        }
+    }
+
+    pub(in crate::check) fn epochs(&mut self, ctx: &mut Ctx, b: &Bound, _span: Span) -> Value {
+        self.count(ctx, b, "count")
+            .map(|n| Value::TrainPart(TrainPart::Epochs(n)))
+            .unwrap_or(Value::Error)
+    }
+
+    pub(in crate::check) fn steps(&mut self, ctx: &mut Ctx, b: &Bound, _span: Span) -> Value {
+        self.count(ctx, b, "count")
+            .map(|n| Value::TrainPart(TrainPart::Steps(n)))
+            .unwrap_or(Value::Error)
+    }
+
+    pub(in crate::check) fn clip_grad(&mut self, ctx: &mut Ctx, b: &Bound, _span: Span) -> Value {
+        self.positive(ctx, b, "norm")
+            .map(|n| Value::TrainPart(TrainPart::ClipGrad(n)))
+            .unwrap_or(Value::Error)
+    }
+
+    pub(in crate::check) fn accumulate(&mut self, ctx: &mut Ctx, b: &Bound, _span: Span) -> Value {
+        self.count(ctx, b, "count")
+            .map(|n| Value::TrainPart(TrainPart::Accumulate(n)))
+            .unwrap_or(Value::Error)
+    }
+
+    pub(in crate::check) fn precision(&mut self, ctx: &mut Ctx, b: &Bound, _span: Span) -> Value {
+        let names = ir::Precision::ALL.map(ir::Precision::name);
+        self.choice(ctx, b, "format", &names)
+            .and_then(|p| ir::Precision::ALL.into_iter().find(|x| x.name() == p))
+            .map(|p| Value::TrainPart(TrainPart::Precision(p)))
+            .unwrap_or(Value::Error)
+    }
+
+    pub(in crate::check) fn seed(&mut self, ctx: &mut Ctx, b: &Bound, _span: Span) -> Value {
+        self.natural(ctx, b, "value")
+            .map(|n| Value::TrainPart(TrainPart::Seed(n)))
+            .unwrap_or(Value::Error)
+    }
+
+    pub(in crate::check) fn checkpoint(&mut self, ctx: &mut Ctx, b: &Bound, _span: Span) -> Value {
+        self.count(ctx, b, "every")
+            .map(|n| Value::TrainPart(TrainPart::Checkpoint(n)))
+            .unwrap_or(Value::Error)
+    }
+
+    pub(in crate::check) fn cosine(&mut self, ctx: &mut Ctx, b: &Bound, _span: Span) -> Value {
+        let peak = self.num(ctx, b, "peak");
+        let warmup = self.natural(ctx, b, "warmup");
+        let end = self.num(ctx, b, "end");
+        let steps = if b.has("steps") {
+            self.count(ctx, b, "steps").map(Some)
+        } else {
+            Some(None)
+        };
+        let (Some(peak), Some(warmup), Some(end), Some(steps)) = (peak, warmup, end, steps) else {
+            return Value::Error;
+        };
+        if let Some(steps) = steps {
+            if warmup >= steps {
+                self.bad(
+                    ctx,
+                    b,
+                    Diagnostic::error(
+                        Code::BadSchedule,
+                        b.span("warmup"),
+                        format!(
+                            "a warm-up of {warmup} steps does not fit in a schedule of {steps}"
+                        ),
+                    )
+                    .primary_label("longer than the schedule")
+                    .label(b.span("steps"), "schedule length"),
+                );
+            }
+        }
+        Value::Schedule(Schedule::Cosine {
+            peak,
+            warmup,
+            end,
+            steps,
+        })
+    }
+
+    pub(in crate::check) fn ramp(&mut self, ctx: &mut Ctx, b: &Bound, _span: Span) -> Value {
+        let from = self.num(ctx, b, "from");
+        let to = self.num(ctx, b, "to");
+        let steps = self.count(ctx, b, "steps");
+        let start = self.natural(ctx, b, "start");
+        match (from, to, steps, start) {
+            (Some(from), Some(to), Some(steps), Some(start)) => Value::Schedule(Schedule::Ramp {
+                from,
+                to,
+                start,
+                steps,
+            }),
+            _ => Value::Error,
+        }
+    }
+
+    pub(in crate::check) fn step(&mut self, ctx: &mut Ctx, b: &Bound, _span: Span) -> Value {
+        let values = self.num_list(ctx, b, "values");
+        let at = self.num_list(ctx, b, "at");
+        let (Some(values), Some(at)) = (values, at) else {
+            return Value::Error;
+        };
+        if values.len() != at.len() + 1 {
+            self.bad(
+                ctx,
+                b,
+                Diagnostic::error(
+                    Code::BadSchedule,
+                    b.span("values"),
+                    format!(
+                        "`step` needs one more value than boundaries: {} values, {} boundaries",
+                        values.len(),
+                        at.len()
+                    ),
+                )
+                .primary_label("values")
+                .label(b.span("at"), "boundaries"),
+            );
+            return Value::Error;
+        }
+        let mut bounds = Vec::new();
+        for (i, (x, s)) in at.iter().enumerate() {
+            if x.fract() != 0.0 || *x < 0.0 || (i > 0 && *x <= at[i - 1].0) {
+                self.bad(
+                    ctx,
+                    b,
+                    Diagnostic::error(
+                        Code::BadSchedule,
+                        *s,
+                        "step boundaries must be increasing whole step numbers",
+                    )
+                    .primary_label("out of order or not whole"),
+                );
+                return Value::Error;
+            }
+            bounds.push(*x as u64);
+        }
+        Value::Schedule(Schedule::Step {
+            values: values.into_iter().map(|(v, _)| v).collect(),
+            at: bounds,
+        })
+    }
+
+    pub(in crate::check) fn param_classes(
+        &mut self,
+        ctx: &Ctx,
+        b: &Bound,
+    ) -> Option<Vec<ParamClass>> {
+        let items = self.list(ctx, b, "no_decay")?;
+        let mut out = Vec::new();
+        for (v, s) in items {
+            match v {
+                Value::Enum(e) if ParamClass::from_plural(e).is_some() => {
+                    out.push(ParamClass::from_plural(e).unwrap())
+                }
+                other => {
+                    self.wrong_kind(
+                        ctx,
+                        b,
+                        "no_decay",
+                        &other,
+                        s,
+                        "a list of `weights`, `embeddings`, `gains`, `biases`, `scales`",
+                    );
+                    return None;
+                }
+            }
+        }
+        Some(out)
+    }
+}
+
+/// What is wrong with a learning-rate schedule, if anything: it must never be negative and
+/// must be positive somewhere.
+fn learning_rate_problem(lr: &Schedule) -> Option<String> {
+    let (values, peak): (Vec<f64>, f64) = match lr {
+        Schedule::Constant(v) => (vec![*v], *v),
+        Schedule::Cosine { peak, end, .. } => (vec![*peak, *end], *peak),
+        Schedule::Ramp { from, to, .. } => (vec![*from, *to], from.max(*to)),
+        Schedule::Step { values, .. } => (
+            values.clone(),
+            values.iter().cloned().fold(f64::MIN, f64::max),
+        ),
+        Schedule::Scaled(f, inner) => {
+            if *f <= 0.0 {
+                return Some(format!(
+                    "is scaled by {}, which is not positive",
+                    fmt_num(*f)
+                ));
+            }
+            return learning_rate_problem(inner);
+        }
+    };
+    if let Some(v) = values.iter().find(|v| **v < 0.0) {
+        return Some(format!("would become negative ({})", fmt_num(*v)));
+    }
+    (peak <= 0.0).then(|| format!("must be positive, not {}", fmt_num(peak)))
+}

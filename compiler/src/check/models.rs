@@ -1,0 +1,256 @@
+//! A model's fields (`student.image`, `teacher.dim`, `student.vision`) and methods
+//! (`image_layer(k)`, `text_layer(k)`, `masked(ratio)`): taps into the towers, dimensions and
+//! parts.
+
+use super::builtins::{ParamKind, ParamSig};
+use super::value::Value;
+use super::{kept_patches, type_error, Checker, Ctx, Env};
+use crate::codes::Code;
+use crate::diag::Diagnostic;
+use crate::ir::{self, Op};
+use crate::model::{ModelSpec, Part};
+use crate::shape::Shape;
+use crate::source::Span;
+use crate::syntax::ast;
+
+impl Checker<'_> {
+    pub(in crate::check) fn model_field(
+        &mut self,
+        ctx: &mut Ctx,
+        id: ir::ModelId,
+        mask: Option<f64>,
+        field: &ast::Ident,
+        span: Span,
+    ) -> Value {
+        let m = &self.models[id];
+        let name = m.name.clone();
+        let b = crate::shape::Dim::batch();
+        let tokens = |m: &ModelSpec| match mask {
+            Some(ratio) => kept_patches(m.vision.patches(), ratio),
+            None => m.vision.patches(),
+        };
+        let embed = crate::shape::Dim::named(m.embed, format!("{name}.dim"));
+        let (tap, shape) = match field.name.as_str() {
+            "image" => (ir::Tap::Image, Shape(vec![b, embed])),
+            "text" => (ir::Tap::Text, Shape(vec![b, embed])),
+            "scale" => (ir::Tap::Scale, Shape::scalar()),
+            "patches" => (
+                ir::Tap::Patches,
+                Shape(vec![
+                    b,
+                    crate::shape::Dim::known(tokens(m)),
+                    crate::shape::Dim::named(m.vision.width, format!("{name}.image_width")),
+                ]),
+            ),
+            "dim" => return Value::Dim(embed, None),
+            "image_width" => {
+                return Value::Dim(
+                    crate::shape::Dim::named(m.vision.width, format!("{name}.image_width")),
+                    None,
+                )
+            }
+            "text_width" => {
+                return Value::Dim(
+                    crate::shape::Dim::named(m.text.width, format!("{name}.text_width")),
+                    None,
+                )
+            }
+            "vision" => return Value::Part(id, Part::Vision),
+            "visual_projection" => return Value::Part(id, Part::VisionProjection),
+            "text_tower" => return Value::Part(id, Part::Text),
+            "text_projection" => return Value::Part(id, Part::TextProjection),
+            "logit_scale" => return Value::Part(id, Part::Scale),
+            _ => {
+                self.unknown_field(ctx, field, "a model", MODEL_FIELDS);
+                return Value::Error;
+            }
+        };
+        let node = self.push_node(
+            ctx,
+            Op::Tap {
+                model: id,
+                tap,
+                mask,
+            },
+            vec![],
+            shape.clone(),
+            span,
+        );
+        Value::Tensor(node, shape)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(in crate::check) fn method(
+        &mut self,
+        ctx: &mut Ctx,
+        env: &Env,
+        receiver: Value,
+        base_span: Span,
+        method: &ast::Ident,
+        args: &[ast::Arg],
+        span: Span,
+    ) -> Value {
+        let (id, mask) = match receiver {
+            Value::Error => return Value::Error,
+            Value::Model { id, mask } => (id, mask),
+            other => {
+                self.error(
+                    ctx,
+                    Diagnostic::error(
+                        Code::UnknownField,
+                        method.span,
+                        format!("{} has no method `{}`", other.kind(), method.name),
+                    )
+                    .primary_label("no such method")
+                    .label(base_span, format!("this is {}", other.kind())),
+                );
+                return Value::Error;
+            }
+        };
+        let sig: &[ParamSig] = match method.name.as_str() {
+            "image_layer" | "text_layer" => &[ParamSig {
+                name: "k",
+                kind: ParamKind::Required,
+                default: None,
+            }],
+            "masked" => &[ParamSig {
+                name: "ratio",
+                kind: ParamKind::Required,
+                default: None,
+            }],
+            _ => {
+                self.unknown_field(ctx, method, "a model", MODEL_FIELDS);
+                return Value::Error;
+            }
+        };
+        let Some(bound) = self.bind_args(ctx, env, &method.name, sig, args, span) else {
+            return Value::Error;
+        };
+        let Some((value, vspan)) = bound.values[0].clone() else {
+            return Value::Error;
+        };
+        let Value::Num(x) = value else {
+            if !value.is_error() {
+                self.error(ctx, type_error(vspan, &method.name, &value, "a number"));
+            }
+            return Value::Error;
+        };
+        let m = self.models[id].clone();
+        let b = crate::shape::Dim::batch();
+        match method.name.as_str() {
+            "masked" => {
+                if mask.is_some() {
+                    self.error(
+                        ctx,
+                        Diagnostic::error(Code::OutOfRange, span, "this model is already masked")
+                            .primary_label("masked twice"),
+                    );
+                    return Value::Error;
+                }
+                if !(0.0..1.0).contains(&x) {
+                    self.error(
+                        ctx,
+                        Diagnostic::error(
+                            Code::OutOfRange,
+                            vspan,
+                            format!(
+                                "a masking ratio must be in [0, 1), not {}",
+                                crate::fmt_num(x)
+                            ),
+                        )
+                        .primary_label("out of range")
+                        .hint("CLIP-KD's MFD drops 75% of the patches: `masked(0.75)`"),
+                    );
+                    return Value::Error;
+                }
+                if kept_patches(m.vision.patches(), x) == 0 {
+                    self.error(
+                        ctx,
+                        Diagnostic::error(
+                            Code::OutOfRange,
+                            vspan,
+                            format!(
+                                "masking {} of {} patches keeps none",
+                                crate::fmt_num(x),
+                                m.vision.patches()
+                            ),
+                        )
+                        .primary_label("too high"),
+                    );
+                    return Value::Error;
+                }
+                Value::Model { id, mask: Some(x) }
+            }
+            _ => {
+                let image = method.name == "image_layer";
+                let layers = if image {
+                    m.vision.layers
+                } else {
+                    m.text.layers
+                };
+                if x.fract() != 0.0 || x < 0.0 || x > layers as f64 {
+                    self.error(
+                        ctx,
+                        Diagnostic::error(Code::LayerOutOfRange, vspan, format!("`{}` has layers 0 to {layers}, not {}", m.name, crate::fmt_num(x)))
+                            .primary_label("no such layer")
+                            .note("layer 0 is the input to the first block; layer k is the output of block k"),
+                    );
+                    return Value::Error;
+                }
+                let k = x as u64;
+                let shape = if image {
+                    let tokens = match mask {
+                        Some(r) => kept_patches(m.vision.patches(), r) + 1,
+                        None => m.vision.patches() + 1,
+                    };
+                    Shape(vec![
+                        b,
+                        crate::shape::Dim::known(tokens),
+                        crate::shape::Dim::named(m.vision.width, format!("{}.image_width", m.name)),
+                    ])
+                } else {
+                    Shape(vec![
+                        b,
+                        crate::shape::Dim::known(m.text.context),
+                        crate::shape::Dim::named(m.text.width, format!("{}.text_width", m.name)),
+                    ])
+                };
+                let tap = if image {
+                    ir::Tap::ImageLayer(k)
+                } else {
+                    ir::Tap::TextLayer(k)
+                };
+                let node = self.push_node(
+                    ctx,
+                    Op::Tap {
+                        model: id,
+                        tap,
+                        mask,
+                    },
+                    vec![],
+                    shape.clone(),
+                    span,
+                );
+                Value::Tensor(node, shape)
+            }
+        }
+    }
+}
+
+const MODEL_FIELDS: &[&str] = &[
+    "image",
+    "text",
+    "scale",
+    "dim",
+    "patches",
+    "image_width",
+    "text_width",
+    "vision",
+    "visual_projection",
+    "text_tower",
+    "text_projection",
+    "logit_scale",
+    "image_layer",
+    "text_layer",
+    "masked",
+];
