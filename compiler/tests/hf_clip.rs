@@ -107,3 +107,58 @@ fn towers_match_hugging_face() {
     }
     assert!(worst > 0.0, "suspiciously exact");
 }
+
+/// `engine::compile` with a forward-only target (what evaluation uses): the teacher's two
+/// embeddings from the recipe, every parameter frozen, no backward pass, outputs by name.
+#[test]
+fn a_forward_only_graph_encodes_like_hugging_face() {
+    use kdc::engine::compile::{self, Options};
+    use kdc::engine::exec;
+    use kdc::engine::lower::Output;
+    use kdc::ir::Tap;
+
+    let path = root().join("recipes/demo/clip_kd_small.kd");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let recipe = kdc::compile(path.to_str().unwrap(), &text, &kdc::FsLoader)
+        .recipe
+        .unwrap();
+    let teacher = recipe.models.iter().position(|m| m.name == "teacher").unwrap();
+    let backend = kdc::engine::device::cpu();
+    let options = Options::forward(vec![(teacher, Tap::Image), (teacher, Tap::Text)], 3);
+    let compiled = compile::compile(&recipe, 0, &options, &**exec::lock(&backend));
+    assert_eq!(compiled.built.backward, 0, "a forward graph has no backward pass");
+    assert!(compiled.grads().is_empty());
+    assert!(compiled.graph.params.iter().all(|p| !p.trainable));
+    assert!(compiled.terms.is_empty());
+
+    let dir = root().join("tests/fixtures/hf_clip_tiny");
+    let model = weights::read_safetensors(&dir.join("model.safetensors")).unwrap();
+    let io = weights::read_safetensors(&dir.join("io.safetensors")).unwrap();
+    let mut exec = Executable::new(compiled, backend).unwrap();
+    let params = exec.compiled().graph.params.clone();
+    for (p, param) in params.iter().enumerate() {
+        let name = param.name.trim_start_matches("teacher/");
+        let values = weights::find(&model, name, &param.shape).expect("fixture has it");
+        exec.set_param(p, &values);
+    }
+    let inputs = exec.compiled().graph.inputs.clone();
+    for (i, input) in inputs.iter().enumerate() {
+        let fixture = match &input.kind {
+            InputKind::Pixels { .. } => "pixel_values",
+            InputKind::Ids { .. } => "input_ids",
+            InputKind::Eot { .. } => "eot_positions",
+            other => panic!("unexpected input {other}"),
+        };
+        exec.set_input(i, &io[fixture].1);
+    }
+    exec.execute();
+    for (tap, fixture) in [
+        ("teacher.image", "image_embeds_unnormalized"),
+        ("teacher.text", "text_embeds_unnormalized"),
+    ] {
+        let got = exec.output(&Output::Tensor(tap.into()));
+        let d = max_diff(&got, &io[fixture].1);
+        assert!(d < 1e-4, "{tap}: max |difference| {d}");
+    }
+    assert!(exec.output_view(&Output::Loss).is_none());
+}

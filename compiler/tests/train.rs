@@ -86,3 +86,37 @@ fn a_frozen_teacher_gets_no_gradient_and_the_loss_parts_do() {
         ev.loss
     );
 }
+
+/// Evaluation prepares a step exactly as training does: a schedule inside a loss term (not its
+/// weight) takes its value at the step evaluated.
+#[test]
+fn evaluation_sets_scheduled_scalars_like_training() {
+    let text = r#"
+student = clip(
+  image: vit(size: 8, patch: 4, width: 8, layers: 1, heads: 1),
+  text: transformer(context: 4, vocab: 10, width: 8, layers: 1, heads: 1),
+  embed: 8,
+)
+data = synthetic(batch: 2)
+loss = clip_loss(student) + mean(student.image * 0 + ramp(from: 1, to: 3, steps: 10))
+train = adamw(lr: 1e-3) | steps(20)
+"#;
+    let compiled = kdc::compile("scheduled.kd", text, &kdc::FsLoader);
+    let recipe = compiled.recipe.expect("the recipe checks");
+    let mut trainer = Trainer::new(
+        &recipe,
+        0,
+        &Options {
+            steps: None,
+            base: PathBuf::from("."),
+            log: None,
+            random_missing_weights: false,
+        },
+    )
+    .unwrap();
+    for (step, want) in [(0, 1.0), (5, 2.0), (10, 3.0), (15, 3.0)] {
+        let ev = trainer.evaluate(step);
+        let (_, got) = ev.terms.iter().find(|(l, _)| l == "mean").unwrap();
+        assert!((got - want).abs() < 1e-6, "step {step}: {got}, expected {want}");
+    }
+}
