@@ -24,6 +24,7 @@ pub mod shape;
 pub mod source;
 mod suggest;
 pub mod syntax;
+pub mod tokenize;
 
 use check::{Loader, Program};
 use diag::Diagnostics;
