@@ -14,6 +14,7 @@
 
 pub mod check;
 pub mod codes;
+pub mod data;
 pub mod diag;
 pub mod engine;
 pub mod explain;
