@@ -335,6 +335,7 @@ fn train(recipe: Option<&Path>, steps: Option<u64>, log: Option<PathBuf>, every:
         base,
         log: Some(log.clone()),
         random_missing_weights: false,
+        ..Default::default()
     };
     for (index, stage) in recipe.stages.iter().enumerate() {
         if !matches!(stage.data.source, kdc::ir::DataSource::Synthetic { .. }) {
@@ -389,6 +390,7 @@ fn bench(path: &Path, steps: u64, warmup: u64) -> Result<ExitCode> {
         base: path.parent().map(Path::to_path_buf).unwrap_or_default(),
         log: None,
         random_missing_weights: true,
+        ..Default::default()
     };
     let mut trainer = kdc::engine::train::Trainer::new(&recipe, 0, &options)?;
     let compile_seconds = started.elapsed().as_secs_f64();

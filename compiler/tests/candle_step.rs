@@ -347,10 +347,11 @@ fn a_clip_kd_step_matches_candle_autograd() -> Result<()> {
             base,
             log: None,
             random_missing_weights: false,
+            ..Default::default()
         },
     )
     .unwrap();
-    let ev = trainer.evaluate(0);
+    let ev = trainer.evaluate(0).unwrap();
     let engine_seconds = started.elapsed().as_secs_f64();
 
     let spec = |name: &str| recipe.models.iter().find(|m| m.name == name).unwrap();

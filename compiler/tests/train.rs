@@ -26,6 +26,7 @@ fn losses(steps: u64) -> Vec<f64> {
             base,
             log: None,
             random_missing_weights: false,
+            ..Default::default()
         },
     )
     .unwrap();
@@ -59,10 +60,11 @@ fn a_frozen_teacher_gets_no_gradient_and_the_loss_parts_do() {
             base,
             log: None,
             random_missing_weights: false,
+            ..Default::default()
         },
     )
     .unwrap();
-    let ev = trainer.evaluate(0);
+    let ev = trainer.evaluate(0).unwrap();
     assert!(ev
         .grads
         .iter()
@@ -111,11 +113,12 @@ train = adamw(lr: 1e-3) | steps(20)
             base: PathBuf::from("."),
             log: None,
             random_missing_weights: false,
+            ..Default::default()
         },
     )
     .unwrap();
     for (step, want) in [(0, 1.0), (5, 2.0), (10, 3.0), (15, 3.0)] {
-        let ev = trainer.evaluate(step);
+        let ev = trainer.evaluate(step).unwrap();
         let (_, got) = ev.terms.iter().find(|(l, _)| l == "mean").unwrap();
         assert!((got - want).abs() < 1e-6, "step {step}: {got}, expected {want}");
     }

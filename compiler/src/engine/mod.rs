@@ -4,6 +4,7 @@
 //! schedules and logging around it (`train`).
 
 pub mod autodiff;
+pub mod batches;
 pub mod clip;
 pub mod compile;
 pub mod device;

@@ -2,15 +2,17 @@
 //! drives it: batches in, the schedule's values, the optimiser's update (run by the backend,
 //! where parameters, gradients and AdamW's moments live), clipping, accumulation and logs.
 
+use super::batches::{BatchError, Batches, Filled};
 use super::compile::{self, Compiled};
+use crate::data::loader::Position;
 use super::device;
 use super::exec::{self, Executable, SharedBackend};
 use super::graph::{numel, InputKind};
 use super::lower::Output;
 use super::rng::Rng;
 use super::weights;
-use crate::ir::{self, DataSource, Length, Recipe};
-use crate::model::{ParamClass, TextKind};
+use crate::ir::{self, Length, Recipe};
+use crate::model::ParamClass;
 use kdc_backend::backend::CLIP_GRAD_NORM_EPS;
 use kdc_backend::{AdamW, BackendError, View};
 use std::collections::HashMap;
@@ -36,6 +38,8 @@ pub enum TrainError {
     },
     #[error(transparent)]
     Backend(BackendError),
+    #[error(transparent)]
+    Batches(#[from] BatchError),
     #[error("cannot write the log {path}: {source}")]
     Log {
         path: String,
@@ -55,6 +59,7 @@ pub struct StepLog {
     pub seconds: f64,
 }
 
+#[derive(Default)]
 pub struct Options {
     /// Stop after this many steps (default: the recipe's length).
     pub steps: Option<u64>,
@@ -65,6 +70,11 @@ pub struct Options {
     /// Initialise frozen models randomly when their weights file is absent (benchmarks only:
     /// the numbers of a frozen random teacher mean nothing).
     pub random_missing_weights: bool,
+    /// Parameter values by name that replace the recipe's weights and initialisation (a
+    /// stage's `from:`, or a checkpoint).
+    pub initial: Option<HashMap<String, Vec<f32>>>,
+    /// Where in its data the stage starts (default: the beginning).
+    pub data_start: Option<Position>,
 }
 
 /// Everything one evaluation of a step saw and produced.
@@ -98,10 +108,10 @@ pub struct Trainer<'r> {
     recipe: &'r Recipe,
     stage_index: usize,
     exec: Executable,
+    batches: Batches,
     slots: Vec<Slot>,
     pub total_steps: u64,
     done: u64,
-    rng_seed: u64,
 }
 
 impl<'r> Trainer<'r> {
@@ -166,24 +176,53 @@ impl<'r> Trainer<'r> {
                 });
             }
         }
-        let samples = match &stage.data.source {
-            DataSource::Synthetic { samples } => *samples,
-            _ => 1024,
-        };
-        let per_epoch = (samples / stage.data.batch).max(1);
+        let batches = Batches::open(
+            recipe,
+            stage_index,
+            &exec.compiled().graph.inputs,
+            &options.base,
+            options.data_start.unwrap_or(Position { epoch: 0, cursor: 0 }),
+            true,
+        )?;
+        let per_epoch = batches.steps_per_epoch(recipe, stage_index) / stage.train.accumulate.max(1);
         let total_steps = match stage.train.length {
             Length::Steps(n) => n,
-            Length::Epochs(e) => e * per_epoch,
+            Length::Epochs(e) => e * per_epoch.max(1),
         };
         Ok(Trainer {
             recipe,
             stage_index,
             exec,
+            batches,
             slots,
             total_steps,
             done: 0,
-            rng_seed: stage.train.seed,
         })
+    }
+
+    /// Every parameter's current values, by name.
+    pub fn parameters(&self) -> Vec<(String, Vec<f32>)> {
+        let g = &self.exec.compiled().graph;
+        g.params
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.name.clone(), self.exec.param(i)))
+            .collect()
+    }
+
+    /// Where the next batch starts in the stage's data (None for synthetic data).
+    pub fn data_position(&self) -> Option<Position> {
+        self.batches.position()
+    }
+
+    /// Samples read and skipped so far.
+    pub fn data_stats(&self) -> Option<&crate::data::loader::Stats> {
+        self.batches.stats()
+    }
+
+    /// Optimiser steps taken.
+    pub fn steps_done(&self) -> u64 {
+        self.done
     }
 
     /// The executable step (its compiled graph, plan and profile).
@@ -195,85 +234,13 @@ impl<'r> Trainer<'r> {
         &self.exec.compiled().graph
     }
 
-    /// Synthetic inputs for step `step`: images ~ N(0, 1), captions of random token ids that end
-    /// in the end-of-text token, fresh patch masks.
-    fn batch_inputs(&self, step: u64) -> Vec<(usize, Vec<f32>)> {
-        let mut out = Vec::new();
-        let compiled = self.exec.compiled();
-        let b = compiled.batch;
-        for (index, input) in compiled.graph.inputs.iter().enumerate() {
-            let (kind, shape) = (&input.kind, &input.shape);
-            let name = kind.to_string();
-            let mut rng = Rng::derive(self.rng_seed ^ step.wrapping_mul(0x9E37), &name);
-            let model_name = match kind {
-                InputKind::Pixels { model }
-                | InputKind::Ids { model }
-                | InputKind::Eot { model }
-                | InputKind::Mask { model }
-                | InputKind::Keep { model, .. } => model.as_str(),
-                InputKind::Weight { .. } | InputKind::Schedule { .. } => continue,
-            };
-            let spec = self.recipe.models.iter().find(|m| m.name == model_name);
-            let n: usize = shape.iter().product();
-            let values = match kind {
-                // Every model sees the same images (a teacher must judge what the student
-                // sees): the stream depends on the image size, not on the model.
-                InputKind::Pixels { .. } => {
-                    let mut images = Rng::derive(
-                        self.rng_seed ^ step.wrapping_mul(0x9E37),
-                        &format!("pixels:{:?}", &shape[1..]),
-                    );
-                    (0..n).map(|_| images.normal() as f32).collect()
-                }
-                InputKind::Ids { .. } | InputKind::Eot { .. } | InputKind::Mask { .. } => {
-                    // One caption per row, shared by the ids, eot and mask inputs of a model.
-                    let spec = spec.expect("text inputs belong to a model");
-                    let l = spec.tokenizer.context as usize;
-                    let mut caption = Rng::derive(
-                        self.rng_seed ^ step.wrapping_mul(0x9E37),
-                        &format!("caption:{}", spec.tokenizer.kind),
-                    );
-                    let vocab = spec.text.vocab as usize;
-                    let mut ids = vec![0f32; b * l];
-                    let mut eot = vec![0f32; b];
-                    let mut mask = vec![0f32; b * l];
-                    for row in 0..b {
-                        let len = 2 + caption.below(l - 1);
-                        for j in 0..len {
-                            ids[row * l + j] = if j + 1 == len && spec.text.kind == TextKind::Clip {
-                                (vocab - 1) as f32
-                            } else {
-                                (1 + caption.below(vocab - 2)) as f32
-                            };
-                            mask[row * l + j] = 1.0;
-                        }
-                        eot[row] = (len - 1) as f32;
-                    }
-                    match kind {
-                        InputKind::Ids { .. } => ids,
-                        InputKind::Eot { .. } => eot,
-                        _ => mask,
-                    }
-                }
-                InputKind::Keep { .. } => {
-                    let patches = spec.map(|s| s.vision.patches() as usize).unwrap_or(0);
-                    let k = shape[1];
-                    (0..b)
-                        .flat_map(|_| rng.choose_sorted(patches, k))
-                        .map(|i| i as f32)
-                        .collect()
-                }
-                InputKind::Weight { .. } | InputKind::Schedule { .. } => unreachable!(),
-            };
-            out.push((index, values));
-        }
-        out
-    }
-
     /// Sets every input of one micro-batch: the batch drawn for `batch_step`, and each loss
     /// weight and scheduled scalar at optimiser step `t`. Shared by training and evaluation.
-    fn prepare(&mut self, batch_step: u64, t: u64) -> Vec<(usize, Vec<f32>)> {
-        let batch = self.batch_inputs(batch_step);
+    fn prepare(&mut self, batch_step: u64, t: u64) -> Result<Filled, TrainError> {
+        let compiled = self.exec.compiled();
+        let batch = self
+            .batches
+            .next(self.recipe, &compiled.graph.inputs, compiled.batch, batch_step)?;
         for (index, values) in &batch {
             self.exec.set_input(*index, values);
         }
@@ -304,17 +271,17 @@ impl<'r> Trainer<'r> {
         for (index, value) in scalars {
             self.exec.set_input(index, &[value]);
         }
-        batch
+        Ok(batch)
     }
 
     /// The loss, each term and every gradient at `step` (one micro-batch), without updating
     /// anything: for tests against other implementations.
-    pub fn evaluate(&mut self, step: u64) -> Evaluation {
-        let inputs = self.prepare(step, step);
+    pub fn evaluate(&mut self, step: u64) -> Result<Evaluation, TrainError> {
+        let inputs = self.prepare(step, step)?;
         self.exec.execute();
         let compiled = self.exec.compiled();
         let g = &compiled.graph;
-        Evaluation {
+        Ok(Evaluation {
             loss: self.exec.scalar(&Output::Loss),
             terms: compiled
                 .terms
@@ -343,11 +310,11 @@ impl<'r> Trainer<'r> {
                     (input.kind.to_string(), input.shape.clone(), v)
                 })
                 .collect(),
-        }
+        })
     }
 
     /// One optimiser step. Returns what it measured.
-    pub fn train_step(&mut self) -> StepLog {
+    pub fn train_step(&mut self) -> Result<StepLog, TrainError> {
         let started = Instant::now();
         let stage = &self.recipe.stages[self.stage_index];
         let t = self.done;
@@ -367,7 +334,7 @@ impl<'r> Trainer<'r> {
         let mut loss = 0.0;
         let mut terms = vec![0.0; labels.len()];
         for micro in 0..accumulate {
-            self.prepare(t * accumulate + micro, t);
+            self.prepare(t * accumulate + micro, t)?;
             self.exec.execute();
             loss += self.exec.scalar(&Output::Loss) / accumulate as f64;
             for (term, label) in terms.iter_mut().zip(&labels) {
@@ -429,7 +396,7 @@ impl<'r> Trainer<'r> {
         b.synchronize();
         drop(b);
         self.done += 1;
-        StepLog {
+        Ok(StepLog {
             stage: stage.name.clone(),
             step: t + 1,
             loss,
@@ -437,7 +404,7 @@ impl<'r> Trainer<'r> {
             lr,
             grad_norm,
             seconds: started.elapsed().as_secs_f64(),
-        }
+        })
     }
 
     /// Trains for the given number of steps (default: the stage's length), logging each step.
@@ -463,7 +430,7 @@ impl<'r> Trainer<'r> {
         };
         let mut logs = Vec::new();
         for _ in 0..steps {
-            let entry = self.train_step();
+            let entry = self.train_step()?;
             if let Some(f) = &mut file {
                 let line = serde_json::json!({
                     "stage": entry.stage, "step": entry.step, "loss": entry.loss,
@@ -541,6 +508,15 @@ fn initial_values(
                 .collect(),
             ir::Init::Normal { std } => (0..n).map(|_| (rng.normal() * std) as f32).collect(),
         });
+    }
+    if let Some(initial) = &options.initial {
+        for (i, p) in g.params.iter().enumerate() {
+            if let Some(v) = initial.get(&p.name) {
+                if v.len() == numel(&p.shape) {
+                    values[i] = Some(v.clone());
+                }
+            }
+        }
     }
     Ok(values
         .into_iter()

@@ -93,6 +93,14 @@ impl Tokenizer {
         }
     }
 
+    /// How many ids the tokenizer can produce (a text tower's vocabulary must cover them).
+    pub fn vocab_size(&self) -> usize {
+        match self {
+            Tokenizer::Clip { bpe, .. } => bpe.vocab_size(),
+            Tokenizer::File { inner, .. } => inner.get_vocab_size(true),
+        }
+    }
+
     pub fn context(&self) -> usize {
         match self {
             Tokenizer::Clip { context, .. } | Tokenizer::File { context, .. } => *context,
