@@ -11,11 +11,12 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-/// The recipe `kdc run` uses when given none: CLIP-KD's best combination at a size that trains
-/// in seconds, with the tiny Hugging Face CLIP of the test fixtures as its teacher.
+/// The recipe `kdc run` uses when given none: the quickstart, which trains a teacher, distils
+/// it into a small student beside an undistilled baseline, and evaluates all three, on the
+/// Fashion-MNIST subset shipped in recipes/demo/data.
 const DEFAULT_RECIPE: (&str, &str) = (
-    "recipes/demo/clip_kd_small.kd",
-    include_str!("../../recipes/demo/clip_kd_small.kd"),
+    "recipes/demo/quickstart.kd",
+    include_str!("../../recipes/demo/quickstart.kd"),
 );
 
 /// Where the default recipe's relative paths resolve: its folder in the source tree.
@@ -57,18 +58,24 @@ enum Command {
         #[arg(long, value_enum, default_value = "ir")]
         stage: ExplainStage,
     },
-    /// Train a recipe (default: the shipped Fashion-MNIST demo).
+    /// Train a recipe (default: the shipped quickstart), evaluate it and export its models.
     Run {
         recipe: Option<PathBuf>,
         /// Stop after this many optimiser steps (per stage).
         #[arg(long)]
         steps: Option<u64>,
-        /// Append one JSON line per step here (default: runs/<recipe>/log.jsonl).
+        /// The run folder: log.jsonl, checkpoints, eval.json, models/ (default: runs/<recipe>).
         #[arg(long)]
-        log: Option<PathBuf>,
-        /// Print a progress line every this many steps.
+        dir: Option<PathBuf>,
+        /// Continue the run folder's last checkpoint.
+        #[arg(long)]
+        resume: bool,
+        /// Print a progress line every this many steps (when standard error is not a terminal).
         #[arg(long, default_value_t = 10)]
         every: u64,
+        /// Do not export the trained models as Hugging Face folders.
+        #[arg(long)]
+        no_export: bool,
     },
     /// Zero-shot classification and image-text retrieval of a recipe's model or a checkpoint.
     Eval { target: PathBuf },
@@ -152,14 +159,6 @@ fn peak_rss_mib() -> Option<f64> {
     Some(kib / 1024.0)
 }
 
-fn data_name(source: &kdc::ir::DataSource) -> String {
-    match source {
-        kdc::ir::DataSource::Pairs { csv, .. } => csv.clone(),
-        kdc::ir::DataSource::Folders { root, .. } => root.clone(),
-        kdc::ir::DataSource::FashionMnist { .. } => "Fashion-MNIST".into(),
-        kdc::ir::DataSource::Synthetic { .. } => "synthetic data".into(),
-    }
-}
 
 fn read(path: &Path) -> Result<String> {
     std::fs::read_to_string(path).with_context(|| format!("cannot read recipe {}", path.display()))
@@ -196,9 +195,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Run {
             recipe,
             steps,
-            log,
+            dir,
+            resume,
             every,
-        } => train(recipe.as_deref(), steps, log, every),
+            no_export,
+        } => train(recipe.as_deref(), steps, dir, resume, every, !no_export),
         Command::Eval { target } => bail!(
             "evaluation of {} arrives with real data and checkpoints (after the training engine)",
             target.display()
@@ -305,8 +306,16 @@ fn explain(target: &str, stage: ExplainStage) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `kdc run`: trains every stage of a recipe (default: the shipped demo).
-fn train(recipe: Option<&Path>, steps: Option<u64>, log: Option<PathBuf>, every: u64) -> Result<ExitCode> {
+/// `kdc run`: trains every stage of a recipe (default: the shipped quickstart), evaluates it
+/// and exports its trained models.
+fn train(
+    recipe: Option<&Path>,
+    steps: Option<u64>,
+    dir: Option<PathBuf>,
+    resume: bool,
+    every: u64,
+    export: bool,
+) -> Result<ExitCode> {
     let (name, text, base) = match recipe {
         Some(path) => (
             path.display().to_string(),
@@ -326,53 +335,91 @@ fn train(recipe: Option<&Path>, steps: Option<u64>, log: Option<PathBuf>, every:
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| "run".into());
-    let log = log.unwrap_or_else(|| PathBuf::from("runs").join(&stem).join("log.jsonl"));
-    if let Some(dir) = log.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    let options = kdc::engine::train::Options {
-        steps,
+    let dir = dir.unwrap_or_else(|| PathBuf::from("runs").join(&stem));
+    let options = kdc::run::RunOptions {
         base,
-        log: Some(log.clone()),
-        random_missing_weights: false,
-        ..Default::default()
+        dir: dir.clone(),
+        steps,
+        resume,
+        checkpoint_seconds: 300.0,
+        export,
     };
-    for (index, stage) in recipe.stages.iter().enumerate() {
-        if !matches!(stage.data.source, kdc::ir::DataSource::Synthetic { .. }) {
-            eprintln!("note: stage {}: reading {} arrives with the data milestone; training on synthetic batches of the same shapes", stage.name, data_name(&stage.data.source));
-        }
-        let started = std::time::Instant::now();
-        let mut trainer = kdc::engine::train::Trainer::new(&recipe, index, &options)?;
-        let total = steps.unwrap_or(trainer.total_steps);
-        eprintln!(
-            "stage {} ({} of {}): {} steps, graph of {} operations, compiled in {:.2} s",
-            stage.name,
-            index + 1,
-            recipe.stages.len(),
-            total,
-            trainer.graph().nodes.len(),
-            started.elapsed().as_secs_f64()
-        );
-        trainer.train(Some(total), Some(&log), |entry| {
-            if entry.step == 1 || entry.step % every.max(1) == 0 || entry.step == total {
-                let terms: Vec<String> = entry
-                    .terms
-                    .iter()
-                    .map(|(k, v)| format!("{k} {v:.4}"))
-                    .collect();
-                eprintln!(
-                    "step {:>5}/{total}  loss {:.4}  [{}]  lr {:.2e}  |g| {:.3}  {:.0} ms",
-                    entry.step,
-                    entry.loss,
-                    terms.join(", "),
-                    entry.lr,
-                    entry.grad_norm,
-                    entry.seconds * 1e3
+    let terminal = std::io::stderr().is_terminal();
+    let mut bar: Option<indicatif::ProgressBar> = None;
+    let mut samples_per_step = 0usize;
+    let mut stage_name = String::new();
+    let stages = recipe.stages.len();
+    let summary = kdc::run::run(&recipe, &options, |event| match event {
+        kdc::run::Event::Stage { index, name, steps, operations, seconds, .. } => {
+            stage_name = name.to_string();
+            samples_per_step = (recipe.stages[index].data.batch * recipe.stages[index].train.accumulate.max(1)) as usize;
+            eprintln!(
+                "stage {name} ({} of {stages}): {steps} steps, graph of {operations} operations, compiled in {seconds:.2} s",
+                index + 1
+            );
+            if terminal {
+                let b = indicatif::ProgressBar::new(steps);
+                b.set_style(
+                    indicatif::ProgressStyle::with_template(
+                        "{prefix} [{bar:30}] {pos}/{len} {msg} ({per_sec}, eta {eta})",
+                    )
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                    .progress_chars("=> "),
                 );
+                b.set_prefix(name.to_string());
+                bar = Some(b);
             }
-        })?;
-    }
-    eprintln!("log: {}", log.display());
+        }
+        kdc::run::Event::Resumed { stage, steps } => {
+            eprintln!("resuming stage {stage} after step {steps}")
+        }
+        kdc::run::Event::Step { log: entry, total } => {
+            let terms: Vec<String> = entry.terms.iter().map(|(k, v)| format!("{k} {v:.4}")).collect();
+            let rate = samples_per_step as f64 / entry.seconds.max(1e-9);
+            match &bar {
+                Some(b) => {
+                    b.set_position(entry.step);
+                    b.set_message(format!("loss {:.4} [{}] {rate:.0} samples/s", entry.loss, terms.join(", ")));
+                }
+                None => {
+                    if entry.step == 1 || entry.step % every.max(1) == 0 || entry.step == total {
+                        eprintln!(
+                            "{stage_name} step {:>5}/{total}  loss {:.4}  [{}]  lr {:.2e}  |g| {:.3}  {:.0} ms  {rate:.0} samples/s",
+                            entry.step,
+                            entry.loss,
+                            terms.join(", "),
+                            entry.lr,
+                            entry.grad_norm,
+                            entry.seconds * 1e3
+                        );
+                    }
+                }
+            }
+            if entry.step == total {
+                if let Some(b) = bar.take() {
+                    b.finish();
+                }
+            }
+        }
+        kdc::run::Event::Checkpoint(path) => {
+            if bar.is_none() {
+                eprintln!("checkpoint: {}", path.display());
+            }
+        }
+        kdc::run::Event::Skipped { skipped, read, examples } => {
+            eprintln!("note: {skipped} of {read} samples could not be read and were skipped, for example:");
+            for e in examples {
+                eprintln!("  {e}");
+            }
+        }
+        kdc::run::Event::Eval(report) => eprintln!("{report}"),
+        kdc::run::Event::Exported { model, dir } => {
+            eprintln!("exported {model}: {} (Hugging Face CLIPModel)", dir.display())
+        }
+        kdc::run::Event::Note(note) => eprintln!("note: {note}"),
+    })?;
+    let _ = summary;
+    eprintln!("run folder: {} (log.jsonl, checkpoints{})", dir.display(), if recipe.eval.is_empty() { "" } else { ", eval.json" });
     Ok(ExitCode::SUCCESS)
 }
 

@@ -119,34 +119,34 @@ fn explain_prints_codes_and_recipes() {
 }
 
 #[test]
-fn run_without_a_recipe_trains_the_embedded_demo_and_logs_each_step() {
-    let log = std::env::temp_dir().join(format!("kdc-cli-{}-run.jsonl", std::process::id()));
-    let _ = std::fs::remove_file(&log);
-    let out = kdc(&[
-        "run",
-        "--steps",
-        "3",
-        "--every",
-        "1",
-        "--log",
-        log.to_str().unwrap(),
-    ]);
+fn run_without_a_recipe_trains_the_quickstart_evaluates_and_logs_each_step() {
+    let dir = std::env::temp_dir().join(format!("kdc-cli-{}-run", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let out = kdc(&["run", "--steps", "3", "--every", "1", "--dir", dir.to_str().unwrap()]);
     let err = text(&out.stderr);
     assert!(out.status.success(), "{err}");
-    assert!(err.contains("step     3/3"), "{err}");
-    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&log)
+    assert!(err.contains("distillation step     3/3"), "{err}");
+    for model in ["teacher", "student", "baseline"] {
+        assert!(err.contains(&format!("zero_shot {model} on Fashion-MNIST test")), "{err}");
+        assert!(dir.join("models").join(model).join("model.safetensors").exists());
+    }
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(dir.join("log.jsonl"))
         .unwrap()
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(lines.len(), 3);
+    assert_eq!(lines.len(), 6, "three steps in each of two stages");
     for (i, line) in lines.iter().enumerate() {
-        assert_eq!(line["step"], i as u64 + 1);
+        assert_eq!(line["step"], (i % 3) as u64 + 1);
         assert!(line["loss"].as_f64().unwrap().is_finite());
-        assert!(line["terms"]["fd"].as_f64().is_some());
         assert!(line["lr"].as_f64().unwrap() > 0.0);
         assert!(line["step_seconds"].as_f64().unwrap() > 0.0);
     }
+    assert!(lines[5]["terms"]["fd"].as_f64().is_some());
+    let eval: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("eval.json")).unwrap()).unwrap();
+    assert_eq!(eval.as_array().unwrap().len(), 6);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

@@ -158,6 +158,7 @@ impl Dataset for FashionMnist {
             image: Rgb::from_grey(28, 28, pixels),
             caption: template.replace("{}", &self.classes[label]),
             label: Some(label),
+            image_id: None,
         })
     }
 

@@ -46,6 +46,9 @@ pub struct Options {
     /// `min_bad`) could not be read.
     pub max_bad_fraction: f64,
     pub min_bad: usize,
+    /// Whether [`Loader::next_in_epoch`] ends an epoch with its partial batch (evaluation reads
+    /// every sample) rather than leaving it out.
+    pub keep_last: bool,
 }
 
 impl Options {
@@ -60,6 +63,7 @@ impl Options {
             prefetch: 2,
             max_bad_fraction: 0.01,
             min_bad: 20,
+            keep_last: false,
         }
     }
 }
@@ -70,6 +74,7 @@ struct Prepared {
     tokens: Vec<Encoded>,
     label: Option<usize>,
     caption: String,
+    image_id: Option<String>,
 }
 
 /// A batch: per distinct preprocessing, the images [batch, 3, crop, crop]; per distinct
@@ -79,6 +84,7 @@ pub struct Batch {
     pub tokens: Vec<Vec<Encoded>>,
     pub labels: Vec<Option<usize>>,
     pub captions: Vec<String>,
+    pub image_ids: Vec<Option<String>>,
     /// The dataset index of each sample.
     pub indices: Vec<usize>,
     /// The epoch the batch belongs to.
@@ -157,6 +163,7 @@ impl Shared {
             tokens,
             label: sample.label,
             caption: sample.caption,
+            image_id: sample.image_id,
         })
     }
 }
@@ -281,10 +288,26 @@ impl Loader {
 
     /// The next full batch.
     pub fn next_batch(&mut self) -> Result<Batch, DataError> {
+        self.read(false).map(|b| b.expect("a full batch always comes"))
+    }
+
+    /// The next batch of the current epoch, the last one possibly partial (with `keep_last`),
+    /// or None once the epoch is over (the loader is then at the next epoch's start).
+    pub fn next_in_epoch(&mut self) -> Result<Option<Batch>, DataError> {
+        self.read(true)
+    }
+
+    fn read(&mut self, within_epoch: bool) -> Result<Option<Batch>, DataError> {
         let b = self.shared.options.batch;
         let mut samples: Vec<(usize, Prepared)> = Vec::with_capacity(b);
         let mut epoch = self.position.epoch;
+        if within_epoch && self.position.cursor == 0 && self.taken > 0 {
+            return Ok(None);
+        }
         while samples.len() < b {
+            if within_epoch && self.position.epoch != epoch {
+                break;
+            }
             let (s, index, result) = self.take();
             let (e, cursor) = self.shared.locate(s);
             if e != epoch {
@@ -320,6 +343,12 @@ impl Loader {
                 }
             }
         }
+        if samples.is_empty() {
+            return Ok(None);
+        }
+        if samples.len() < b && !(within_epoch && self.shared.options.keep_last) {
+            return Ok(None);
+        }
         let views = self.shared.views.len();
         let tokenizers = self.shared.tokenizers.len();
         let mut batch = Batch {
@@ -327,6 +356,7 @@ impl Loader {
             tokens: vec![Vec::with_capacity(b); tokenizers],
             labels: Vec::with_capacity(b),
             captions: Vec::with_capacity(b),
+            image_ids: Vec::with_capacity(b),
             indices: Vec::with_capacity(b),
             epoch,
         };
@@ -339,9 +369,10 @@ impl Loader {
             }
             batch.labels.push(p.label);
             batch.captions.push(p.caption);
+            batch.image_ids.push(p.image_id);
             batch.indices.push(index);
         }
-        Ok(batch)
+        Ok(Some(batch))
     }
 }
 

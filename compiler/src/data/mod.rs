@@ -22,6 +22,9 @@ pub struct Sample {
     pub image: Rgb,
     pub caption: String,
     pub label: Option<usize>,
+    /// What identifies the image when several samples share it (several captions per image,
+    /// as COCO lists them); None when each sample's image is its own.
+    pub image_id: Option<String>,
 }
 
 /// A data set that can be read by index, from any thread.

@@ -80,6 +80,7 @@ impl Dataset for Pairs {
             image: read_image(path)?,
             caption: caption.clone(),
             label: None,
+            image_id: Some(path.display().to_string()),
         })
     }
 
@@ -169,6 +170,7 @@ impl Dataset for Folders {
             image: read_image(path)?,
             caption: self.template.replace("{}", &self.classes[*label]),
             label: Some(*label),
+            image_id: None,
         })
     }
 

@@ -5,10 +5,12 @@
 
 pub mod autodiff;
 pub mod batches;
+pub mod checkpoint;
 pub mod clip;
 pub mod compile;
 pub mod device;
 pub mod exec;
+pub mod export;
 pub mod graph;
 pub mod lower;
 pub mod passes;

@@ -210,6 +210,44 @@ impl<'r> Trainer<'r> {
             .collect()
     }
 
+    /// AdamW's moments (m, v) of every parameter the optimiser updates, by name.
+    pub fn moments(&self) -> Vec<(String, Vec<f32>, Vec<f32>)> {
+        let g = &self.exec.compiled().graph;
+        let mut b = exec::lock(self.exec.backend());
+        self.slots
+            .iter()
+            .map(|s| {
+                let (mut m, mut v) = (vec![0.0; s.m.len], vec![0.0; s.v.len]);
+                b.download(s.m, &mut m);
+                b.download(s.v, &mut v);
+                (g.params[s.param].name.clone(), m, v)
+            })
+            .collect()
+    }
+
+    /// Continues from a checkpoint: `steps` optimiser steps already taken, with these moments
+    /// (every parameter the optimiser updates must have them).
+    pub fn restore(&mut self, steps: u64, moments: &HashMap<String, (Vec<f32>, Vec<f32>)>) -> Result<(), String> {
+        let names: Vec<String> = {
+            let g = &self.exec.compiled().graph;
+            self.slots.iter().map(|s| g.params[s.param].name.clone()).collect()
+        };
+        let mut b = exec::lock(self.exec.backend());
+        for (slot, name) in self.slots.iter().zip(&names) {
+            let (m, v) = moments
+                .get(name)
+                .ok_or_else(|| format!("the checkpoint has no optimiser state for {name}"))?;
+            if m.len() != slot.m.len || v.len() != slot.v.len {
+                return Err(format!("the checkpoint's optimiser state for {name} has another size"));
+            }
+            b.upload(slot.m, m);
+            b.upload(slot.v, v);
+        }
+        drop(b);
+        self.done = steps;
+        Ok(())
+    }
+
     /// Where the next batch starts in the stage's data (None for synthetic data).
     pub fn data_position(&self) -> Option<Position> {
         self.batches.position()
@@ -466,25 +504,23 @@ fn initial_values(
     let mut values: Vec<Option<Vec<f32>>> = vec![None; g.params.len()];
     for (model_id, by_name) in &compiled.model_params {
         let spec = &recipe.models[*model_id];
-        let loaded = match &spec.weights {
-            Some(w) if options.random_missing_weights && !options.base.join(w).exists() => None,
-            Some(w) => Some(weights::read_safetensors(&options.base.join(w))?),
-            None => None,
+        let has_weights = spec.weights.is_some() || spec.text.weights.is_some();
+        let skip = options.random_missing_weights
+            && [&spec.weights, &spec.text.weights]
+                .into_iter()
+                .flatten()
+                .any(|w| !options.base.join(w).exists());
+        // The checkpoints' values, and the seeded initialisation for what they do not cover.
+        let loaded = if has_weights && !skip {
+            weights::model_values(spec, &options.base)?
+        } else {
+            HashMap::new()
         };
         let initial: HashMap<String, Vec<f32>> =
             weights::init(spec, stage.train.seed).into_iter().collect();
         for (name, &index) in by_name {
+            let value = loaded.get(name).unwrap_or(&initial[name]).clone();
             let shape = &g.params[index].shape;
-            let value = match &loaded {
-                Some(tensors) => weights::find(tensors, name, shape).ok_or_else(|| {
-                    weights::WeightsError::Missing {
-                        path: spec.weights.clone().unwrap_or_default(),
-                        name: name.clone(),
-                        count: tensors.len(),
-                    }
-                })?,
-                None => initial[name].clone(),
-            };
             if value.len() != numel(shape) {
                 return Err(weights::WeightsError::Shape {
                     path: spec.weights.clone().unwrap_or_default(),

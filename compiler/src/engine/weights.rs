@@ -31,12 +31,191 @@ pub enum WeightsError {
         found: Vec<usize>,
         expected: Vec<usize>,
     },
+    #[error("{path} does not fit model `{model}`:{report}")]
+    Mismatch {
+        path: String,
+        model: String,
+        report: String,
+    },
     #[error("{path}: {name} has dtype {dtype}; only F32, F16 and BF16 are read")]
     Dtype {
         path: String,
         name: String,
         dtype: String,
     },
+}
+
+/// Tensors by name: shape and f32 values.
+pub type Tensors = HashMap<String, (Vec<usize>, Vec<f32>)>;
+
+/// Every tensor of a checkpoint, as f32: a safetensors file, a folder holding
+/// `model.safetensors` (a Hugging Face model folder), or a PyTorch `.pt`/`.pth`/`.bin` state
+/// dict (read with candle-core's pickle reader). A `module.` prefix (from DistributedDataParallel)
+/// is dropped, and open_clip's `state_dict` wrapper is looked through.
+pub fn load(path: &Path) -> Result<Tensors, WeightsError> {
+    let shown = path.display().to_string();
+    let file = if path.is_dir() {
+        let candidates = ["model.safetensors", "open_clip_model.safetensors", "pytorch_model.bin"];
+        match candidates.iter().map(|c| path.join(c)).find(|p| p.exists()) {
+            Some(f) => f,
+            None => {
+                return Err(WeightsError::Format {
+                    path: shown,
+                    message: format!("a folder without {}", candidates.join(", ")),
+                })
+            }
+        }
+    } else {
+        path.to_path_buf()
+    };
+    let ext = file.extension().and_then(|e| e.to_str()).unwrap_or_default();
+    let raw = if matches!(ext, "pt" | "pth" | "bin") {
+        read_pickle(&file)?
+    } else {
+        read_safetensors(&file)?
+    };
+    Ok(raw
+        .into_iter()
+        .map(|(k, v)| {
+            let k = k.strip_prefix("module.").map(str::to_string).unwrap_or(k);
+            let k = k.strip_prefix("state_dict.").map(str::to_string).unwrap_or(k);
+            (k, v)
+        })
+        .collect())
+}
+
+/// A PyTorch state dict through candle-core's pickle reader.
+fn read_pickle(path: &Path) -> Result<Tensors, WeightsError> {
+    let shown = path.display().to_string();
+    let format = |message: String| WeightsError::Format {
+        path: shown.clone(),
+        message,
+    };
+    let mut tensors = candle_core::pickle::read_all_with_key(path, Some("state_dict"))
+        .or_else(|_| candle_core::pickle::read_all(path))
+        .map_err(|e| format(format!("not a PyTorch state dict: {e}")))?;
+    let mut out = HashMap::new();
+    for (name, t) in tensors.drain(..) {
+        let shape = t.dims().to_vec();
+        let values = t
+            .to_dtype(candle_core::DType::F32)
+            .and_then(|t| t.flatten_all())
+            .and_then(|t| t.to_vec1::<f32>())
+            .map_err(|e| format(format!("{name}: {e}")))?;
+        out.insert(name, (shape, values));
+    }
+    Ok(out)
+}
+
+/// Tensors a checkpoint may hold that no model parameter takes (buffers, heads kdc has no
+/// use for): not reported as unexpected.
+fn ignorable(name: &str) -> bool {
+    name.ends_with("position_ids") || name.starts_with("pooler.") || name.ends_with("attn_mask") || name == "input_resolution" || name == "context_length" || name == "vocab_size"
+}
+
+/// The values of model `spec`'s parameters that its weights provide, by Hugging Face name:
+/// the model's own checkpoint (`weights:`), and a BERT text tower's (`bert(weights: …)`) for
+/// the text tower when the model's has none. Every parameter a checkpoint should hold must be
+/// there with its shape; otherwise one error lists every missing, mis-shaped and unexpected
+/// tensor.
+pub fn model_values(spec: &ModelSpec, base: &Path) -> Result<HashMap<String, Vec<f32>>, WeightsError> {
+    let params = spec.parameters();
+    let mut out = HashMap::new();
+    let mut sources: Vec<(String, Tensors, Box<dyn Fn(&str) -> bool>, &'static str)> = Vec::new();
+    if let Some(w) = &spec.weights {
+        sources.push((w.clone(), load(&base.join(w))?, Box::new(|_: &str| true), ""));
+    }
+    if let Some(w) = &spec.text.weights {
+        // A BERT checkpoint has BertModel's names, without the `text_model.` kdc puts first.
+        sources.push((
+            w.clone(),
+            load(&base.join(w))?,
+            Box::new(|n: &str| n.starts_with("text_model.")),
+            "text_model.",
+        ));
+    }
+    for (path, tensors, covers, strip) in &sources {
+        let mut used = std::collections::HashSet::new();
+        let (mut missing, mut misshaped) = (Vec::new(), Vec::new());
+        for p in params.iter().filter(|p| covers(&p.name)) {
+            if out.contains_key(&p.name) {
+                continue;
+            }
+            let shape: Vec<usize> = p.shape.iter().map(|&d| d as usize).collect();
+            let name = p.name.strip_prefix(strip).unwrap_or(&p.name);
+            match find_used(tensors, name, &shape) {
+                Some((v, names)) if v.len() == numel(&shape) => {
+                    used.extend(names);
+                    out.insert(p.name.clone(), v);
+                }
+                Some((v, names)) => {
+                    used.extend(names);
+                    misshaped.push(format!("{name}: {} values, the model needs {shape:?}", v.len()));
+                }
+                None => missing.push(name.to_string()),
+            }
+        }
+        // A BERT tower's checkpoint does not have to cover what the model's own covers.
+        if !missing.is_empty() || !misshaped.is_empty() {
+            let mut unexpected: Vec<&String> = tensors.keys().filter(|k| !used.contains(*k) && !ignorable(k)).collect();
+            unexpected.sort();
+            missing.sort();
+            let list = |title: &str, items: Vec<String>| -> String {
+                if items.is_empty() {
+                    return String::new();
+                }
+                let shown: Vec<&String> = items.iter().take(12).collect();
+                let more = if items.len() > 12 { format!(" … and {} more", items.len() - 12) } else { String::new() };
+                format!("\n  {title} ({}): {}{more}", items.len(), shown.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", "))
+            };
+            let report = list("missing", missing)
+                + &list("mis-shaped", misshaped)
+                + &list("unexpected", unexpected.into_iter().cloned().collect());
+            return Err(WeightsError::Mismatch {
+                path: base.join(path).display().to_string(),
+                model: spec.name.clone(),
+                report,
+            });
+        }
+    }
+    Ok(out)
+}
+
+fn numel(shape: &[usize]) -> usize {
+    shape.iter().product()
+}
+
+/// [`find`], also saying which tensors of the file it read.
+fn find_used(tensors: &Tensors, hf: &str, shape: &[usize]) -> Option<(Vec<f32>, Vec<String>)> {
+    let v = find(tensors, hf, shape)?;
+    let mut names: Vec<String> = ["", "model.", "clip."]
+        .iter()
+        .map(|p| format!("{p}{hf}"))
+        .filter(|n| tensors.contains_key(n))
+        .collect();
+    if let Some(o) = open_clip_name(hf) {
+        names.push(o);
+    }
+    for (hf_prefix, oc_prefix) in [
+        ("vision_model.encoder.layers.", "visual.transformer.resblocks."),
+        ("text_model.encoder.layers.", "transformer.resblocks."),
+    ] {
+        if let Some(rest) = hf.strip_prefix(hf_prefix) {
+            if let Some((layer, tail)) = rest.split_once('.') {
+                for kind in ["weight", "bias"] {
+                    if tail.ends_with(kind) && tail.starts_with("self_attn.") && !tail.contains("out_proj") {
+                        names.push(format!("{oc_prefix}{layer}.attn.in_proj_{kind}"));
+                    }
+                }
+            }
+        }
+    }
+    match hf {
+        "visual_projection.weight" => names.push("visual.proj".into()),
+        "text_projection.weight" => names.push("text_projection".into()),
+        _ => {}
+    }
+    Some((v, names))
 }
 
 /// Every tensor of a safetensors file, as f32.
