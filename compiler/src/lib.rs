@@ -59,6 +59,43 @@ pub fn compile(path: &str, text: &str, loader: &(dyn Loader + Sync)) -> Compiled
     })
 }
 
+/// [`compile`] on a file's bytes: bytes that are not UTF-8 are a syntax error at the first
+/// offending byte (reported on the text decoded with replacement characters).
+pub fn compile_bytes(path: &str, bytes: &[u8], loader: &(dyn Loader + Sync)) -> Compiled {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => compile(path, text, loader),
+        Err(e) => {
+            let valid = e.valid_up_to();
+            let text = String::from_utf8_lossy(bytes).into_owned();
+            let mut sources = SourceMap::new();
+            let file = sources.add(path, text.clone());
+            // The replacement character stands where the bad byte was.
+            let at = valid;
+            let end = (at + '\u{fffd}'.len_utf8()).min(text.len());
+            let mut diagnostics = Diagnostics::default();
+            diagnostics.push(
+                diag::Diagnostic::error(
+                    codes::Code::Syntax,
+                    source::Span::new(file, at, end),
+                    format!(
+                        "a recipe must be UTF-8 text; byte {} (0x{:02x}) is not",
+                        valid,
+                        bytes[valid]
+                    ),
+                )
+                .primary_label("not UTF-8")
+                .hint("save the file as UTF-8"),
+            );
+            Compiled {
+                sources,
+                program: None,
+                recipe: None,
+                diagnostics,
+            }
+        }
+    }
+}
+
 const COMPILER_STACK: usize = 256 << 20;
 
 fn compile_here(path: &str, text: &str, loader: &dyn Loader) -> Compiled {

@@ -6,7 +6,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use kdc::codes::Code;
 use kdc::diag::{render_all, RenderOptions};
 use kdc::engine::exec::Profiling;
-use kdc::{compile, explain, format, FsLoader};
+use kdc::{explain, format, FsLoader};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -21,6 +21,11 @@ const DEFAULT_RECIPE: (&str, &str) = (
 
 /// Where the default recipe's relative paths resolve: its folder in the source tree.
 const DEFAULT_BASE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../recipes/demo");
+
+/// The built-in recipe's folder (its shipped data lives there), without the `compiler/..` detour.
+fn default_base() -> PathBuf {
+    std::fs::canonicalize(DEFAULT_BASE).unwrap_or_else(|_| PathBuf::from(DEFAULT_BASE))
+}
 
 #[derive(Parser)]
 #[command(
@@ -77,8 +82,25 @@ enum Command {
         #[arg(long)]
         no_export: bool,
     },
-    /// Zero-shot classification and image-text retrieval of a recipe's model or a checkpoint.
-    Eval { target: PathBuf },
+    /// Run a recipe's evaluations (zero-shot classification, retrieval) on the models of its
+    /// run folder, or of a run folder given directly; models no stage trained come from their
+    /// weights (which may be an exported Hugging Face folder).
+    Eval {
+        /// A recipe, or a run folder (`runs/quickstart`).
+        target: PathBuf,
+        /// The run folder, for a recipe (default: runs/<recipe>).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Print the token ids each model's tokenizer gives, one JSON array per line (the texts
+    /// are the arguments, or the lines of standard input).
+    Tokenize {
+        recipe: PathBuf,
+        /// Only this model.
+        #[arg(long)]
+        model: Option<String>,
+        texts: Vec<String>,
+    },
     /// Measure compile time, steady-state step time and peak memory of a recipe's first stage
     /// (on synthetic batches; frozen models without a weights file get random weights).
     Bench {
@@ -160,8 +182,8 @@ fn peak_rss_mib() -> Option<f64> {
 }
 
 
-fn read(path: &Path) -> Result<String> {
-    std::fs::read_to_string(path).with_context(|| format!("cannot read recipe {}", path.display()))
+fn read(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("cannot read recipe {}", path.display()))
 }
 
 /// Writes to standard output. A closed pipe (`kdc explain … | head`) ends the output quietly
@@ -176,8 +198,8 @@ fn print(text: &str) -> Result<()> {
 }
 
 /// Compiles a recipe and prints its diagnostics (to standard error).
-fn load(name: &str, text: &str) -> kdc::Compiled {
-    let compiled = compile(name, text, &FsLoader);
+fn load(name: &str, text: &[u8]) -> kdc::Compiled {
+    let compiled = kdc::compile_bytes(name, text, &FsLoader);
     if !compiled.diagnostics.is_empty() {
         eprint!(
             "{}",
@@ -200,10 +222,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
             every,
             no_export,
         } => train(recipe.as_deref(), steps, dir, resume, every, !no_export),
-        Command::Eval { target } => bail!(
-            "evaluation of {} arrives with real data and checkpoints (after the training engine)",
-            target.display()
-        ),
+        Command::Eval { target, dir } => eval(&target, dir),
+        Command::Tokenize {
+            recipe,
+            model,
+            texts,
+        } => tokenize(&recipe, model.as_deref(), texts),
         Command::Bench {
             recipe,
             steps,
@@ -238,9 +262,18 @@ fn fmt(recipes: &[PathBuf], check: bool) -> Result<ExitCode> {
     let mut changed = 0;
     let mut errors = 0;
     for path in &files {
-        let text = read(path)?;
-        let mut sources = kdc::source::SourceMap::new();
+        let bytes = read(path)?;
         let name = path.display().to_string();
+        let text = match String::from_utf8(bytes) {
+            Ok(t) => t,
+            Err(e) => {
+                // The checker's diagnostic for a file that is not UTF-8.
+                errors += 1;
+                load(&name, e.as_bytes());
+                continue;
+            }
+        };
+        let mut sources = kdc::source::SourceMap::new();
         let file = sources.add(name.clone(), text.clone());
         match kdc::syntax::parse(file, &text) {
             Ok(ast) => {
@@ -309,14 +342,14 @@ fn explain(target: &str, stage: ExplainStage) -> Result<ExitCode> {
 /// `kdc run`: trains every stage of a recipe (default: the shipped quickstart), evaluates it
 /// and exports its trained models.
 fn train(
-    recipe: Option<&Path>,
+    recipe_path: Option<&Path>,
     steps: Option<u64>,
     dir: Option<PathBuf>,
     resume: bool,
     every: u64,
     export: bool,
 ) -> Result<ExitCode> {
-    let (name, text, base) = match recipe {
+    let (name, text, base) = match recipe_path {
         Some(path) => (
             path.display().to_string(),
             read(path)?,
@@ -324,8 +357,8 @@ fn train(
         ),
         None => (
             DEFAULT_RECIPE.0.to_string(),
-            DEFAULT_RECIPE.1.to_string(),
-            PathBuf::from(DEFAULT_BASE),
+            DEFAULT_RECIPE.1.as_bytes().to_vec(),
+            default_base(),
         ),
     };
     let Some(recipe) = load(&name, &text).recipe else {
@@ -343,6 +376,7 @@ fn train(
         resume,
         checkpoint_seconds: 300.0,
         export,
+        recipe_path: recipe_path.map(Path::to_path_buf),
     };
     let terminal = std::io::stderr().is_terminal();
     let mut bar: Option<indicatif::ProgressBar> = None;
@@ -420,6 +454,106 @@ fn train(
     })?;
     let _ = summary;
     eprintln!("run folder: {} (log.jsonl, checkpoints{})", dir.display(), if recipe.eval.is_empty() { "" } else { ", eval.json" });
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `kdc eval`: a recipe's evaluations on its run folder's models.
+fn eval(target: &Path, dir: Option<PathBuf>) -> Result<ExitCode> {
+    let (name, text, base, dir) = if target.is_dir() {
+        let source = kdc::run::recipe_of(target).with_context(|| {
+            format!("{} is a folder but not a run folder (no run.json naming its recipe)", target.display())
+        })?;
+        let dir = dir.unwrap_or_else(|| target.to_path_buf());
+        match source {
+            kdc::run::RecipeSource::File(path) => (
+                path.display().to_string(),
+                read(&path)?,
+                path.parent().map(Path::to_path_buf).unwrap_or_default(),
+                dir,
+            ),
+            kdc::run::RecipeSource::Builtin => (
+                DEFAULT_RECIPE.0.to_string(),
+                DEFAULT_RECIPE.1.as_bytes().to_vec(),
+                default_base(),
+                dir,
+            ),
+        }
+    } else {
+        let stem = target.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        (
+            target.display().to_string(),
+            read(target)?,
+            target.parent().map(Path::to_path_buf).unwrap_or_default(),
+            dir.unwrap_or_else(|| PathBuf::from("runs").join(stem)),
+        )
+    };
+    let Some(recipe) = load(&name, &text).recipe else {
+        return Ok(ExitCode::from(1));
+    };
+    if recipe.eval.is_empty() {
+        bail!("{name} has no `eval = [...]`; add for example `eval = [zero_shot(model: student, data: fashion_mnist(split: \"test\", batch: 256))]`");
+    }
+    kdc::run::evaluate_saved(&recipe, &base, &dir, |event| match event {
+        kdc::run::Event::Eval(report) => eprintln!("{report}"),
+        kdc::run::Event::Note(note) => eprintln!("note: {note}"),
+        _ => {}
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `kdc tokenize`: what each model's text tower reads.
+fn tokenize(recipe_path: &Path, model: Option<&str>, texts: Vec<String>) -> Result<ExitCode> {
+    let Some(recipe) = load(&recipe_path.display().to_string(), &read(recipe_path)?).recipe else {
+        return Ok(ExitCode::from(1));
+    };
+    let base = recipe_path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let models: Vec<&kdc::model::ModelSpec> = match model {
+        Some(name) => match recipe.models.iter().find(|m| m.name == name) {
+            Some(m) => vec![m],
+            None => bail!(
+                "{} has no model `{name}`; its models are {}",
+                recipe_path.display(),
+                recipe.models.iter().map(|m| format!("`{}`", m.name)).collect::<Vec<_>>().join(", ")
+            ),
+        },
+        None => recipe.models.iter().collect(),
+    };
+    // Models that read text the same way share one line; each distinct tokenizer gets its own.
+    let mut groups: Vec<(Vec<&str>, &kdc::model::TokenizerSpec)> = Vec::new();
+    for m in &models {
+        match groups.iter_mut().find(|(_, spec)| **spec == m.tokenizer) {
+            Some((names, _)) => names.push(&m.name),
+            None => groups.push((vec![&m.name], &m.tokenizer)),
+        }
+    }
+    let tokenizers = groups
+        .iter()
+        .map(|(names, spec)| {
+            kdc::tokenize::Tokenizer::load(spec, &base).with_context(|| format!("model `{}`", names[0]))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let texts: Vec<String> = if texts.is_empty() {
+        use std::io::BufRead;
+        std::io::stdin().lock().lines().collect::<std::io::Result<_>>().context("reading standard input")?
+    } else {
+        texts
+    };
+    // One line per text: the token ids up to and including the end token, as JSON. With
+    // several distinct tokenizers each line is prefixed by the models that read it.
+    let mut out = String::new();
+    for text in &texts {
+        for ((names, _), t) in groups.iter().zip(&tokenizers) {
+            let e = t.encode(text);
+            let n = e.mask.iter().filter(|&&m| m == 1).count();
+            if groups.len() > 1 {
+                out.push_str(&names.join(","));
+                out.push('\t');
+            }
+            out.push_str(&serde_json::to_string(&e.ids[..n]).expect("json"));
+            out.push('\n');
+        }
+    }
+    print(&out)?;
     Ok(ExitCode::SUCCESS)
 }
 

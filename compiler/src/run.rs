@@ -30,6 +30,9 @@ pub struct RunOptions {
     pub checkpoint_seconds: f64,
     /// Export every trained model as a Hugging Face folder at the end.
     pub export: bool,
+    /// The recipe file, recorded in the run folder (`run.json`) so that `kdc eval RUN_FOLDER`
+    /// finds it.
+    pub recipe_path: Option<PathBuf>,
 }
 
 /// What a run reports as it goes.
@@ -151,6 +154,16 @@ pub fn run(recipe: &Recipe, options: &RunOptions, mut event: impl FnMut(Event)) 
     } else if log_path.exists() {
         std::fs::remove_file(&log_path).map_err(io(&log_path))?;
     }
+    {
+        // What `kdc eval RUN_FOLDER` re-reads: the recipe file, or null for the built-in demo.
+        let recipe_file = options
+            .recipe_path
+            .as_ref()
+            .map(|p| std::fs::canonicalize(p).unwrap_or(p.clone()));
+        let info = serde_json::json!({ "recipe": recipe_file, "fingerprint": fp });
+        let file = dir.join("run.json");
+        std::fs::write(&file, serde_json::to_string_pretty(&info).expect("json") + "\n").map_err(io(&file))?;
+    }
     let first = resume.as_ref().map_or(0, |c| c.stage);
     let mut finals: Vec<Option<HashMap<String, Vec<f32>>>> = vec![None; recipe.stages.len()];
     for (i, stage) in recipe.stages.iter().enumerate().take(first) {
@@ -197,6 +210,12 @@ pub fn run(recipe: &Recipe, options: &RunOptions, mut event: impl FnMut(Event)) 
             seconds: started.elapsed().as_secs_f64(),
             data: None,
         });
+        if stage.train.precision != crate::ir::Precision::Fp32 {
+            event(Event::Note(format!(
+                "stage {}: precision({}) is not available on the CPU backend; this stage trains in fp32",
+                stage.name, stage.train.precision
+            )));
+        }
         let every = stage.train.checkpoint_every;
         let mut last_checkpoint = Instant::now();
         while trainer.steps_done() < total {
@@ -280,6 +299,67 @@ pub fn run(recipe: &Recipe, options: &RunOptions, mut event: impl FnMut(Event)) 
         reports,
         params: latest,
     })
+}
+
+/// Evaluates a recipe's `eval` list on the parameters a run folder holds (each finished
+/// stage's, the latest winning); models no stage trained come from their weights.
+pub fn evaluate_saved(recipe: &Recipe, base: &Path, dir: &Path, mut event: impl FnMut(Event)) -> Result<Vec<Report>, RunError> {
+    let mut params: HashMap<String, Vec<f32>> = HashMap::new();
+    let mut found = 0;
+    for stage in &recipe.stages {
+        let file = stage_file(dir, &stage.name);
+        if file.exists() {
+            params.extend(Checkpoint::load(&file)?.params);
+            found += 1;
+        }
+    }
+    for spec in &recipe.models {
+        let prefix = format!("{}/", spec.name);
+        if params.keys().any(|k| k.starts_with(&prefix)) {
+            continue;
+        }
+        if spec.weights.is_some() {
+            let values = crate::engine::weights::model_values(spec, base).map_err(TrainError::from)?;
+            params.extend(values.into_iter().map(|(k, v)| (format!("{prefix}{k}"), v)));
+        }
+    }
+    if found == 0 {
+        event(Event::Note(format!(
+            "{} holds no finished stage of this recipe: only models with weights can be evaluated",
+            dir.display()
+        )));
+    }
+    let mut reports = Vec::new();
+    for spec in &recipe.eval {
+        let report = evaluate::run(recipe, spec, &params, base, device::cpu())?;
+        event(Event::Eval(&report));
+        reports.push(report);
+    }
+    let path = dir.join("eval.json");
+    if dir.exists() {
+        let text = serde_json::to_string_pretty(&reports).expect("json") + "\n";
+        std::fs::write(&path, text).map_err(io(&path))?;
+    }
+    Ok(reports)
+}
+
+/// Where a run folder's recipe came from (its `run.json`).
+#[derive(Clone, Debug, PartialEq)]
+pub enum RecipeSource {
+    File(PathBuf),
+    /// The recipe built into the binary (`kdc run` without a file).
+    Builtin,
+}
+
+/// The recipe a run folder was trained from, or `None` when the folder has no `run.json`.
+pub fn recipe_of(dir: &Path) -> Option<RecipeSource> {
+    let text = std::fs::read_to_string(dir.join("run.json")).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    match &v["recipe"] {
+        serde_json::Value::String(s) => Some(RecipeSource::File(PathBuf::from(s))),
+        serde_json::Value::Null => Some(RecipeSource::Builtin),
+        _ => None,
+    }
 }
 
 /// Models some stage trains.

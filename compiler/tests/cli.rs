@@ -146,7 +146,27 @@ fn run_without_a_recipe_trains_the_quickstart_evaluates_and_logs_each_step() {
     let eval: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("eval.json")).unwrap()).unwrap();
     assert_eq!(eval.as_array().unwrap().len(), 6);
+    // `kdc eval RUN_FOLDER` finds the recipe through run.json and reproduces the numbers.
+    let again = kdc(&["eval", dir.to_str().unwrap()]);
+    assert!(again.status.success(), "{}", text(&again.stderr));
+    let evaluated: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("eval.json")).unwrap()).unwrap();
+    assert_eq!(evaluated, eval);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn tokenize_prints_the_ids_a_model_reads() {
+    let out = kdc(&["tokenize", "recipes/demo/quickstart.kd", "a photo of a Sneaker", "T-shirt/top"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let lines: Vec<Vec<u32>> = text(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    // <start> a photo of a sneaker <end>, in OpenAI CLIP's vocabulary.
+    assert_eq!(lines[0], [49406, 320, 1125, 539, 320, 24781, 49407]);
+    assert_eq!(lines.len(), 2);
+    assert_eq!((lines[1][0], *lines[1].last().unwrap()), (49406, 49407));
+    let out = kdc(&["tokenize", "recipes/demo/quickstart.kd", "--model", "nobody", "x"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("no model `nobody`"), "{}", text(&out.stderr));
 }
 
 #[test]
@@ -159,4 +179,46 @@ fn run_reports_missing_weights_clearly() {
         "{err}"
     );
     assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn a_recipe_that_is_not_utf8_or_holds_a_nul_gets_a_located_syntax_error() {
+    let dir = std::env::temp_dir().join(format!("kdc-cli-{}-bytes", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let latin1 = dir.join("latin1.kd");
+    std::fs::write(&latin1, b"student = clip(preset: \"ViT-T-16\")\n# caf\xe9\n").unwrap();
+    let nul = dir.join("nul.kd");
+    std::fs::write(&nul, b"student = clip(preset: \"ViT-T-16\")\nloss\0 = 1\n").unwrap();
+    for (path, place, what) in [(&latin1, ":2:6", "not UTF-8"), (&nul, ":2:5", "NUL")] {
+        for command in ["check", "fmt"] {
+            let out = kdc(&[command, path.to_str().unwrap()]);
+            let err = text(&out.stderr);
+            assert_eq!(out.status.code(), Some(1), "{command}: {err}");
+            assert!(err.contains("error[KD0001]"), "{command}: {err}");
+            assert!(err.contains(place), "{command}: expected {place}: {err}");
+            assert!(err.contains(what), "{command}: {err}");
+            assert!(!err.contains("panicked"), "{command}: {err}");
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_closed_pipe_ends_the_output_quietly() {
+    use std::process::Stdio;
+    for args in [&["explain", "recipes/clip_kd/best.kd"][..], &["explain", "KD0009"][..]] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_kdc"))
+            .args(args)
+            .current_dir(root())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Close the reading end at once, as `| head -0` would.
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let err = text(&out.stderr);
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert!(out.status.success(), "{args:?}: {err}");
+    }
 }

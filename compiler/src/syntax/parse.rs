@@ -11,6 +11,15 @@ use std::sync::OnceLock;
 /// Parses one source file. A syntax error stops parsing (pest has no recovery) and comes back
 /// as a single KD0001 diagnostic pointing at the first offending token.
 pub fn parse(file: FileId, text: &str) -> Result<File, Vec<Diagnostic>> {
+    if let Some(at) = text.find('\0') {
+        return Err(vec![Diagnostic::error(
+            crate::codes::Code::Syntax,
+            Span::new(file, at, at + 1),
+            "a recipe cannot contain a NUL byte",
+        )
+        .primary_label("NUL (0x00) here")
+        .hint("the file is probably not text, or was saved in UTF-16; save it as UTF-8")]);
+    }
     if let Some(too_deep) = nesting_limit(file, text) {
         return Err(vec![too_deep]);
     }
