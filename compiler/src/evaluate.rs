@@ -155,6 +155,47 @@ impl Encoder {
     }
 }
 
+/// Inputs and kdc's embeddings of them for an exported model, so that another implementation
+/// can check it computes the same function (`scripts/check_export.py`): four seeded pseudo-random
+/// images and four captions as token ids, with L2-normalised image and text embeddings.
+/// Ids are stored as f32 (exact below 2^24).
+pub fn reference_embeddings(
+    recipe: &Recipe,
+    model: ModelId,
+    params: &HashMap<String, Vec<f32>>,
+    base: &Path,
+    backend: SharedBackend,
+) -> Result<Vec<(String, Vec<usize>, Vec<f32>)>, EvalError> {
+    const N: usize = 4;
+    let spec = &recipe.models[model];
+    let mut encoder = Encoder::new(recipe, model, params, N, base, backend)?;
+    let size = spec.vision.image_size as usize;
+    let mut rng = crate::engine::rng::Rng::derive(0, "export reference");
+    let pixels: Vec<f32> = (0..N * 3 * size * size).map(|_| rng.normal() as f32).collect();
+    let captions: Vec<String> = [
+        "a photo of a sneaker.",
+        "an image of a bag.",
+        "T-shirt/top",
+        "a long caption about an ankle boot, worn on a rainy day in a city with many streets",
+    ]
+    .map(String::from)
+    .to_vec();
+    let context = encoder.tokenizer.context();
+    let ids: Vec<f32> = captions
+        .iter()
+        .flat_map(|c| encoder.tokenizer.encode(c).ids.into_iter().map(|x| x as f32))
+        .collect();
+    let images: Vec<f32> = encoder.images(&pixels, N).concat();
+    let texts: Vec<f32> = encoder.texts(&captions).concat();
+    let embed = spec.embed as usize;
+    Ok(vec![
+        ("pixel_values".into(), vec![N, 3, size, size], pixels),
+        ("input_ids".into(), vec![N, context], ids),
+        ("image_embeds".into(), vec![N, embed], images),
+        ("text_embeds".into(), vec![N, embed], texts),
+    ])
+}
+
 /// The first `n` rows of a [batch, d] output, each L2-normalised.
 fn rows(flat: Vec<f32>, batch: usize, n: usize) -> Vec<Vec<f32>> {
     let d = flat.len() / batch;

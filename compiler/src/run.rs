@@ -284,10 +284,14 @@ pub fn run(recipe: &Recipe, options: &RunOptions, mut event: impl FnMut(Event)) 
             let spec = &recipe.models[model];
             let out = dir.join("models").join(&spec.name);
             match export::hf_folder(spec, &latest, &out) {
-                Ok(()) => event(Event::Exported {
-                    model: &spec.name,
-                    dir: &out,
-                }),
+                Ok(()) => {
+                    let tensors = evaluate::reference_embeddings(recipe, model, &latest, &options.base, device::cpu())?;
+                    export::reference(&out, &tensors)?;
+                    event(Event::Exported {
+                        model: &spec.name,
+                        dir: &out,
+                    })
+                }
                 Err(ExportError::NotClip(m)) => {
                     event(Event::Note(format!("model `{m}` is not exported: its BERT text tower has no place in a Hugging Face CLIPModel")))
                 }

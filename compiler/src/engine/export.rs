@@ -87,11 +87,43 @@ pub fn hf_folder(spec: &ModelSpec, values: &HashMap<String, Vec<f32>>, dir: &Pat
     let mut meta = HashMap::new();
     meta.insert("format".into(), "pt".into());
     write_safetensors(&dir.join("model.safetensors"), &tensors, meta)?;
-    let text = serde_json::to_string_pretty(&config(spec)).expect("json") + "\n";
-    let path = dir.join("config.json");
-    std::fs::write(&path, text).map_err(|source| CheckpointError::Write {
+    write_json(&dir.join("config.json"), &config(spec))?;
+    write_json(&dir.join("preprocessor_config.json"), &preprocessor(spec))?;
+    Ok(())
+}
+
+/// `preprocessor_config.json` of a Hugging Face `CLIPImageProcessor` doing the model's
+/// preprocessing (resize the shortest side bicubic, centre crop, normalise).
+pub fn preprocessor(spec: &ModelSpec) -> serde_json::Value {
+    let p = &spec.preprocess;
+    serde_json::json!({
+        "image_processor_type": "CLIPImageProcessor",
+        "do_resize": true,
+        "size": { "shortest_edge": p.resize },
+        "resample": 3,
+        "do_center_crop": true,
+        "crop_size": { "height": p.crop, "width": p.crop },
+        "do_rescale": true,
+        "rescale_factor": 1.0 / 255.0,
+        "do_normalize": true,
+        "image_mean": p.mean,
+        "image_std": p.std,
+        "do_convert_rgb": true,
+    })
+}
+
+fn write_json(path: &Path, value: &serde_json::Value) -> Result<(), CheckpointError> {
+    let text = serde_json::to_string_pretty(value).expect("json") + "\n";
+    std::fs::write(path, text).map_err(|source| CheckpointError::Write {
         path: path.display().to_string(),
         source,
-    })?;
-    Ok(())
+    })
+}
+
+/// Writes the reference inputs and embeddings ([`crate::evaluate::reference_embeddings`]) as
+/// `kdc_reference.safetensors` in an exported folder.
+pub fn reference(dir: &Path, tensors: &[(String, Vec<usize>, Vec<f32>)]) -> Result<(), CheckpointError> {
+    let views: Vec<(String, Vec<usize>, &[f32])> =
+        tensors.iter().map(|(n, s, v)| (n.clone(), s.clone(), v.as_slice())).collect();
+    write_safetensors(&dir.join("kdc_reference.safetensors"), &views, HashMap::new())
 }
