@@ -225,8 +225,9 @@ pub fn run(
             model,
             data,
             templates,
+            ..
         } => zero_shot(recipe, *model, data, templates, params, base, backend),
-        EvalSpec::Retrieval { model, data, k } => retrieval(recipe, *model, data, k, params, base, backend),
+        EvalSpec::Retrieval { model, data, k, .. } => retrieval(recipe, *model, data, k, params, base, backend),
     }
 }
 

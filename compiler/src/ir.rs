@@ -453,6 +453,9 @@ pub enum DataSource {
     },
     /// One folder per class under `root`; captions from a template.
     Folders { root: String, template: String },
+    /// Webdataset `.tar` shards, as the recipe writes them: brace patterns (`{000..099}`,
+    /// `{a,b}`) joined by `::`, expanded when the data is opened.
+    WebDataset { shards: String },
     /// The built-in Fashion-MNIST (Debian's dataset-fashion-mnist), captions from templates.
     FashionMnist {
         split: String,
@@ -531,10 +534,27 @@ pub enum EvalSpec {
         model: ModelId,
         data: DataSpec,
         templates: Vec<String>,
+        /// Also every this many optimiser steps of each stage that trains the model.
+        every: Option<u64>,
     },
     Retrieval {
         model: ModelId,
         data: DataSpec,
         k: Vec<u64>,
+        every: Option<u64>,
     },
+}
+
+impl EvalSpec {
+    pub fn model(&self) -> ModelId {
+        match self {
+            EvalSpec::ZeroShot { model, .. } | EvalSpec::Retrieval { model, .. } => *model,
+        }
+    }
+
+    pub fn every(&self) -> Option<u64> {
+        match self {
+            EvalSpec::ZeroShot { every, .. } | EvalSpec::Retrieval { every, .. } => *every,
+        }
+    }
 }

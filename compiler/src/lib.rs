@@ -22,6 +22,7 @@ pub mod explain;
 pub mod format;
 pub mod ir;
 pub mod model;
+pub mod plot;
 pub mod run;
 pub mod shape;
 pub mod source;

@@ -101,8 +101,12 @@ enum Command {
         model: Option<String>,
         texts: Vec<String>,
     },
+    /// Draw a run folder's plot.png again from its log.jsonl and eval.json: every loss term,
+    /// the learning rate and every evaluation metric over steps
+    Plot { dir: PathBuf },
     /// Measure compile time, steady-state step time and peak memory of a recipe's first stage
-    /// (on synthetic batches; frozen models without a weights file get random weights).
+    /// (frozen models without a weights file get random weights); with --data, the data
+    /// loader alone (images/s)
     Bench {
         recipe: PathBuf,
         /// Timed steps after the warm-up.
@@ -110,6 +114,10 @@ enum Command {
         steps: u64,
         #[arg(long, default_value_t = 2)]
         warmup: u64,
+        /// Time the first stage's data loader alone (decoding, preprocessing, tokenizing on its
+        /// worker threads): batches and images per second, no model step.
+        #[arg(long)]
+        data: bool,
     },
 }
 
@@ -223,6 +231,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             no_export,
         } => train(recipe.as_deref(), steps, dir, resume, every, !no_export),
         Command::Eval { target, dir } => eval(&target, dir),
+        Command::Plot { dir } => {
+            let path = kdc::plot::write_plot(&dir)?;
+            eprintln!("plot: {}", path.display());
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Tokenize {
             recipe,
             model,
@@ -232,6 +245,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
             recipe,
             steps,
             warmup,
+            data: true,
+        } => bench_data(&recipe, steps, warmup),
+        Command::Bench {
+            recipe,
+            steps,
+            warmup,
+            data: false,
         } => bench(&recipe, steps, warmup),
     }
 }
@@ -382,9 +402,11 @@ fn train(
     let mut bar: Option<indicatif::ProgressBar> = None;
     let mut samples_per_step = 0usize;
     let mut stage_name = String::new();
+    let mut per_epoch = 1u64;
     let stages = recipe.stages.len();
     let summary = kdc::run::run(&recipe, &options, |event| match event {
-        kdc::run::Event::Stage { index, name, steps, operations, seconds, .. } => {
+        kdc::run::Event::Stage { index, name, steps, steps_per_epoch, operations, seconds, .. } => {
+            per_epoch = steps_per_epoch;
             stage_name = name.to_string();
             samples_per_step = (recipe.stages[index].data.batch * recipe.stages[index].train.accumulate.max(1)) as usize;
             eprintln!(
@@ -410,15 +432,16 @@ fn train(
         kdc::run::Event::Step { log: entry, total } => {
             let terms: Vec<String> = entry.terms.iter().map(|(k, v)| format!("{k} {v:.4}")).collect();
             let rate = samples_per_step as f64 / entry.seconds.max(1e-9);
+            let epoch = (entry.step - 1) / per_epoch.max(1) + 1;
             match &bar {
                 Some(b) => {
                     b.set_position(entry.step);
-                    b.set_message(format!("loss {:.4} [{}] {rate:.0} samples/s", entry.loss, terms.join(", ")));
+                    b.set_message(format!("epoch {epoch} loss {:.4} [{}] {rate:.0} samples/s", entry.loss, terms.join(", ")));
                 }
                 None => {
                     if entry.step == 1 || entry.step % every.max(1) == 0 || entry.step == total {
                         eprintln!(
-                            "{stage_name} step {:>5}/{total}  loss {:.4}  [{}]  lr {:.2e}  |g| {:.3}  {:.0} ms  {rate:.0} samples/s",
+                            "{stage_name} epoch {epoch} step {:>5}/{total}  loss {:.4}  [{}]  lr {:.2e}  |g| {:.3}  {:.0} ms  {rate:.0} samples/s",
                             entry.step,
                             entry.loss,
                             terms.join(", "),
@@ -446,10 +469,14 @@ fn train(
                 eprintln!("  {e}");
             }
         }
-        kdc::run::Event::Eval(report) => eprintln!("{report}"),
+        kdc::run::Event::Eval(report) => match &bar {
+            Some(b) => b.println(report.to_string()),
+            None => eprintln!("{report}"),
+        },
         kdc::run::Event::Exported { model, dir } => {
             eprintln!("exported {model}: {} (Hugging Face CLIPModel)", dir.display())
         }
+        kdc::run::Event::Plotted(path) => eprintln!("plot: {}", path.display()),
         kdc::run::Event::Note(note) => eprintln!("note: {note}"),
     })?;
     let _ = summary;
@@ -554,6 +581,43 @@ fn tokenize(recipe_path: &Path, model: Option<&str>, texts: Vec<String>) -> Resu
         }
     }
     print(&out)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `kdc bench --data`: the first stage's loader alone, as training builds it (the views and
+/// tokenizers its graph reads, training augmentation): `steps` batches after `warmup`.
+fn bench_data(path: &Path, steps: u64, warmup: u64) -> Result<ExitCode> {
+    let name = path.display().to_string();
+    let Some(recipe) = load(&name, &read(path)?).recipe else {
+        return Ok(ExitCode::from(1));
+    };
+    let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let backend = kdc::engine::device::cpu();
+    let inputs = {
+        let b = kdc::engine::exec::lock(&backend);
+        let options = kdc::engine::compile::Options::train();
+        kdc::engine::compile::compile(&recipe, 0, &options, &**b).graph.inputs
+    };
+    let mut batches = kdc::engine::batches::Batches::open(&recipe, 0, &inputs, &base, Default::default(), true)?;
+    if let kdc::engine::batches::Batches::Synthetic { .. } = batches {
+        bail!("{name}: the first stage reads synthetic data, which has no loader to time");
+    }
+    for _ in 0..warmup {
+        batches.pull()?;
+    }
+    let started = std::time::Instant::now();
+    let mut samples = 0;
+    for _ in 0..steps {
+        samples += batches.pull()?;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let result = serde_json::json!({
+        "recipe": name, "batch": recipe.stages[0].data.batch, "batches": steps,
+        "workers": batches.workers(), "seconds": seconds,
+        "batches_per_s": steps as f64 / seconds, "images_per_s": samples as f64 / seconds,
+        "skipped": batches.stats().map_or(0, |s| s.skipped),
+    });
+    print(&format!("{result}\n"))?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -65,6 +65,25 @@ pub enum TextKind {
     Clip,
     /// A bidirectional BERT-family encoder, mean-pooled over non-padding tokens.
     Bert,
+    /// XLM-RoBERTa's encoder: BERT's layers, but positions counted from 2 (the padding index
+    /// plus one), one token type, LayerNorm ε 1e-5. `context` is its position table's length
+    /// (514 for xlm-roberta-base), two more than the longest text it reads.
+    Roberta,
+}
+
+impl TextKind {
+    /// A bidirectional encoder with BERT's layers (mean-pooled, attention mask).
+    pub fn is_encoder(self) -> bool {
+        matches!(self, TextKind::Bert | TextKind::Roberta)
+    }
+
+    /// The first position id a text's tokens take.
+    pub fn position_offset(self) -> u64 {
+        match self {
+            TextKind::Roberta => 2,
+            TextKind::Clip | TextKind::Bert => 0,
+        }
+    }
 }
 
 /// How the model's own logit scale σ = exp(t) is held.
@@ -330,7 +349,7 @@ impl ModelSpec {
                     Part::Text,
                 );
             }
-            TextKind::Bert => {
+            TextKind::Bert | TextKind::Roberta => {
                 let e = format!("{p}.embeddings");
                 add(
                     format!("{e}.word_embeddings.weight"),
@@ -346,7 +365,7 @@ impl ModelSpec {
                 );
                 add(
                     format!("{e}.token_type_embeddings.weight"),
-                    vec![2, t.width],
+                    vec![if t.kind == TextKind::Roberta { 1 } else { 2 }, t.width],
                     ParamClass::Embedding,
                     Part::Text,
                 );
@@ -594,6 +613,7 @@ pub const PRESETS: &[Preset] = &[
 /// BERT-family text encoders: context (max positions), vocab, width, layers, heads, MLP width.
 pub struct BertPreset {
     pub name: &'static str,
+    pub kind: TextKind,
     pub dims: (u64, u64, u64, u64, u64, u64),
 }
 
@@ -601,15 +621,18 @@ pub const BERT_PRESETS: &[BertPreset] = &[
     // The sentence-transformers MiniLM used as the demo's frozen, pretrained text tower.
     BertPreset {
         name: "all-MiniLM-L6-v2",
+        kind: TextKind::Bert,
         dims: (512, 30522, 384, 6, 12, 1536),
     },
     // Multilingual teachers' text towers.
     BertPreset {
         name: "xlm-roberta-base",
+        kind: TextKind::Roberta,
         dims: (514, 250002, 768, 12, 12, 3072),
     },
     BertPreset {
         name: "xlm-roberta-large",
+        kind: TextKind::Roberta,
         dims: (514, 250002, 1024, 24, 16, 4096),
     },
 ];

@@ -41,6 +41,8 @@ pub enum Event<'a> {
         index: usize,
         name: &'a str,
         steps: u64,
+        /// Optimiser steps per pass over the data.
+        steps_per_epoch: u64,
         operations: usize,
         seconds: f64,
         data: Option<String>,
@@ -48,6 +50,8 @@ pub enum Event<'a> {
     Resumed { stage: &'a str, steps: u64 },
     Step { log: &'a StepLog, total: u64 },
     Checkpoint(&'a Path),
+    /// The training plot was written here.
+    Plotted(&'a Path),
     Skipped { skipped: usize, read: usize, examples: &'a [String] },
     Eval(&'a Report),
     Exported { model: &'a str, dir: &'a Path },
@@ -206,6 +210,7 @@ pub fn run(recipe: &Recipe, options: &RunOptions, mut event: impl FnMut(Event)) 
             index,
             name: &stage.name,
             steps: total,
+            steps_per_epoch: trainer.steps_per_epoch,
             operations: trainer.graph().nodes.len(),
             seconds: started.elapsed().as_secs_f64(),
             data: None,
@@ -222,6 +227,31 @@ pub fn run(recipe: &Recipe, options: &RunOptions, mut event: impl FnMut(Event)) 
             let entry = trainer.train_step()?;
             writeln!(log, "{}", log_line(&entry)).map_err(io(&log_path))?;
             event(Event::Step { log: &entry, total });
+            // Periodic evaluations, logged before the checkpoint of the same step so that a
+            // resumed run neither loses nor repeats one.
+            let periodic: Vec<&crate::ir::EvalSpec> = recipe
+                .eval
+                .iter()
+                .filter(|e| e.every().is_some_and(|n| entry.step % n == 0) && entry.step < total)
+                .filter(|e| stage.trainable.iter().any(|(m, _)| *m == e.model()))
+                .collect();
+            if !periodic.is_empty() {
+                let mut params: HashMap<String, Vec<f32>> = HashMap::new();
+                for f in finals.iter().flatten() {
+                    params.extend(f.iter().map(|(k, v)| (k.clone(), v.clone())));
+                }
+                params.extend(trainer.parameters());
+                let mut reports = Vec::new();
+                for spec in periodic {
+                    let report = evaluate::run(recipe, spec, &params, &options.base, device::cpu())?;
+                    event(Event::Eval(&report));
+                    reports.push(report);
+                }
+                if !reports.is_empty() {
+                    let line = serde_json::json!({ "stage": stage.name, "step": entry.step, "eval": reports });
+                    writeln!(log, "{line}").map_err(io(&log_path))?;
+                }
+            }
             let due = every.is_some_and(|n| entry.step % n == 0)
                 || last_checkpoint.elapsed().as_secs_f64() >= options.checkpoint_seconds;
             if due && entry.step < total {
@@ -298,6 +328,11 @@ pub fn run(recipe: &Recipe, options: &RunOptions, mut event: impl FnMut(Event)) 
                 Err(e) => return Err(e.into()),
             }
         }
+    }
+    // The plot is a convenience: a failure to draw it is a note, never a lost run.
+    match crate::plot::write_plot(dir) {
+        Ok(path) => event(Event::Plotted(&path)),
+        Err(e) => event(Event::Note(format!("no plot: {e}"))),
     }
     Ok(Summary {
         reports,

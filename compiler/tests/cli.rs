@@ -125,7 +125,7 @@ fn run_without_a_recipe_trains_the_quickstart_evaluates_and_logs_each_step() {
     let out = kdc(&["run", "--steps", "3", "--every", "1", "--dir", dir.to_str().unwrap()]);
     let err = text(&out.stderr);
     assert!(out.status.success(), "{err}");
-    assert!(err.contains("distillation step     3/3"), "{err}");
+    assert!(err.contains("distillation epoch 1 step     3/3"), "{err}");
     for model in ["teacher", "student", "baseline"] {
         assert!(err.contains(&format!("zero_shot {model} on Fashion-MNIST test")), "{err}");
         assert!(dir.join("models").join(model).join("model.safetensors").exists());

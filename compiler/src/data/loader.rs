@@ -25,7 +25,7 @@ use std::thread::JoinHandle;
 
 /// Where a loader is in its data: the epoch, and how many entries of that epoch's permutation
 /// were consumed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Position {
     pub epoch: u64,
     pub cursor: usize,
@@ -255,6 +255,10 @@ impl Loader {
     /// Where the next batch starts.
     pub fn position(&self) -> Position {
         self.position
+    }
+
+    pub fn workers(&self) -> usize {
+        self.workers.len()
     }
 
     pub fn stats(&self) -> &Stats {

@@ -7,8 +7,10 @@ use super::{shown, DataError, Dataset, Sample};
 use std::path::{Path, PathBuf};
 
 pub struct Pairs {
-    rows: Vec<(PathBuf, String)>,
-    /// Rows that could not be read, with why: reported once, at the start.
+    /// Every row in file order: its image and caption, or why it cannot be used (a malformed
+    /// row stays a sample that fails, so the loader skips, counts and reports it).
+    rows: Vec<Result<(PathBuf, String), String>>,
+    /// The malformed rows, with why (as their samples report it).
     pub malformed: Vec<String>,
     what: String,
 }
@@ -45,19 +47,42 @@ impl Pairs {
         let mut rows = Vec::new();
         let mut malformed = Vec::new();
         for (i, record) in reader.records().enumerate() {
-            let line = i + 2;
-            match record {
+            let line = record
+                .as_ref()
+                .ok()
+                .and_then(|r| r.position())
+                .map_or(i as u64 + 2, |p| p.line());
+            let row = match record {
+                Ok(r) if r.len() != header.len() => Err(format!(
+                    "{} fields where the header has {}",
+                    r.len(),
+                    header.len()
+                )),
                 Ok(r) => match (r.get(ic), r.get(cc)) {
-                    (Some(image), Some(caption)) if !image.is_empty() => {
-                        rows.push((dir.join(image), caption.to_string()))
+                    (Some(image), _) if image.trim().is_empty() => {
+                        Err(format!("no image in column `{image_key}`"))
                     }
-                    _ => malformed.push(format!("{}:{line}: missing the image or caption column", shown(csv))),
+                    (_, Some(caption)) if caption.trim().is_empty() => {
+                        Err(format!("an empty caption in column `{caption_key}`"))
+                    }
+                    (Some(image), Some(caption)) => Ok((dir.join(image), caption.to_string())),
+                    _ => Err("missing the image or caption column".to_string()),
                 },
-                Err(e) => malformed.push(format!("{}:{line}: {e}", shown(csv))),
+                Err(e) => Err(e.to_string()),
             }
+            .map_err(|why| format!("{}:{line}: {why}", shown(csv)));
+            if let Err(why) = &row {
+                malformed.push(why.clone());
+            }
+            rows.push(row);
         }
+        let bad = if malformed.is_empty() {
+            String::new()
+        } else {
+            format!(", {} malformed rows", malformed.len())
+        };
         Ok(Pairs {
-            what: format!("{} ({} pairs)", shown(csv), rows.len()),
+            what: format!("{} ({} pairs{bad})", shown(csv), rows.len() - malformed.len()),
             rows,
             malformed,
         })
@@ -75,7 +100,7 @@ impl Dataset for Pairs {
     }
 
     fn sample(&self, index: usize, _epoch: u64) -> Result<Sample, String> {
-        let (path, caption) = &self.rows[index];
+        let (path, caption) = self.rows[index].as_ref().map_err(Clone::clone)?;
         Ok(Sample {
             image: read_image(path)?,
             caption: caption.clone(),
@@ -144,7 +169,7 @@ impl Folders {
                 .filter(|p| {
                     p.extension()
                         .and_then(|e| e.to_str())
-                        .is_some_and(|e| matches!(e.to_ascii_lowercase().as_str(), "jpg" | "jpeg" | "png"))
+                        .is_some_and(|e| matches!(e.to_ascii_lowercase().as_str(), "jpg" | "jpeg" | "png" | "webp"))
                 })
                 .collect();
             in_class.sort();

@@ -156,6 +156,23 @@ impl Batches {
         }
     }
 
+    /// Reads the next batch and drops it (the loader alone, for `kdc bench --data`); returns
+    /// the samples it held.
+    pub fn pull(&mut self) -> Result<usize, BatchError> {
+        match self {
+            Batches::Real(r) => Ok(r.loader.next_batch()?.indices.len()),
+            Batches::Synthetic { .. } => Ok(0),
+        }
+    }
+
+    /// The loader's worker threads (0 for synthetic data).
+    pub fn workers(&self) -> usize {
+        match self {
+            Batches::Real(r) => r.loader.workers(),
+            Batches::Synthetic { .. } => 0,
+        }
+    }
+
     /// Where the next batch starts in the data (None for synthetic data).
     pub fn position(&self) -> Option<Position> {
         match self {

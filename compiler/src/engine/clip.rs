@@ -10,6 +10,8 @@ use std::collections::HashMap;
 /// CLIP's and BERT's layer-norm epsilons.
 pub const CLIP_LN_EPS: f32 = 1e-5;
 pub const BERT_LN_EPS: f32 = 1e-12;
+/// XLM-RoBERTa's LayerNorm ε.
+pub const ROBERTA_LN_EPS: f32 = 1e-5;
 
 /// One model's parameters in a graph, by Hugging Face name.
 pub struct ModelParams {
@@ -368,10 +370,15 @@ pub fn text(g: &mut Graph, spec: &ModelSpec, p: &ModelParams, inputs: &TextInput
                 embed,
             }
         }
-        TextKind::Bert => {
+        TextKind::Bert | TextKind::Roberta => {
             let e = "text_model.embeddings";
+            let eps = if t.kind == TextKind::Roberta { ROBERTA_LN_EPS } else { BERT_LN_EPS };
+            // Token i takes position offset + i. RoBERTa gives padding the padding index
+            // instead; padding is masked out of attention and pooling, so the pooled output is
+            // the same.
+            let offset = t.kind.position_offset() as usize;
             let words = g.embedding(p.get(&format!("{e}.word_embeddings.weight")), inputs.ids);
-            let positions = g.slice(p.get(&format!("{e}.position_embeddings.weight")), 0, 0, l);
+            let positions = g.slice(p.get(&format!("{e}.position_embeddings.weight")), 0, offset, l);
             let token_type = g.slice(p.get(&format!("{e}.token_type_embeddings.weight")), 0, 0, 1);
             let x = g.add2(words, positions);
             let x = g.add2(x, token_type);
@@ -379,7 +386,7 @@ pub fn text(g: &mut Graph, spec: &ModelSpec, p: &ModelParams, inputs: &TextInput
                 x,
                 p.get(&format!("{e}.LayerNorm.weight")),
                 p.get(&format!("{e}.LayerNorm.bias")),
-                BERT_LN_EPS,
+                eps,
             );
             let mask = inputs
                 .mask
@@ -407,7 +414,7 @@ pub fn text(g: &mut Graph, spec: &ModelSpec, p: &ModelParams, inputs: &TextInput
                     a,
                     n("attention.output.LayerNorm.weight"),
                     n("attention.output.LayerNorm.bias"),
-                    BERT_LN_EPS,
+                    eps,
                 );
                 let h = linear(
                     g,
@@ -422,7 +429,7 @@ pub fn text(g: &mut Graph, spec: &ModelSpec, p: &ModelParams, inputs: &TextInput
                     h,
                     n("output.LayerNorm.weight"),
                     n("output.LayerNorm.bias"),
-                    BERT_LN_EPS,
+                    eps,
                 );
                 g.pop_scope();
                 hidden.push(x);

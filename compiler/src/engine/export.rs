@@ -4,7 +4,7 @@
 //! rename (the model's prefix dropped) and a config.
 
 use super::checkpoint::{write_safetensors, CheckpointError};
-use crate::model::{Activation, ModelSpec, TextKind};
+use crate::model::{Activation, ModelSpec};
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -72,7 +72,7 @@ pub fn config(spec: &ModelSpec) -> serde_json::Value {
 /// Writes `spec`'s parameters (from `values`, named `<model>/<Hugging Face name>`) as a
 /// Hugging Face CLIP folder in `dir`.
 pub fn hf_folder(spec: &ModelSpec, values: &HashMap<String, Vec<f32>>, dir: &Path) -> Result<(), ExportError> {
-    if spec.text.kind == TextKind::Bert {
+    if spec.text.kind.is_encoder() {
         return Err(ExportError::NotClip(spec.name.clone()));
     }
     let mut tensors = Vec::new();

@@ -142,7 +142,7 @@ impl Lowering<'_> {
                     eot: Some(self.g.input(InputKind::Eot { model: name }, vec![self.batch, 1])),
                     mask: None,
                 },
-                TextKind::Bert => TextInputs {
+                TextKind::Bert | TextKind::Roberta => TextInputs {
                     ids,
                     eot: None,
                     mask: Some(self.g.input(InputKind::Mask { model: name }, vec![self.batch, l])),

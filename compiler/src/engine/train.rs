@@ -111,6 +111,8 @@ pub struct Trainer<'r> {
     batches: Batches,
     slots: Vec<Slot>,
     pub total_steps: u64,
+    /// Optimiser steps in one pass over the data.
+    pub steps_per_epoch: u64,
     done: u64,
 }
 
@@ -196,6 +198,7 @@ impl<'r> Trainer<'r> {
             batches,
             slots,
             total_steps,
+            steps_per_epoch: per_epoch.max(1),
             done: 0,
         })
     }

@@ -127,9 +127,22 @@ pub fn model_values(spec: &ModelSpec, base: &Path) -> Result<HashMap<String, Vec
     }
     if let Some(w) = &spec.text.weights {
         // A BERT checkpoint has BertModel's names, without the `text_model.` kdc puts first.
+        // Checkpoints of a whole BertForX / XLMRobertaForX model put the encoder under
+        // `bert.` / `roberta.`; sentence-transformers saves under `0.auto_model.`.
+        let tensors = load(&base.join(w))?
+            .into_iter()
+            .map(|(k, v)| {
+                let k = ["bert.", "roberta.", "0.auto_model."]
+                    .iter()
+                    .find_map(|p| k.strip_prefix(p))
+                    .map(str::to_string)
+                    .unwrap_or(k);
+                (k, v)
+            })
+            .collect();
         sources.push((
             w.clone(),
-            load(&base.join(w))?,
+            tensors,
             Box::new(|n: &str| n.starts_with("text_model.")),
             "text_model.",
         ));

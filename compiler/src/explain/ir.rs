@@ -54,8 +54,9 @@ fn model(out: &mut String, m: &ModelSpec) {
     let t = &m.text;
     let kind = match t.kind {
         TextKind::Clip => "transformer".to_string(),
-        TextKind::Bert => format!(
-            "bert{}",
+        TextKind::Bert | TextKind::Roberta => format!(
+            "{}{}",
+            if t.kind == TextKind::Roberta { "roberta" } else { "bert" },
             t.preset
                 .as_ref()
                 .map(|p| format!(" {p}"))
@@ -111,6 +112,7 @@ fn data(d: &crate::ir::DataSpec) -> String {
     let source = match &d.source {
         DataSource::Pairs { csv, image, caption, sep } => format!("pairs from {csv} (image column \"{image}\", caption column \"{caption}\", separator {sep:?})"),
         DataSource::Folders { root, template } => format!("class folders under {root}, captions \"{template}\""),
+        DataSource::WebDataset { shards } => format!("webdataset shards {shards}"),
         DataSource::FashionMnist { split, templates, root } => {
             format!("Fashion-MNIST {split} split{}, prompts {:?}", root.as_ref().map(|r| format!(" from {r}")).unwrap_or_default(), templates)
         }
@@ -149,28 +151,36 @@ pub fn ir(recipe: &Recipe) -> String {
                     model,
                     data: d,
                     templates,
+                    every,
                 } => {
                     let _ = writeln!(
                         out,
-                        "  zero-shot classification of {} on {}; prompts {:?}",
+                        "  zero-shot classification of {} on {}; prompts {:?}{}",
                         recipe.models[*model].name,
                         data(d),
-                        templates
+                        templates,
+                        when(*every)
                     );
                 }
-                EvalSpec::Retrieval { model, data: d, k } => {
+                EvalSpec::Retrieval { model, data: d, k, every } => {
                     let _ = writeln!(
                         out,
-                        "  image-text retrieval R@{:?} of {} on {}",
+                        "  image-text retrieval R@{:?} of {} on {}{}",
                         k,
                         recipe.models[*model].name,
-                        data(d)
+                        data(d),
+                        when(*every)
                     );
                 }
             }
         }
     }
     out
+}
+
+/// When a periodic evaluation runs, for the IR listing (nothing for the default, after training).
+fn when(every: Option<u64>) -> String {
+    every.map(|n| format!("; also every {n} steps")).unwrap_or_default()
 }
 
 fn stage_ir(out: &mut String, recipe: &Recipe, index: usize, stage: &Stage) {

@@ -74,11 +74,13 @@ impl Tokenizer {
     /// A Hugging Face tokenizer cut and padded to `context`, as `transformers` does with
     /// `truncation=True, padding="max_length"`.
     pub fn from_hf(mut inner: tokenizers::Tokenizer, context: usize) -> Tokenizer {
-        let pad_token = inner
-            .get_padding()
-            .map(|p| p.pad_token.clone())
-            .unwrap_or_else(|| "[PAD]".into());
-        let pad = inner.token_to_id(&pad_token).unwrap_or(0);
+        // The padding id: the file's padding section, else BERT's `[PAD]` or RoBERTa's
+        // `<pad>` (XLM-R pads with 1; 0 is its `<s>`), else 0.
+        let pad = match inner.get_padding() {
+            Some(p) => Some(p.pad_id),
+            None => inner.token_to_id("[PAD]").or_else(|| inner.token_to_id("<pad>")),
+        }
+        .unwrap_or(0);
         inner
             .with_truncation(Some(tokenizers::TruncationParams {
                 max_length: context,

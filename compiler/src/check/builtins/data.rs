@@ -1,5 +1,5 @@
-//! Data sets (`pairs`, `folders`, `fashion_mnist`, `synthetic`) with their batch and shuffling,
-//! caption templates, and evaluations (`zero_shot`, `retrieval`).
+//! Data sets (`pairs`, `folders`, `webdataset`, `fashion_mnist`, `synthetic`) with their batch and
+//! shuffling, caption templates, and evaluations (`zero_shot`, `retrieval`).
 
 use super::Bound;
 use crate::check::value::Value;
@@ -48,6 +48,33 @@ impl Checker<'_> {
             (Some(root), Some(template)) => Some(DataSource::Folders { root, template }),
             _ => None,
         };
+        self.data(ctx, b, source)
+    }
+
+    pub(in crate::check) fn webdataset(&mut self, ctx: &mut Ctx, b: &Bound, _span: Span) -> Value {
+        let shards = self.string(ctx, b, "shards").and_then(|shards| {
+            match crate::data::webdataset::count(&shards) {
+                Ok(_) => Some(shards),
+                Err(e) => {
+                    self.bad(
+                        ctx,
+                        b,
+                        Diagnostic::error(
+                            Code::OutOfRange,
+                            b.span("shards"),
+                            format!("the shard pattern \"{shards}\" is malformed: {}", e.message),
+                        )
+                        .primary_label(format!("at `{}`", e.part))
+                        .hint(
+                            "write ranges as {000..099} (ascending, zero-padded as wide as \
+                             written), lists as {a,b}, and join patterns with `::`",
+                        ),
+                    );
+                    None
+                }
+            }
+        });
+        let source = shards.map(|shards| DataSource::WebDataset { shards });
         self.data(ctx, b, source)
     }
 
@@ -168,10 +195,20 @@ impl Checker<'_> {
             }
             None => None,
         };
+        let every = if b.has("every") {
+            match self.count(ctx, b, "every") {
+                Some(n) => Some(Some(n)),
+                None => None,
+            }
+        } else {
+            Some(None)
+        };
         if name == "zero_shot" {
             let templates = self.templates(ctx, b, "templates");
             if let Some(DataSpec {
-                source: DataSource::Pairs { .. } | DataSource::Synthetic { .. },
+                source: DataSource::Pairs { .. }
+                    | DataSource::WebDataset { .. }
+                    | DataSource::Synthetic { .. },
                 ..
             }) = &data
             {
@@ -187,11 +224,12 @@ impl Checker<'_> {
                     .hint("use `folders(…)` or `fashion_mnist(…)`, or `retrieval(…)` for pairs"),
                 );
             }
-            match (model, data, templates) {
-                (Some(model), Some(data), Some(templates)) => Value::Eval(EvalSpec::ZeroShot {
+            match (model, data, templates, every) {
+                (Some(model), Some(data), Some(templates), Some(every)) => Value::Eval(EvalSpec::ZeroShot {
                     model,
                     data,
                     templates,
+                    every,
                 }),
                 _ => Value::Error,
             }
@@ -213,9 +251,9 @@ impl Checker<'_> {
                     .primary_label("for example [1, 5, 10]"),
                 );
             }
-            match (model, data, k) {
-                (Some(model), Some(data), Some(k)) => {
-                    Value::Eval(EvalSpec::Retrieval { model, data, k })
+            match (model, data, k, every) {
+                (Some(model), Some(data), Some(k), Some(every)) => {
+                    Value::Eval(EvalSpec::Retrieval { model, data, k, every })
                 }
                 _ => Value::Error,
             }

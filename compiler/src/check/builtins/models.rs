@@ -178,14 +178,15 @@ impl Checker<'_> {
                     path: None,
                     context: text.context,
                 },
-                TextKind::Bert => TokenizerSpec {
+                TextKind::Bert | TextKind::Roberta => TokenizerSpec {
                     kind: TokenizerKind::File,
                     path: None,
-                    context: text.context.min(128),
+                    context: (text.context - text.kind.position_offset()).min(128),
                 },
             },
             Some((Value::Tokenizer(t), s)) => {
-                if t.context > text.context {
+                let positions = text.context - text.kind.position_offset();
+                if t.context > positions {
                     self.bad(
                         ctx,
                         b,
@@ -194,7 +195,7 @@ impl Checker<'_> {
                             s,
                             format!(
                                 "the tokenizer makes {} tokens but the text tower has {} positions",
-                                t.context, text.context
+                                t.context, positions
                             ),
                         )
                         .primary_label("context too long"),

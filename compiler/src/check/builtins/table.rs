@@ -206,9 +206,10 @@ pub const BUILTINS: &[Builtin] = &[
             opt("mlp"),
             opt("weights"),
             flag("frozen"),
+            opt("family"),
         ],
         |c, ctx, b, span| c.bert(ctx, b, span),
-        "A BERT-family text encoder (MiniLM, XLM-R), mean-pooled.",
+        "A BERT-family text encoder (MiniLM, XLM-R), mean-pooled; `family: roberta` for XLM-R's positions and LayerNorm.",
     ),
     builtin(
         "learnable",
@@ -271,6 +272,15 @@ pub const BUILTINS: &[Builtin] = &[
         ],
         |c, ctx, b, span| c.folders(ctx, b, span),
         "One folder per class; captions from a template.",
+    ),
+    builtin(
+        "webdataset",
+        &[req("shards"), req("batch"), yes("shuffle"), num("seed", 0.0)],
+        |c, ctx, b, span| c.webdataset(ctx, b, span),
+        "Image-text samples from webdataset .tar shards (open_clip's --train-data): `shards` \
+         names them with brace ranges and lists (\"data/{00000..00099}.tar\", {a,b}), several \
+         patterns joined by `::`; image from the jpg/png/jpeg member, caption from txt (else \
+         json's \"caption\").",
     ),
     builtin(
         "fashion_mnist",
@@ -382,15 +392,16 @@ pub const BUILTINS: &[Builtin] = &[
             req("model"),
             req("data"),
             texts("templates", &["a photo of a {}."]),
+            opt("every"),
         ],
         |c, ctx, b, span| c.evaluation(ctx, b, span),
-        "Zero-shot classification accuracy.",
+        "Zero-shot classification accuracy (after training; also every n steps with `every: n`).",
     ),
     builtin(
         "retrieval",
-        &[req("model"), req("data"), nums("k", &[1.0, 5.0, 10.0])],
+        &[req("model"), req("data"), nums("k", &[1.0, 5.0, 10.0]), opt("every")],
         |c, ctx, b, span| c.evaluation(ctx, b, span),
-        "Image-text retrieval recall at k.",
+        "Image-text retrieval recall at k (after training; also every n steps with `every: n`).",
     ),
     // Tensor primitives.
     builtin(

@@ -83,9 +83,13 @@ impl Checker<'_> {
         } else {
             None
         };
+        let mut kind = TextKind::Bert;
         if let Some(p) = &preset {
             match model::bert_preset(p) {
-                Some(bp) => dims = Some(bp.dims),
+                Some(bp) => {
+                    dims = Some(bp.dims);
+                    kind = bp.kind;
+                }
                 None => {
                     let names: Vec<&str> = model::BERT_PRESETS.iter().map(|p| p.name).collect();
                     let mut d = Diagnostic::error(
@@ -103,10 +107,17 @@ impl Checker<'_> {
                 }
             }
         }
-        let explicit: Vec<&str> = ["context", "vocab", "width", "layers", "heads", "mlp"]
+        let explicit: Vec<&str> = ["context", "vocab", "width", "layers", "heads", "mlp", "family"]
             .into_iter()
             .filter(|n| b.has(n))
             .collect();
+        if b.has("family") && dims.is_none() {
+            match self.choice(ctx, b, "family", &["bert", "roberta"]) {
+                Some("roberta") => kind = TextKind::Roberta,
+                Some(_) => {}
+                None => return Value::Error,
+            }
+        }
         let (context, vocab, width, layers, heads, mlp) = match dims {
             Some(d) if explicit.is_empty() => d,
             Some(_) => {
@@ -160,8 +171,21 @@ impl Checker<'_> {
                 (c, v, w, l, h, m)
             }
         };
+        if kind == TextKind::Roberta && context <= 2 {
+            self.bad(
+                ctx,
+                b,
+                Diagnostic::error(
+                    Code::OutOfRange,
+                    b.span("context"),
+                    "a RoBERTa-family encoder's `context` is its position table, two more than the longest text; it must be at least 3",
+                )
+                .primary_label("too short"),
+            );
+            return Value::Error;
+        }
         Value::Text(TextSpec {
-            kind: TextKind::Bert,
+            kind,
             context,
             vocab,
             width,
