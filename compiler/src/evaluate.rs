@@ -43,6 +43,44 @@ pub struct Report {
     pub samples: usize,
     /// Metric name → value in [0, 1] (`top1`, `top5`, `image_to_text_R@1`, …).
     pub metrics: Vec<(String, f64)>,
+    /// The model's parameters, all and its image tower's (with its projection).
+    pub parameters: u64,
+    pub image_parameters: u64,
+    /// Images encoded per second by the image tower in this evaluation (batches of the data's
+    /// batch size; decoding excluded).
+    pub images_per_s: f64,
+}
+
+fn millions(n: u64) -> String {
+    if n >= 100_000 {
+        format!("{:.2}M", n as f64 / 1e6)
+    } else {
+        format!("{:.1}k", n as f64 / 1e3)
+    }
+}
+
+/// A model's parameter counts: all, and the image tower's with its projection.
+fn parameter_counts(spec: &crate::model::ModelSpec) -> (u64, u64) {
+    use crate::model::Part;
+    let image = spec
+        .parameters()
+        .iter()
+        .filter(|p| matches!(p.part, Part::Vision | Part::VisionProjection))
+        .map(|p| p.shape.iter().product::<u64>())
+        .sum();
+    (spec.parameter_count(), image)
+}
+
+/// Image embeddings of a batch, timed: the first batch runs once untimed first (it touches
+/// fresh memory), so `seconds` covers steady-state batches only.
+fn timed_images(encoder: &mut Encoder, pixels: &[f32], n: usize, seconds: &mut f64) -> Vec<Vec<f32>> {
+    if *seconds == 0.0 {
+        encoder.images(pixels, n);
+    }
+    let started = std::time::Instant::now();
+    let out = encoder.images(pixels, n);
+    *seconds += started.elapsed().as_secs_f64();
+    out
 }
 
 impl std::fmt::Display for Report {
@@ -54,12 +92,15 @@ impl std::fmt::Display for Report {
             .collect();
         write!(
             f,
-            "{} {} on {} ({} samples): {}",
+            "{} {} on {} ({} samples): {}  [{} parameters, image tower {}; {:.0} images/s]",
             self.kind,
             self.model,
             self.data,
             self.samples,
-            metrics.join(", ")
+            metrics.join(", "),
+            millions(self.parameters),
+            millions(self.image_parameters),
+            self.images_per_s
         )
     }
 }
@@ -282,8 +323,9 @@ fn zero_shot(
         classifier.push(sum.iter().map(|x| x / norm).collect::<Vec<f32>>());
     }
     let (mut top1, mut top5, mut n) = (0usize, 0usize, 0usize);
+    let mut seconds = 0.0;
     while let Some(b) = loader.next_in_epoch()? {
-        let embeddings = encoder.images(&b.pixels[0], b.labels.len());
+        let embeddings = timed_images(&mut encoder, &b.pixels[0], b.labels.len(), &mut seconds);
         for (e, label) in embeddings.iter().zip(&b.labels) {
             let label = label.expect("labelled data");
             let scores: Vec<f32> = classifier.iter().map(|c| dot(e, c)).collect();
@@ -293,6 +335,7 @@ fn zero_shot(
             n += 1;
         }
     }
+    let (parameters, image_parameters) = parameter_counts(&recipe.models[model]);
     Ok(Report {
         kind: "zero_shot",
         model: recipe.models[model].name.clone(),
@@ -302,6 +345,9 @@ fn zero_shot(
             ("top1".into(), top1 as f64 / n.max(1) as f64),
             ("top5".into(), top5 as f64 / n.max(1) as f64),
         ],
+        parameters,
+        image_parameters,
+        images_per_s: n as f64 / seconds.max(1e-9),
     })
 }
 
@@ -330,8 +376,10 @@ fn retrieval(
     let mut caption_index: HashMap<String, usize> = HashMap::new();
     // (image, caption) pairs the data lists.
     let mut pairs: std::collections::HashSet<(usize, usize)> = Default::default();
+    let (mut seconds, mut encoded) = (0.0, 0usize);
     while let Some(b) = loader.next_in_epoch()? {
-        let embeddings = encoder.images(&b.pixels[0], b.labels.len());
+        encoded += b.labels.len();
+        let embeddings = timed_images(&mut encoder, &b.pixels[0], b.labels.len(), &mut seconds);
         for (((e, label), caption), id) in embeddings.into_iter().zip(&b.labels).zip(&b.captions).zip(&b.image_ids) {
             let image = match id {
                 Some(id) => *image_index.entry(id.clone()).or_insert_with(|| {
@@ -391,11 +439,15 @@ fn retrieval(
             metrics.push((format!("{name}_R@{kk}"), hits as f64 / ranks.len().max(1) as f64));
         }
     }
+    let (parameters, image_parameters) = parameter_counts(&recipe.models[model]);
     Ok(Report {
         kind: "retrieval",
         model: recipe.models[model].name.clone(),
         data: format!("{what}; {} images, {} captions", images.len(), captions.len()),
         samples: images.len(),
         metrics,
+        parameters,
+        image_parameters,
+        images_per_s: encoded as f64 / seconds.max(1e-9),
     })
 }
