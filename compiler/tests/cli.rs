@@ -165,6 +165,26 @@ fn run_without_a_recipe_trains_the_quickstart_evaluates_and_logs_each_step() {
             .collect()
     };
     assert_eq!(strip(&evaluated), strip(&eval));
+    // A kdc checkpoint serves as a model's `weights:`: the stage-1 teacher, evaluated from a
+    // recipe that names its checkpoint, scores what the run's teacher scored.
+    let quickstart = std::fs::read_to_string(root().join("recipes/demo/quickstart.kd")).unwrap();
+    let stage1 = dir.join("stage-teacher_training.safetensors");
+    let data = root().join("recipes/demo/data/fashion-mnist-mini");
+    let recipe = quickstart
+        .replace("teacher = clip(", &format!("teacher = clip(\n  weights: {:?},", stage1.to_str().unwrap()))
+        .replace("fashion = \"data/fashion-mnist-mini\"", &format!("fashion = {:?}", data.to_str().unwrap()));
+    let recipe = &recipe[..recipe.find("eval = [").unwrap()];
+    let recipe = format!("{recipe}eval = [zero_shot(model: teacher, data: test, templates: templates)]\n");
+    let path = dir.join("from_checkpoint.kd");
+    std::fs::write(&path, recipe).unwrap();
+    let fresh = dir.join("fresh");
+    let out = kdc(&["eval", path.to_str().unwrap(), "--dir", fresh.to_str().unwrap()]);
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert_eq!(eval[0]["model"], "teacher");
+    let (top1, top5) = (eval[0]["metrics"][0][1].as_f64().unwrap(), eval[0]["metrics"][1][1].as_f64().unwrap());
+    let want = format!("top1 {:.2} %, top5 {:.2} %", 100.0 * top1, 100.0 * top5);
+    assert!(err.contains(&want), "want {want}: {err}");
     assert!(eval[0]["parameters"].as_u64().unwrap() > eval[0]["image_parameters"].as_u64().unwrap());
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -113,6 +113,30 @@ fn ignorable(name: &str) -> bool {
     name.ends_with("position_ids") || name.starts_with("pooler.") || name.ends_with("attn_mask") || name == "input_resolution" || name == "context_length" || name == "vocab_size"
 }
 
+/// A kdc checkpoint (`checkpoint.safetensors`, `stage-<name>.safetensors`) holds every
+/// parameter as `param/<model>/<Hugging Face name>` (flattened) beside AdamW's moments: the
+/// model's own are those under its name, or, when the file holds a single model, that
+/// model's. Other files are returned as they are.
+fn own_tensors(tensors: Tensors, model: &str) -> Tensors {
+    if !tensors.keys().any(|k| k.starts_with("param/")) {
+        return tensors;
+    }
+    let models: std::collections::BTreeSet<String> = tensors
+        .keys()
+        .filter_map(|k| k.strip_prefix("param/")?.split_once('/').map(|(m, _)| m.to_string()))
+        .collect();
+    let pick = if models.contains(model) || models.len() != 1 {
+        model.to_string()
+    } else {
+        models.into_iter().next().expect("one model")
+    };
+    let prefix = format!("param/{pick}/");
+    tensors
+        .into_iter()
+        .filter_map(|(k, v)| k.strip_prefix(&prefix).map(|n| (n.to_string(), v)))
+        .collect()
+}
+
 /// The values of model `spec`'s parameters that its weights provide, by Hugging Face name:
 /// the model's own checkpoint (`weights:`), and a BERT text tower's (`bert(weights: …)`) for
 /// the text tower when the model's has none. Every parameter a checkpoint should hold must be
@@ -123,7 +147,8 @@ pub fn model_values(spec: &ModelSpec, base: &Path) -> Result<HashMap<String, Vec
     let mut out = HashMap::new();
     let mut sources: Vec<(String, Tensors, Box<dyn Fn(&str) -> bool>, &'static str)> = Vec::new();
     if let Some(w) = &spec.weights {
-        sources.push((w.clone(), load(&base.join(w))?, Box::new(|_: &str| true), ""));
+        let tensors = own_tensors(load(&base.join(w))?, &spec.name);
+        sources.push((w.clone(), tensors, Box::new(|_: &str| true), ""));
     }
     if let Some(w) = &spec.text.weights {
         // A BERT checkpoint has BertModel's names, without the `text_model.` kdc puts first.
