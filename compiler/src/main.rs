@@ -86,7 +86,8 @@ enum Command {
     /// run folder, or of a run folder given directly; models no stage trained come from their
     /// weights (which may be an exported Hugging Face folder).
     Eval {
-        /// A recipe, or a run folder (`runs/quickstart`).
+        /// A recipe, a run folder (`runs/quickstart`), or one of its checkpoints
+        /// (`runs/quickstart/stage-teacher_training.safetensors`).
         target: PathBuf,
         /// The run folder, for a recipe (default: runs/<recipe>).
         #[arg(long)]
@@ -486,11 +487,17 @@ fn train(
 
 /// `kdc eval`: a recipe's evaluations on its run folder's models.
 fn eval(target: &Path, dir: Option<PathBuf>) -> Result<ExitCode> {
-    let (name, text, base, dir) = if target.is_dir() {
-        let source = kdc::run::recipe_of(target).with_context(|| {
-            format!("{} is a folder but not a run folder (no run.json naming its recipe)", target.display())
+    // A checkpoint file of a run folder: that checkpoint's parameters, the folder's recipe.
+    let checkpoint = (target.extension().is_some_and(|e| e == "safetensors")).then(|| target.to_path_buf());
+    let folder = match &checkpoint {
+        Some(file) => Some(file.parent().map(Path::to_path_buf).unwrap_or_default()),
+        None => target.is_dir().then(|| target.to_path_buf()),
+    };
+    let (name, text, base, dir) = if let Some(folder) = folder {
+        let source = kdc::run::recipe_of(&folder).with_context(|| {
+            format!("{} is not a run folder (no run.json naming its recipe)", folder.display())
         })?;
-        let dir = dir.unwrap_or_else(|| target.to_path_buf());
+        let dir = dir.unwrap_or(folder);
         match source {
             kdc::run::RecipeSource::File(path) => (
                 path.display().to_string(),
@@ -520,7 +527,7 @@ fn eval(target: &Path, dir: Option<PathBuf>) -> Result<ExitCode> {
     if recipe.eval.is_empty() {
         bail!("{name} has no `eval = [...]`; add for example `eval = [zero_shot(model: student, data: fashion_mnist(split: \"test\", batch: 256))]`");
     }
-    kdc::run::evaluate_saved(&recipe, &base, &dir, |event| match event {
+    kdc::run::evaluate_saved(&recipe, &base, &dir, checkpoint.as_deref(), |event| match event {
         kdc::run::Event::Eval(report) => eprintln!("{report}"),
         kdc::run::Event::Note(note) => eprintln!("note: {note}"),
         _ => {}

@@ -342,14 +342,37 @@ pub fn run(recipe: &Recipe, options: &RunOptions, mut event: impl FnMut(Event)) 
 
 /// Evaluates a recipe's `eval` list on the parameters a run folder holds (each finished
 /// stage's, the latest winning); models no stage trained come from their weights.
-pub fn evaluate_saved(recipe: &Recipe, base: &Path, dir: &Path, mut event: impl FnMut(Event)) -> Result<Vec<Report>, RunError> {
+/// With `checkpoint`, that checkpoint's parameters instead of the finished stages' (a stage
+/// file, or `checkpoint.safetensors` mid-stage); the report then goes to standard error only.
+pub fn evaluate_saved(
+    recipe: &Recipe,
+    base: &Path,
+    dir: &Path,
+    checkpoint: Option<&Path>,
+    mut event: impl FnMut(Event),
+) -> Result<Vec<Report>, RunError> {
     let mut params: HashMap<String, Vec<f32>> = HashMap::new();
     let mut found = 0;
-    for stage in &recipe.stages {
-        let file = stage_file(dir, &stage.name);
-        if file.exists() {
-            params.extend(Checkpoint::load(&file)?.params);
+    match checkpoint {
+        Some(file) => {
+            let ck = Checkpoint::load(file)?;
+            if ck.params.is_empty() {
+                return Err(RunError::Resume(format!(
+                    "{} holds no parameters (a run between stages); evaluate a stage-<name>.safetensors instead",
+                    file.display()
+                )));
+            }
+            params.extend(ck.params);
             found += 1;
+        }
+        None => {
+            for stage in &recipe.stages {
+                let file = stage_file(dir, &stage.name);
+                if file.exists() {
+                    params.extend(Checkpoint::load(&file)?.params);
+                    found += 1;
+                }
+            }
         }
     }
     for spec in &recipe.models {
@@ -369,13 +392,31 @@ pub fn evaluate_saved(recipe: &Recipe, base: &Path, dir: &Path, mut event: impl 
         )));
     }
     let mut reports = Vec::new();
+    let mut skipped: Vec<&str> = Vec::new();
     for spec in &recipe.eval {
+        let name = &recipe.models[spec.model()].name;
+        let prefix = format!("{name}/");
+        if !params.keys().any(|k| k.starts_with(&prefix)) {
+            if !skipped.contains(&name.as_str()) {
+                skipped.push(name);
+                event(Event::Note(format!(
+                    "model `{name}` is not evaluated: no stage here trained it and it has no `weights`"
+                )));
+            }
+            continue;
+        }
         let report = evaluate::run(recipe, spec, &params, base, device::cpu())?;
         event(Event::Eval(&report));
         reports.push(report);
     }
+    if reports.is_empty() && !recipe.eval.is_empty() {
+        return Err(RunError::Resume(format!(
+            "nothing to evaluate in {}: no finished stage, and no evaluated model has weights",
+            checkpoint.unwrap_or(dir).display()
+        )));
+    }
     let path = dir.join("eval.json");
-    if dir.exists() {
+    if checkpoint.is_none() && dir.exists() {
         let text = serde_json::to_string_pretty(&reports).expect("json") + "\n";
         std::fs::write(&path, text).map_err(io(&path))?;
     }

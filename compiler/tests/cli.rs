@@ -185,6 +185,12 @@ fn run_without_a_recipe_trains_the_quickstart_evaluates_and_logs_each_step() {
     let (top1, top5) = (eval[0]["metrics"][0][1].as_f64().unwrap(), eval[0]["metrics"][1][1].as_f64().unwrap());
     let want = format!("top1 {:.2} %, top5 {:.2} %", 100.0 * top1, 100.0 * top5);
     assert!(err.contains(&want), "want {want}: {err}");
+    // `kdc eval CHECKPOINT`: the stage-1 checkpoint holds the teacher only.
+    let out = kdc(&["eval", stage1.to_str().unwrap()]);
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains(&want), "want {want}: {err}");
+    assert!(err.contains("model `student` is not evaluated"), "{err}");
     assert!(eval[0]["parameters"].as_u64().unwrap() > eval[0]["image_parameters"].as_u64().unwrap());
     let _ = std::fs::remove_dir_all(&dir);
 }
