@@ -44,3 +44,24 @@ fn every_code_has_an_explanation_with_an_example() {
         assert_eq!(kdc::codes::Code::parse(&code.as_str()), Some(*code));
     }
 }
+
+#[test]
+fn every_warning_case_checks_with_coded_located_warnings() {
+    let base = root().join("tests/cases/warn");
+    let mut count = 0;
+    insta::glob!(base.as_path(), "*.kd", |path| {
+        count += 1;
+        let (compiled, _) = compile_file(path);
+        let text = rendered(&compiled);
+        assert!(
+            !compiled.diagnostics.has_errors(),
+            "{} has errors:\n{text}",
+            path.display()
+        );
+        let name = kdc_tests::relative(path);
+        let warnings = text.lines().filter(|l| l.starts_with("warning[KD")).count();
+        assert_eq!(warnings, 1, "{name} should warn exactly once:\n{text}");
+        insta::assert_snapshot!(text);
+    });
+    assert!(count >= 2);
+}

@@ -367,4 +367,41 @@ Example:
     train = adamw(lr: 1e-3) | adamw(lr: 5e-4) | epochs(3)
 
 Fix: keep exactly one of each.";
+
+AmbiguousBroadcast = 39, "ambiguous broadcast",
+"A tensor of lower rank meets one of higher rank, and its axes match more than one place in
+the other's shape. Broadcasting follows NumPy's rule: the shorter shape lines up with the
+LAST axes of the longer, and that may not be the alignment meant. This is a warning: the
+recipe runs with NumPy's alignment.
+
+Example:
+    a = s @ s.T                       # [B, B]
+    centred = a - mean(a, axis: 1)    # [B, B] - [B]: subtracts column means, not row means
+The row means [B] line up with the last axis, so entry (i, j) loses the mean of row j.
+
+Fix: keep the reduced axis, `mean(a, axis: 1, keepdim: true)` ([B, 1]), or add the axis
+where it belongs, `unsqueeze(m, axis: -1)`. If the trailing alignment is meant, make it
+explicit with `unsqueeze(m, axis: 0)` ([1, B]).";
+
+BadIndex = 40, "index out of range",
+"An index `x[…]` names a position outside its axis, a range that selects nothing, more
+indices than the tensor has axes, or a position along the batch `B`, whose size is known
+only when data arrives. Positions count from 0; negative ones from the end (−1 is the last).
+
+Example:
+    cls = student.image_layer(12)[:, 50]    # [B, 50, 768]: positions are −50 to 49
+
+Fix: index within the axis (`[:, 0]` is the class token), and keep the batch axis whole
+with `:`.";
+
+BadReshape = 41, "invalid reshape",
+"`reshape` must keep every element: the product of the new sizes must equal the old one,
+with the batch `B` kept as a size of its own, and at most one size given as −1 (inferred).
+`squeeze` removes only an axis of size 1.
+
+Example:
+    x = reshape(student.image, shape: [rows(student.image), 2, 100])    # [B, 512] has 512 per row
+
+Fix: choose sizes whose product is the original one, for example `[rows(x), 2, 256]` or
+`[rows(x), 2, -1]`.";
 }

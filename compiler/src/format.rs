@@ -202,17 +202,15 @@ impl Printer<'_> {
         let mut body = Vec::new();
         let mut previous: Option<u32> = None;
         for l in &f.lets {
-            body.push(
-                self.line_in_block(
-                    l.span,
-                    previous,
-                    Doc::text(format!("let {} = ", l.name.name))
-                        .append(self.expr_nested(&l.value, 4 + l.name.name.len() as isize + 3)),
-                ),
-            );
+            body.push(self.line_in_block(l.span, previous, || {
+                Doc::text(format!("let {} = ", l.name.name))
+                    .append(self.expr_nested(&l.value, 4 + l.name.name.len() as isize + 3))
+            }));
             previous = Some(l.span.end);
         }
-        body.push(self.line_in_block(f.body.span, previous, self.expr(&f.body).group()));
+        body.push(self.line_in_block(f.body.span, previous, || {
+            self.expr(&f.body).group()
+        }));
         let closing = self.closing(f.span.end - 1).unwrap_or(Doc::nil());
         let inner = Doc::concat(body).append(closing).nest(INDENT);
         head.append(Doc::text(" {"))
@@ -222,8 +220,16 @@ impl Printer<'_> {
     }
 
     /// One line of a block: a line break, comments above it, the content, a trailing comment.
-    fn line_in_block(&self, span: Span, previous_end: Option<u32>, content: Doc) -> Doc {
+    /// The content is printed after the comments above it are taken, so that they stay above
+    /// the line instead of joining its expression.
+    fn line_in_block(
+        &self,
+        span: Span,
+        previous_end: Option<u32>,
+        content: impl FnOnce() -> Doc,
+    ) -> Doc {
         let leading = self.leading(span.start, previous_end);
+        let content = content();
         let mut doc = Doc::hardline();
         if let Some(end) = previous_end {
             if self.blank_line_between(end, first_start(&leading, span.start)) {
@@ -244,7 +250,7 @@ impl Printer<'_> {
         let mut body = Vec::new();
         let mut previous: Option<u32> = None;
         for b in &s.bindings {
-            body.push(self.line_in_block(b.span, previous, self.binding(b)));
+            body.push(self.line_in_block(b.span, previous, || self.binding(b)));
             previous = Some(b.span.end);
         }
         let closing = self.closing(s.span.end - 1).unwrap_or(Doc::nil());
@@ -347,6 +353,28 @@ impl Printer<'_> {
                 let args = args.iter().map(|a| (a.span, self.arg(a))).collect();
                 self.expr(callee)
                     .append(self.delimited("(", ")", args, e.span.end))
+            }
+            ExprKind::Index(base, items) => {
+                let mut doc = self.expr(base).append(Doc::text("["));
+                for (i, item) in items.iter().enumerate() {
+                    if i > 0 {
+                        doc = doc.append(Doc::text(", "));
+                    }
+                    doc = match item {
+                        IndexItem::At(e) => doc.append(self.expr_nested(e, INDENT)),
+                        IndexItem::Range { start, end, .. } => {
+                            if let Some(e) = start {
+                                doc = doc.append(self.expr_nested(e, INDENT));
+                            }
+                            doc = doc.append(Doc::text(":"));
+                            if let Some(e) = end {
+                                doc = doc.append(self.expr_nested(e, INDENT));
+                            }
+                            doc
+                        }
+                    };
+                }
+                doc.append(Doc::text("]"))
             }
             ExprKind::Neg(inner) => Doc::text("-").append(self.operand(inner, 4, false)),
             ExprKind::Binary(op, l, r) => {

@@ -79,6 +79,10 @@ pub enum Tap {
     ImageLayer(u64),
     /// Block k's output tokens: [B, context, text width].
     TextLayer(u64),
+    /// Block k's attention probabilities (1 ≤ k ≤ layers): [B, heads, N+1, N+1].
+    ImageAttention(u64),
+    /// Block k's attention probabilities of the text tower: [B, heads, context, context].
+    TextAttention(u64),
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -121,9 +125,43 @@ pub enum Op {
     LogSoftmax {
         axis: usize,
     },
-    /// x / ‖x‖₂ along `axis`.
+    /// x / max(‖x‖₂, eps) along `axis`.
     Normalize {
         axis: usize,
+        eps: f64,
+    },
+    Relu,
+    Sigmoid,
+    Tanh,
+    /// Elementwise larger and smaller of two tensors (broadcast).
+    Maximum,
+    Minimum,
+    /// An elementwise comparison: 1 where it holds, else 0; no gradient.
+    Compare(Cmp),
+    /// Inputs (c, a, b): a where c ≠ 0, else b (broadcast).
+    Where,
+    /// The largest or smallest value over `axis`, or over everything.
+    Max {
+        axis: Option<usize>,
+    },
+    Min {
+        axis: Option<usize>,
+    },
+    /// The position of the largest (`largest`) or smallest value along `axis`, or in the
+    /// flattened tensor; no gradient.
+    Arg {
+        largest: bool,
+        axis: Option<usize>,
+    },
+    /// The same elements in the output's shape (unsqueeze, squeeze, reshape, keepdim).
+    Reshape,
+    /// Axes reordered: output axis i is input axis `perm[i]`.
+    Permute(Vec<usize>),
+    /// `len` entries from `start` along `axis` (indexing and slicing).
+    Slice {
+        axis: usize,
+        start: u64,
+        len: u64,
     },
     /// Mean over `axis`, or over everything when `None`.
     Mean {
@@ -150,6 +188,33 @@ pub enum Op {
     Detach,
 }
 
+/// An elementwise comparison.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+pub enum Cmp {
+    Gt,
+    Ge,
+    Lt,
+    Le,
+    Eq,
+    Ne,
+}
+
+impl Cmp {
+    pub fn name(self) -> &'static str {
+        match self {
+            Cmp::Gt => "gt",
+            Cmp::Ge => "ge",
+            Cmp::Lt => "lt",
+            Cmp::Le => "le",
+            Cmp::Eq => "eq",
+            Cmp::Ne => "ne",
+        }
+    }
+}
+
+/// The ε of `norm` unless a recipe gives one (PyTorch's `F.normalize`).
+pub const NORM_EPS: f64 = 1e-12;
+
 /// Hashes a float consistently with `==`: 0.0 and −0.0 hash alike (NaN equals nothing, so
 /// its hash does not matter).
 fn hash_f64<H: std::hash::Hasher>(v: f64, state: &mut H) {
@@ -173,12 +238,29 @@ impl std::hash::Hash for Op {
             Op::Param(p) => p.hash(state),
             Op::Const(v) => hash_f64(*v, state),
             Op::Scheduled(s) => s.hash(state),
-            Op::Size { axis }
-            | Op::Softmax { axis }
-            | Op::LogSoftmax { axis }
-            | Op::Normalize { axis }
-            | Op::Concat { axis } => axis.hash(state),
-            Op::Mean { axis } | Op::Sum { axis } | Op::Var { axis } => axis.hash(state),
+            Op::Size { axis } | Op::Softmax { axis } | Op::LogSoftmax { axis } | Op::Concat { axis } => {
+                axis.hash(state)
+            }
+            Op::Normalize { axis, eps } => {
+                axis.hash(state);
+                hash_f64(*eps, state);
+            }
+            Op::Mean { axis }
+            | Op::Sum { axis }
+            | Op::Var { axis }
+            | Op::Max { axis }
+            | Op::Min { axis } => axis.hash(state),
+            Op::Arg { largest, axis } => {
+                largest.hash(state);
+                axis.hash(state);
+            }
+            Op::Compare(c) => c.hash(state),
+            Op::Permute(p) => p.hash(state),
+            Op::Slice { axis, start, len } => {
+                axis.hash(state);
+                start.hash(state);
+                len.hash(state);
+            }
             Op::Loss(kind) => kind.hash(state),
             Op::Attention { heads } => heads.hash(state),
             Op::Eye
@@ -193,7 +275,14 @@ impl std::hash::Hash for Op {
             | Op::Abs
             | Op::MatMul
             | Op::Transpose
-            | Op::Detach => {}
+            | Op::Detach
+            | Op::Relu
+            | Op::Sigmoid
+            | Op::Tanh
+            | Op::Maximum
+            | Op::Minimum
+            | Op::Where
+            | Op::Reshape => {}
         }
     }
 }
@@ -262,7 +351,32 @@ impl Op {
             Op::Transpose => "transpose".into(),
             Op::Softmax { axis } => format!("softmax[axis {axis}]"),
             Op::LogSoftmax { axis } => format!("log_softmax[axis {axis}]"),
-            Op::Normalize { axis } => format!("norm[axis {axis}]"),
+            Op::Normalize { axis, eps } if *eps == NORM_EPS => format!("norm[axis {axis}]"),
+            Op::Normalize { axis, eps } => format!("norm[axis {axis}, eps {}]", crate::fmt_num(*eps)),
+            Op::Relu => "relu".into(),
+            Op::Sigmoid => "sigmoid".into(),
+            Op::Tanh => "tanh".into(),
+            Op::Maximum => "maximum".into(),
+            Op::Minimum => "minimum".into(),
+            Op::Compare(c) => c.name().into(),
+            Op::Where => "where".into(),
+            Op::Max { axis: Some(a) } => format!("max[axis {a}]"),
+            Op::Max { axis: None } => "max".into(),
+            Op::Min { axis: Some(a) } => format!("min[axis {a}]"),
+            Op::Min { axis: None } => "min".into(),
+            Op::Arg { largest, axis } => format!(
+                "{}{}",
+                if *largest { "argmax" } else { "argmin" },
+                axis.map(|a| format!("[axis {a}]")).unwrap_or_default()
+            ),
+            Op::Reshape => "reshape".into(),
+            Op::Permute(p) => format!(
+                "permute[{}]",
+                p.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ")
+            ),
+            Op::Slice { axis, start, len } => {
+                format!("slice[axis {axis}, {start}..{}]", start + len)
+            }
             Op::Mean { axis: Some(a) } => format!("mean[axis {a}]"),
             Op::Mean { axis: None } => "mean".into(),
             Op::Sum { axis: Some(a) } => format!("sum[axis {a}]"),

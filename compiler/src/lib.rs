@@ -43,6 +43,13 @@ pub struct Compiled {
     pub diagnostics: Diagnostics,
 }
 
+impl Compiled {
+    /// Whether the file is a library of functions rather than a recipe (and parsed).
+    pub fn is_library(&self) -> bool {
+        self.program.as_ref().is_some_and(|p| p.root().is_library())
+    }
+}
+
 /// Parses, loads and checks the recipe `path` whose text is `text`.
 ///
 /// The work runs on a thread of its own with a large stack: the parser and the checker recurse

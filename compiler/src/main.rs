@@ -218,6 +218,19 @@ fn load(name: &str, text: &[u8]) -> kdc::Compiled {
     compiled
 }
 
+/// The checked recipe of a file, or `None` after its diagnostics (or, for a library of
+/// functions, a note that it is not a recipe) are printed.
+fn load_recipe(name: &str, text: &[u8]) -> Option<kdc::ir::Recipe> {
+    let compiled = load(name, text);
+    if compiled.recipe.is_none() && !compiled.diagnostics.has_errors() && compiled.is_library() {
+        eprintln!(
+            "error: {name} is a library of functions (no `loss`, `data` or `train`); \
+             import it from a recipe with `use`, or check it with `kdc check {name}`"
+        );
+    }
+    compiled.recipe
+}
+
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Check { recipes } => check(&recipes),
@@ -261,18 +274,31 @@ fn run(cli: Cli) -> Result<ExitCode> {
 fn check(recipes: &[PathBuf]) -> Result<ExitCode> {
     let files = expand(recipes)?;
     let mut failed = 0;
+    let mut libraries = 0;
     for path in &files {
         let compiled = load(&path.display().to_string(), &read(path)?);
         if compiled.diagnostics.has_errors() {
             failed += 1;
+        } else if compiled.is_library() {
+            libraries += 1;
         }
     }
     let plural = if files.len() == 1 { "" } else { "s" };
     if failed > 0 {
-        eprintln!("{failed} of {} recipe{plural} failed to check", files.len());
+        eprintln!("{failed} of {} file{plural} failed to check", files.len());
         Ok(ExitCode::from(1))
     } else {
-        eprintln!("checked {} recipe{plural}: ok", files.len());
+        let recipes = files.len() - libraries;
+        let what = match (recipes, libraries) {
+            (r, 0) => format!("{r} recipe{}", if r == 1 { "" } else { "s" }),
+            (0, l) => format!("{l} librar{}", if l == 1 { "y" } else { "ies" }),
+            (r, l) => format!(
+                "{r} recipe{} and {l} librar{}",
+                if r == 1 { "" } else { "s" },
+                if l == 1 { "y" } else { "ies" }
+            ),
+        };
+        eprintln!("checked {what}: ok");
         Ok(ExitCode::SUCCESS)
     }
 }
@@ -382,7 +408,7 @@ fn train(
             default_base(),
         ),
     };
-    let Some(recipe) = load(&name, &text).recipe else {
+    let Some(recipe) = load_recipe(&name, &text) else {
         return Ok(ExitCode::from(1));
     };
     let stem = Path::new(&name)
@@ -521,7 +547,7 @@ fn eval(target: &Path, dir: Option<PathBuf>) -> Result<ExitCode> {
             dir.unwrap_or_else(|| PathBuf::from("runs").join(stem)),
         )
     };
-    let Some(recipe) = load(&name, &text).recipe else {
+    let Some(recipe) = load_recipe(&name, &text) else {
         return Ok(ExitCode::from(1));
     };
     if recipe.eval.is_empty() {
@@ -537,7 +563,7 @@ fn eval(target: &Path, dir: Option<PathBuf>) -> Result<ExitCode> {
 
 /// `kdc tokenize`: what each model's text tower reads.
 fn tokenize(recipe_path: &Path, model: Option<&str>, texts: Vec<String>) -> Result<ExitCode> {
-    let Some(recipe) = load(&recipe_path.display().to_string(), &read(recipe_path)?).recipe else {
+    let Some(recipe) = load_recipe(&recipe_path.display().to_string(), &read(recipe_path)?) else {
         return Ok(ExitCode::from(1));
     };
     let base = recipe_path.parent().map(Path::to_path_buf).unwrap_or_default();
@@ -595,7 +621,7 @@ fn tokenize(recipe_path: &Path, model: Option<&str>, texts: Vec<String>) -> Resu
 /// tokenizers its graph reads, training augmentation): `steps` batches after `warmup`.
 fn bench_data(path: &Path, steps: u64, warmup: u64) -> Result<ExitCode> {
     let name = path.display().to_string();
-    let Some(recipe) = load(&name, &read(path)?).recipe else {
+    let Some(recipe) = load_recipe(&name, &read(path)?) else {
         return Ok(ExitCode::from(1));
     };
     let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
@@ -633,7 +659,7 @@ fn bench_data(path: &Path, steps: u64, warmup: u64) -> Result<ExitCode> {
 fn bench(path: &Path, steps: u64, warmup: u64) -> Result<ExitCode> {
     let name = path.display().to_string();
     let started = std::time::Instant::now();
-    let Some(recipe) = load(&name, &read(path)?).recipe else {
+    let Some(recipe) = load_recipe(&name, &read(path)?) else {
         return Ok(ExitCode::from(1));
     };
     let check_seconds = started.elapsed().as_secs_f64();

@@ -92,6 +92,9 @@ fn unary_operators() {
         (Unary::Abs, false),
         (Unary::Gelu, false),
         (Unary::QuickGelu, false),
+        (Unary::Relu, false),
+        (Unary::Sigmoid, false),
+        (Unary::Tanh, false),
     ] {
         check(&format!("{f:?}"), &[vec![3, 5]], positive, |g, x| {
             g.unary(f, x[0])
@@ -127,6 +130,59 @@ fn binary_operators_with_broadcasting() {
             |g, x| g.binary(f, x[0], x[1]),
         );
     }
+}
+
+#[test]
+fn selection_operators() {
+    for f in [Binary::Max, Binary::Min] {
+        check(&format!("{f:?} same"), &[vec![3, 4], vec![3, 4]], false, |g, x| {
+            g.binary(f, x[0], x[1])
+        });
+        check(&format!("{f:?} row"), &[vec![2, 3, 4], vec![4]], false, |g, x| {
+            g.binary(f, x[0], x[1])
+        });
+        check(&format!("{f:?} scalar"), &[vec![3, 4], vec![]], false, |g, x| {
+            g.binary(f, x[0], x[1])
+        });
+    }
+    // where(x0 > x1, x0, 2·x1), with the condition broadcast against both branches; the
+    // comparison itself has no gradient.
+    check("where", &[vec![3, 4], vec![4]], false, |g, x| {
+        let c = g.binary(Binary::Gt, x[0], x[1]);
+        let two = g.scalar(2.0);
+        let b = g.mul(x[1], two);
+        g.select(c, x[0], b)
+    });
+    // The branch not taken may be non-finite (√ of a negative) without reaching the gradient.
+    check("where guards the other branch", &[vec![3, 4]], false, |g, x| {
+        let zero = g.scalar(0.0);
+        let c = g.binary(Binary::Gt, x[0], zero);
+        let one = g.scalar(1.0);
+        let safe = g.select(c, x[0], one);
+        let root = g.unary(Unary::Sqrt, safe);
+        g.select(c, root, zero)
+    });
+    // The extreme of each lane is set apart by ±5 (an identity pattern), so that the finite
+    // differences' steps never change which entry it is.
+    for kind in [Reduce::Max, Reduce::Min] {
+        let apart = |g: &mut Graph, x: Id, shape: Vec<usize>| {
+            let eye = g.add(Op::Eye, vec![], shape);
+            let five = g.scalar(if kind == Reduce::Max { 5.0 } else { -5.0 });
+            let offset = g.mul(eye, five);
+            g.add2(x, offset)
+        };
+        check(&format!("{kind:?} axis"), &[vec![3, 4, 2]], false, |g, x| {
+            let y = apart(g, x[0], vec![4, 2]);
+            g.reduce(kind, y, Some(1))
+        });
+        check(&format!("{kind:?} all"), &[vec![3, 4]], false, |g, x| {
+            let y = apart(g, x[0], vec![3, 4]);
+            g.reduce(kind, y, None)
+        });
+    }
+    check("normalize eps", &[vec![3, 5]], false, |g, x| {
+        g.normalize_eps(x[0], 1, 1e-3)
+    });
 }
 
 #[test]

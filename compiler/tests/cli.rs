@@ -36,7 +36,17 @@ fn temp_recipe(name: &str, body: &str) -> PathBuf {
 fn check_accepts_the_whole_recipe_library() {
     let out = kdc(&["check", "recipes"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert!(text(&out.stderr).contains("recipes: ok"));
+    let err = text(&out.stderr);
+    assert!(err.contains("recipes and 1 library: ok"), "{err}");
+    // The standard library's modules check as libraries.
+    let out = kdc(&["check", "compiler/std"]);
+    let err = text(&out.stderr);
+    assert!(out.status.success() && err.contains("libraries: ok"), "{err}");
+    // A library is not a recipe to run.
+    let out = kdc(&["run", "recipes/research/methods.kd"]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("is a library of functions"), "{err}");
 }
 
 #[test]
@@ -260,5 +270,60 @@ fn a_closed_pipe_ends_the_output_quietly() {
         let err = text(&out.stderr);
         assert!(!err.contains("panicked"), "{args:?}: {err}");
         assert!(out.status.success(), "{args:?}: {err}");
+    }
+}
+
+/// A small student on synthetic batches, with `LOSS` as its loss.
+fn tiny_recipe(loss: &str, steps: u32) -> String {
+    format!(
+        "student = clip(
+  image: vit(size: 32, patch: 8, width: 16, layers: 1, heads: 2),
+  text: transformer(context: 16, vocab: 1000, width: 16, layers: 1, heads: 2),
+  embed: 16,
+)
+data = synthetic(batch: 4, samples: 16, seed: 0)
+train = adamw(lr: 1e-3) | steps({steps}) | seed(0)
+loss = {loss}
+"
+    )
+}
+
+#[test]
+fn a_loss_that_goes_non_finite_stops_the_run_with_the_step_and_the_term() {
+    let recipe = temp_recipe(
+        "nan",
+        &tiny_recipe("clip_loss(student) + mean(log(student.image - student.image))", 5),
+    );
+    let dir = recipe.with_extension("run");
+    let out = kdc(&["run", recipe.to_str().unwrap(), "--dir", dir.to_str().unwrap(), "--no-export"]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("step 1") && err.contains("the term `mean`") && err.contains("-inf"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn recipes_that_once_crashed_run() {
+    // A bare learnable parameter as a term; attention over rank-3 tokens; a class token and
+    // pairwise distances.
+    for (name, loss) in [
+        ("param", "clip_loss(student) + param(0.5)"),
+        (
+            "attention3",
+            "clip_loss(student) + mean(attention(student.image_layer(1), student.image_layer(1), student.image_layer(1), heads: 2))",
+        ),
+        (
+            "cls",
+            "clip_loss(student) + mean(cdist(student.image_layer(1)[:, 0], student.image))",
+        ),
+    ] {
+        let recipe = temp_recipe(name, &tiny_recipe(loss, 2));
+        let dir = recipe.with_extension("run");
+        let out = kdc(&["run", recipe.to_str().unwrap(), "--dir", dir.to_str().unwrap(), "--no-export"]);
+        let err = text(&out.stderr);
+        assert!(out.status.success(), "{name}: {err}");
+        let log = std::fs::read_to_string(dir.join("log.jsonl")).unwrap();
+        assert_eq!(log.lines().count(), 2, "{name}: {log}");
+        assert!(!log.contains("NaN") && !log.contains("null"), "{name}: {log}");
     }
 }

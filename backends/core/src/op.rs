@@ -57,6 +57,11 @@ pub enum Unary {
     Gelu,
     /// x·σ(1.702x).
     QuickGelu,
+    /// max(x, 0); gradient 0 at 0.
+    Relu,
+    /// 1 / (1 + e⁻ˣ).
+    Sigmoid,
+    Tanh,
 }
 
 /// A binary elementwise function with NumPy broadcasting.
@@ -66,6 +71,27 @@ pub enum Binary {
     Sub,
     Mul,
     Div,
+    /// The larger; on ties the gradient goes to the first operand.
+    Max,
+    /// The smaller; on ties the gradient goes to the first operand.
+    Min,
+    /// Comparisons: 1 where true, 0 where false, no gradient.
+    Gt,
+    Ge,
+    Lt,
+    Le,
+    Eq,
+    Ne,
+}
+
+impl Binary {
+    /// Whether the result is a comparison (0 or 1, no gradient).
+    pub fn is_comparison(self) -> bool {
+        matches!(
+            self,
+            Binary::Gt | Binary::Ge | Binary::Lt | Binary::Le | Binary::Eq | Binary::Ne
+        )
+    }
 }
 
 /// A reduction along one axis, or over everything (`axis: None`, a scalar result).
@@ -75,6 +101,10 @@ pub enum Reduce {
     Mean,
     /// Biased variance.
     Var,
+    /// The largest value; the gradient goes to its (first) position.
+    Max,
+    /// The smallest value; the gradient goes to its (first) position.
+    Min,
 }
 
 /// A loss primitive: a scalar from one or two tensors. The checked IR and the engine graph
@@ -177,9 +207,15 @@ pub enum Op {
     /// Inputs (y, dy) → dx, y the log-softmax output.
     LogSoftmaxBackward { axis: usize },
     /// x / max(‖x‖₂, ε) along an axis.
-    Normalize { axis: usize },
+    Normalize { axis: usize, eps: F32 },
     /// Inputs (x, dy) → dx.
-    NormalizeBackward { axis: usize },
+    NormalizeBackward { axis: usize, eps: F32 },
+    /// The position of the largest (or smallest) value along an axis, or over everything, as
+    /// an exact f32 integer; the first on ties. No gradient.
+    Arg { largest: bool, axis: Option<usize> },
+    /// Inputs (c, a, b), all of the output's shape: a where c ≠ 0, else b. The gradient of a
+    /// is dy·c and of b dy·(1 − c), written as products.
+    Where,
     /// Layer norm over the last axis: inputs (x, gain, bias).
     LayerNorm { eps: F32 },
     /// Inputs (x, gain, dy) → dx.
@@ -240,6 +276,8 @@ impl Op {
             Op::LogSoftmaxBackward { .. } => "LogSoftmaxBackward",
             Op::Normalize { .. } => "Normalize",
             Op::NormalizeBackward { .. } => "NormalizeBackward",
+            Op::Arg { .. } => "Arg",
+            Op::Where => "Where",
             Op::LayerNorm { .. } => "LayerNorm",
             Op::LayerNormBackward { .. } => "LayerNormBackward",
             Op::LayerNormParamGrads { .. } => "LayerNormParamGrads",
@@ -261,6 +299,9 @@ impl Op {
         matches!(self, Op::Reshape | Op::Detach)
     }
 }
+
+/// The default ε of `Normalize` (x / max(‖x‖₂, ε)), as `torch.nn.functional.normalize`.
+pub const NORMALIZE_EPS: f32 = 1e-12;
 
 /// The number of elements of a shape.
 pub fn numel(shape: &[usize]) -> usize {

@@ -256,6 +256,8 @@ fn run(
                 Reduce::Sum => crate::sum_axis(inputs[0], out, outer, n, inner),
                 Reduce::Mean => crate::mean_axis(inputs[0], out, outer, n, inner),
                 Reduce::Var => crate::var_axis(inputs[0], out, outer, n, inner),
+                Reduce::Max => crate::extreme_axis(inputs[0], out, outer, n, inner, true),
+                Reduce::Min => crate::extreme_axis(inputs[0], out, outer, n, inner, false),
             }
         }
         Op::ReduceBackward { kind, axis } => {
@@ -265,8 +267,15 @@ fn run(
                 Reduce::Sum => crate::sum_axis_backward(dy, out, outer, n, inner),
                 Reduce::Mean => crate::mean_axis_backward(dy, out, outer, n, inner),
                 Reduce::Var => crate::var_axis_backward(x, dy, out, outer, n, inner),
+                Reduce::Max => crate::extreme_axis_backward(x, dy, out, outer, n, inner, true),
+                Reduce::Min => crate::extreme_axis_backward(x, dy, out, outer, n, inner, false),
             }
         }
+        Op::Arg { largest, axis } => {
+            let (outer, n, inner) = reduce_dims(*axis, &shapes[0]);
+            crate::arg_extreme_axis(inputs[0], out, outer, n, inner, *largest);
+        }
+        Op::Where => crate::select(inputs[0], inputs[1], inputs[2], out),
         Op::Softmax { axis } => {
             let (outer, len, inner) = crate::axis_dims(&shapes[0], *axis);
             crate::softmax(inputs[0], out, outer, len, inner);
@@ -283,14 +292,14 @@ fn run(
             let (outer, len, inner) = crate::axis_dims(&shapes[0], *axis);
             crate::log_softmax_backward(inputs[0], inputs[1], out, outer, len, inner);
         }
-        Op::Normalize { axis } => {
+        Op::Normalize { axis, eps } => {
             let (outer, len, inner) = crate::axis_dims(&shapes[0], *axis);
-            let eps = crate::NORMALIZE_EPS as f32;
+            let eps = eps.0;
             crate::l2_normalize(inputs[0], out, outer, len, inner, eps);
         }
-        Op::NormalizeBackward { axis } => {
+        Op::NormalizeBackward { axis, eps } => {
             let (outer, len, inner) = crate::axis_dims(&shapes[0], *axis);
-            let eps = crate::NORMALIZE_EPS as f32;
+            let eps = eps.0;
             crate::l2_normalize_backward(inputs[0], inputs[1], out, outer, len, inner, eps);
         }
         Op::LayerNorm { eps } => {
@@ -375,6 +384,9 @@ fn cpu_unary(f: Unary) -> crate::UnaryOp {
         Unary::Abs => crate::UnaryOp::Abs,
         Unary::Gelu => crate::UnaryOp::Gelu,
         Unary::QuickGelu => crate::UnaryOp::QuickGelu,
+        Unary::Relu => crate::UnaryOp::Relu,
+        Unary::Sigmoid => crate::UnaryOp::Sigmoid,
+        Unary::Tanh => crate::UnaryOp::Tanh,
     }
 }
 
@@ -384,6 +396,14 @@ fn cpu_binary(f: Binary) -> crate::BinaryOp {
         Binary::Sub => crate::BinaryOp::Sub,
         Binary::Mul => crate::BinaryOp::Mul,
         Binary::Div => crate::BinaryOp::Div,
+        Binary::Max => crate::BinaryOp::Max,
+        Binary::Min => crate::BinaryOp::Min,
+        Binary::Gt => crate::BinaryOp::Gt,
+        Binary::Ge => crate::BinaryOp::Ge,
+        Binary::Lt => crate::BinaryOp::Lt,
+        Binary::Le => crate::BinaryOp::Le,
+        Binary::Eq => crate::BinaryOp::Eq,
+        Binary::Ne => crate::BinaryOp::Ne,
     }
 }
 

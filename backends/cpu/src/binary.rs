@@ -16,6 +16,64 @@ pub enum BinaryOp {
     Mul,
     /// `a / b`
     Div,
+    /// `max(a, b)`; the gradient goes to `a` where `a ≥ b`, else to `b`
+    Max,
+    /// `min(a, b)`; the gradient goes to `a` where `a ≤ b`, else to `b`
+    Min,
+    /// `1` where `a > b`, else `0` (no gradient)
+    Gt,
+    /// `1` where `a ≥ b`, else `0` (no gradient)
+    Ge,
+    /// `1` where `a < b`, else `0` (no gradient)
+    Lt,
+    /// `1` where `a ≤ b`, else `0` (no gradient)
+    Le,
+    /// `1` where `a = b`, else `0` (no gradient)
+    Eq,
+    /// `1` where `a ≠ b`, else `0` (no gradient)
+    Ne,
+}
+
+impl BinaryOp {
+    /// The operator on two numbers.
+    #[inline(always)]
+    pub fn apply<T: Real>(self, x: T, y: T) -> T {
+        let truth = |c: bool| if c { T::one() } else { T::zero() };
+        match self {
+            BinaryOp::Add => x + y,
+            BinaryOp::Sub => x - y,
+            BinaryOp::Mul => x * y,
+            BinaryOp::Div => x / y,
+            BinaryOp::Max => {
+                if x >= y || x.is_nan() {
+                    x
+                } else {
+                    y
+                }
+            }
+            BinaryOp::Min => {
+                if x <= y || x.is_nan() {
+                    x
+                } else {
+                    y
+                }
+            }
+            BinaryOp::Gt => truth(x > y),
+            BinaryOp::Ge => truth(x >= y),
+            BinaryOp::Lt => truth(x < y),
+            BinaryOp::Le => truth(x <= y),
+            BinaryOp::Eq => truth(x == y),
+            BinaryOp::Ne => truth(x != y),
+        }
+    }
+
+    /// Whether the result is a comparison (0 or 1, no gradient).
+    pub fn is_comparison(self) -> bool {
+        matches!(
+            self,
+            BinaryOp::Gt | BinaryOp::Ge | BinaryOp::Lt | BinaryOp::Le | BinaryOp::Eq | BinaryOp::Ne
+        )
+    }
 }
 
 /// The NumPy broadcast of two shapes: align them on the right, pad the shorter with 1s, and take
@@ -278,7 +336,18 @@ pub fn binary<T: Real>(
         BinaryOp::Sub => broadcast_map(a, a_shape, b, b_shape, out, out_shape, |x, y| x - y),
         BinaryOp::Mul => broadcast_map(a, a_shape, b, b_shape, out, out_shape, |x, y| x * y),
         BinaryOp::Div => broadcast_map(a, a_shape, b, b_shape, out, out_shape, |x, y| x / y),
+        other => broadcast_map(a, a_shape, b, b_shape, out, out_shape, move |x, y| {
+            other.apply(x, y)
+        }),
     }
+}
+
+/// `out = c ? a : b` elementwise, with `c`, `a`, `b` and `out` of one length (`c` nonzero
+/// meaning true). The gradient is `dy·c` for `a` and `dy·(1 − c)` for `b`, which the engine
+/// writes with products, so a non-finite value in the branch not taken never leaks into it.
+pub fn select<T: Real>(c: &[T], a: &[T], b: &[T], out: &mut [T]) {
+    assert!(c.len() == out.len() && a.len() == out.len() && b.len() == out.len());
+    crate::util::map3(c, a, b, out, |c, x, y| if c != T::zero() { x } else { y });
 }
 
 /// Broadcasting `out = a + b`; see [`binary`].
@@ -423,6 +492,42 @@ pub fn binary_backward<T: Real>(
                     b_shape,
                     |g, x, y| -(g * x) / (y * y),
                 );
+            }
+        }
+        BinaryOp::Max | BinaryOp::Min => {
+            let first = move |x: T, y: T| {
+                if op == BinaryOp::Max {
+                    x >= y
+                } else {
+                    x <= y
+                }
+            };
+            if let Some(da) = da {
+                grad_into(dy, a, a_shape, b, b_shape, out_shape, da, a_shape, move |g, x, y| {
+                    if first(x, y) {
+                        g
+                    } else {
+                        T::zero()
+                    }
+                });
+            }
+            if let Some(db) = db {
+                grad_into(dy, a, a_shape, b, b_shape, out_shape, db, b_shape, move |g, x, y| {
+                    if first(x, y) {
+                        T::zero()
+                    } else {
+                        g
+                    }
+                });
+            }
+        }
+        _ => {
+            // Comparisons are piecewise constant: no gradient.
+            if let Some(da) = da {
+                da.fill(T::zero());
+            }
+            if let Some(db) = db {
+                db.fill(T::zero());
             }
         }
     }

@@ -52,7 +52,8 @@ use num_traits::Float;
 
 pub use backend::CpuBackend;
 pub use binary::{
-    add, binary, binary_backward, broadcast_shape, broadcast_to, div, mul, sub, sum_to, BinaryOp,
+    add, binary, binary_backward, broadcast_shape, broadcast_to, div, mul, select, sub, sum_to,
+    BinaryOp,
 };
 pub use layer_norm::{
     layer_norm, layer_norm_backward, layer_norm_backward_input, layer_norm_backward_params,
@@ -69,7 +70,7 @@ pub use movement::{
 };
 pub use optim::{adamw_step, clip_grad_norm, grad_norm, CLIP_GRAD_NORM_EPS};
 pub use reduce::{
-    axis_dims, l2_normalize, l2_normalize_backward, log_softmax, log_softmax_backward, mean_axis,
+    arg_extreme_axis, axis_dims, extreme_axis, extreme_axis_backward, l2_normalize, l2_normalize_backward, log_softmax, log_softmax_backward, mean_axis,
     mean_axis_backward, softmax, softmax_backward, sum_axis, sum_axis_backward, var_axis,
     var_axis_backward, NORMALIZE_EPS,
 };

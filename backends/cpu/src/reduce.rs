@@ -610,3 +610,79 @@ fn broadcast_axis<T: Real>(dy: &[T], dx: &mut [T], outer: usize, n: usize, inner
         }
     });
 }
+
+/// The index `j` of the extreme of `x[o, ·, i]` (the first one on ties; a NaN counts as the
+/// extreme, as in PyTorch): the largest when `largest`, else the smallest.
+#[inline]
+fn extreme_index<T: Real>(x: &[T], o: usize, i: usize, n: usize, inner: usize, largest: bool) -> usize {
+    let at = |j: usize| x[(o * n + j) * inner + i];
+    let mut best = 0;
+    let mut v = at(0);
+    for j in 1..n {
+        let y = at(j);
+        if v.is_nan() {
+            break;
+        }
+        if y.is_nan() || (largest && y > v) || (!largest && y < v) {
+            best = j;
+            v = y;
+        }
+    }
+    best
+}
+
+/// The largest (`largest`) or smallest value along the axis: `out[o, i] = max_j x[o, j, i]`;
+/// `out` is `[outer, inner]`.
+pub fn extreme_axis<T: Real>(
+    x: &[T],
+    out: &mut [T],
+    outer: usize,
+    n: usize,
+    inner: usize,
+    largest: bool,
+) {
+    assert!(n > 0 && x.len() == outer * n * inner && out.len() == outer * inner);
+    for o in 0..outer {
+        for i in 0..inner {
+            out[o * inner + i] = x[(o * n + extreme_index(x, o, i, n, inner, largest)) * inner + i];
+        }
+    }
+}
+
+/// The position of the extreme along the axis, as a number (`argmax`, `argmin`).
+pub fn arg_extreme_axis<T: Real>(
+    x: &[T],
+    out: &mut [T],
+    outer: usize,
+    n: usize,
+    inner: usize,
+    largest: bool,
+) {
+    assert!(n > 0 && x.len() == outer * n * inner && out.len() == outer * inner);
+    for o in 0..outer {
+        for i in 0..inner {
+            out[o * inner + i] = T::from(extreme_index(x, o, i, n, inner, largest)).unwrap();
+        }
+    }
+}
+
+/// Backward of [`extreme_axis`]: the gradient goes to the one position the value came from
+/// (the first extreme on ties, as `torch.max(x, dim)` does); zero elsewhere.
+pub fn extreme_axis_backward<T: Real>(
+    x: &[T],
+    dy: &[T],
+    dx: &mut [T],
+    outer: usize,
+    n: usize,
+    inner: usize,
+    largest: bool,
+) {
+    assert!(dx.len() == outer * n * inner && dy.len() == outer * inner);
+    dx.fill(T::zero());
+    for o in 0..outer {
+        for i in 0..inner {
+            let j = extreme_index(x, o, i, n, inner, largest);
+            dx[(o * n + j) * inner + i] = dy[o * inner + i];
+        }
+    }
+}

@@ -1,7 +1,7 @@
 //! Evaluation: bindings (memoised per stage, cycles reported), expressions, calls of built-ins
 //! and of user functions (expanded at each call with the arguments' real shapes), and fields.
 
-use super::builtins::{ParamKind, ParamSig};
+use super::builtins::{self, ParamKind, ParamSig};
 use super::program::ModuleId;
 use super::types::Type;
 use super::value::{FuncRef, Value};
@@ -130,6 +130,62 @@ impl Checker<'_> {
                 self.field(ctx, value, base.span, field)
             }
             ExprKind::Call(callee, args) => self.eval_call(ctx, env, callee, args, expr.span),
+            ExprKind::Index(base, items) => {
+                let value = self.eval(ctx, env, base);
+                let mut evaluated = Vec::new();
+                for item in items {
+                    let mut position = |e: &Option<&crate::syntax::ast::Expr>| -> Result<Option<i64>, ()> {
+                        let Some(e) = e else { return Ok(None) };
+                        match self.eval(ctx, env, e) {
+                            Value::Num(v) if v.fract() == 0.0 && v.abs() <= 1e9 => Ok(Some(v as i64)),
+                            Value::Dim(d, _) if d.size.is_some() => Ok(Some(d.size.unwrap() as i64)),
+                            Value::Error => Err(()),
+                            other => {
+                                let d = Diagnostic::error(
+                                    Code::BadIndex,
+                                    e.span,
+                                    format!("an index is a whole number, not {}", match other {
+                                        Value::Num(v) => crate::fmt_num(v),
+                                        o => o.kind().to_string(),
+                                    }),
+                                )
+                                .primary_label("not a position");
+                                self.error(ctx, d);
+                                Err(())
+                            }
+                        }
+                    };
+                    let item = match item {
+                        crate::syntax::ast::IndexItem::At(e) => position(&Some(e)).map(|p| {
+                            builtins::IndexItem::At(p.unwrap(), e.span)
+                        }),
+                        crate::syntax::ast::IndexItem::Range { start, end, span } => {
+                            match (position(&start.as_ref()), position(&end.as_ref())) {
+                                (Ok(a), Ok(b)) => Ok(builtins::IndexItem::Range(a, b, *span)),
+                                _ => Err(()),
+                            }
+                        }
+                    };
+                    match item {
+                        Ok(i) => evaluated.push(i),
+                        Err(()) => return Value::Error,
+                    }
+                }
+                match value {
+                    Value::Error => Value::Error,
+                    Value::Tensor(n, s) => self.index(ctx, (n, s), evaluated, expr.span),
+                    other => {
+                        let d = Diagnostic::error(
+                            Code::TypeMismatch,
+                            base.span,
+                            format!("only a tensor can be indexed, not {}", other.kind()),
+                        )
+                        .primary_label(format!("this is {}", other.kind()));
+                        self.error(ctx, d);
+                        Value::Error
+                    }
+                }
+            }
             ExprKind::Neg(inner) => {
                 let value = self.eval(ctx, env, inner);
                 match value {
@@ -272,7 +328,13 @@ impl Checker<'_> {
                         .default
                         .as_ref()
                         .expect("missing required arguments were reported");
-                    (self.eval(ctx, &Env::module(module), default), default.span)
+                    // Evaluated in the function's module, seeing the parameters before it.
+                    let env = Env {
+                        module,
+                        stage: None,
+                        locals: locals.clone(),
+                    };
+                    (self.eval(ctx, &env, default), default.span)
                 }
             };
             // An unknown type name was reported once, where the function is defined.
@@ -282,7 +344,11 @@ impl Checker<'_> {
                 Some(v) => {
                     locals.insert(p.name.name.clone(), v);
                 }
-                None => bad = true,
+                None => {
+                    // Later defaults that read it stay quiet: the error is reported.
+                    locals.insert(p.name.name.clone(), Value::Error);
+                    bad = true
+                }
             }
         }
         if bad {

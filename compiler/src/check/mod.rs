@@ -130,8 +130,9 @@ pub(crate) struct Ctx {
     graph: Graph,
     params: Vec<ParamSpec>,
     param_keys: HashMap<String, ir::ParamId>,
-    /// Hash-consing of pure nodes: identical operations on identical inputs are one node.
-    node_keys: HashMap<(Op, Vec<NodeId>), NodeId>,
+    /// Hash-consing of pure nodes: identical operations on identical inputs, with the same
+    /// result shape, are one node (a reshape or an identity matrix is known by its shape).
+    node_keys: HashMap<(Op, Vec<NodeId>, crate::shape::Shape), NodeId>,
     memo: HashMap<BindingKey, Value>,
     evaluating: Vec<(BindingKey, Span)>,
     /// User functions being evaluated, outermost first: (module, name, call span).
@@ -146,15 +147,6 @@ pub(crate) struct Env {
     locals: HashMap<String, Value>,
 }
 
-impl Env {
-    fn module(module: ModuleId) -> Env {
-        Env {
-            module,
-            stage: None,
-            locals: HashMap::new(),
-        }
-    }
-}
 
 impl Checker<'_> {
     pub(in crate::check) fn error(&mut self, ctx: &Ctx, mut d: Diagnostic) {

@@ -108,7 +108,7 @@ impl Checker<'_> {
             }
         };
         let sig: &[ParamSig] = match method.name.as_str() {
-            "image_layer" | "text_layer" => &[ParamSig {
+            "image_layer" | "text_layer" | "image_attention" | "text_attention" => &[ParamSig {
                 name: "k",
                 kind: ParamKind::Required,
                 default: None,
@@ -182,12 +182,22 @@ impl Checker<'_> {
                 Value::Model { id, mask: Some(x) }
             }
             _ => {
-                let image = method.name == "image_layer";
+                let image = method.name.starts_with("image");
+                let attention = method.name.ends_with("attention");
                 let layers = if image {
                     m.vision.layers
                 } else {
                     m.text.layers
                 };
+                if attention && (x.fract() != 0.0 || x < 1.0 || x > layers as f64) {
+                    self.error(
+                        ctx,
+                        Diagnostic::error(Code::LayerOutOfRange, vspan, format!("`{}` has attention in blocks 1 to {layers}, not {}", m.name, crate::fmt_num(x)))
+                            .primary_label("no such block")
+                            .note("block k's attention is the softmax of its queries against its keys"),
+                    );
+                    return Value::Error;
+                }
                 if x.fract() != 0.0 || x < 0.0 || x > layers as f64 {
                     self.error(
                         ctx,
@@ -215,10 +225,27 @@ impl Checker<'_> {
                         crate::shape::Dim::named(m.text.width, format!("{}.text_width", m.name)),
                     ])
                 };
-                let tap = if image {
-                    ir::Tap::ImageLayer(k)
+                let shape = if attention {
+                    let (heads, tokens) = if image {
+                        (m.vision.heads, shape.0[1].clone())
+                    } else {
+                        (m.text.heads, shape.0[1].clone())
+                    };
+                    let what = if image { "image" } else { "text" };
+                    Shape(vec![
+                        shape.0[0].clone(),
+                        crate::shape::Dim::named(heads, format!("{}.{what}_heads", m.name)),
+                        tokens.clone(),
+                        tokens,
+                    ])
                 } else {
-                    ir::Tap::TextLayer(k)
+                    shape
+                };
+                let tap = match (image, attention) {
+                    (true, false) => ir::Tap::ImageLayer(k),
+                    (false, false) => ir::Tap::TextLayer(k),
+                    (true, true) => ir::Tap::ImageAttention(k),
+                    (false, true) => ir::Tap::TextAttention(k),
                 };
                 let node = self.push_node(
                     ctx,
@@ -252,5 +279,7 @@ const MODEL_FIELDS: &[&str] = &[
     "logit_scale",
     "image_layer",
     "text_layer",
+    "image_attention",
+    "text_attention",
     "masked",
 ];

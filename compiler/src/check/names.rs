@@ -66,13 +66,14 @@ impl Checker<'_> {
         for (module_id, module) in self.program.modules.iter().enumerate() {
             for item in &module.ast.items {
                 let ast::Item::Fn(f) = item else { continue };
+                // A default sees the parameters before it (`tau2: Num = tau * tau`).
                 let mut locals: Vec<String> = Vec::new();
                 for p in &f.params {
                     if let Some(default) = &p.default {
-                        self.resolve_expr(module_id, &[], default);
+                        self.resolve_expr(module_id, &locals, default);
                     }
+                    locals.push(p.name.name.clone());
                 }
-                locals.extend(f.params.iter().map(|p| p.name.name.clone()));
                 for l in &f.lets {
                     self.resolve_expr(module_id, &locals, &l.value);
                     locals.push(l.name.name.clone());
@@ -138,6 +139,14 @@ impl Checker<'_> {
             ExprKind::List(items) => items
                 .iter()
                 .for_each(|i| self.resolve_expr(module, locals, i)),
+            ExprKind::Index(base, items) => {
+                self.resolve_expr(module, locals, base);
+                for item in items {
+                    for e in item.exprs() {
+                        self.resolve_expr(module, locals, e);
+                    }
+                }
+            }
             ExprKind::Binary(_, l, r) => {
                 self.resolve_expr(module, locals, l);
                 self.resolve_expr(module, locals, r);

@@ -58,6 +58,17 @@ impl Module {
         }
     }
 
+    /// A library: functions (and perhaps helper bindings), but no stage and none of a
+    /// recipe's own bindings (`loss`, `data`, `train`, `eval`, `freeze`). `kdc check` checks
+    /// it as a module: every signature, default and name in every body.
+    pub fn is_library(&self) -> bool {
+        !self.fns.is_empty()
+            && self.stages().next().is_none()
+            && !crate::check::SPECIAL_BINDINGS
+                .iter()
+                .any(|b| self.bindings.contains_key(*b))
+    }
+
     pub fn stages(&self) -> impl Iterator<Item = &ast::Stage> {
         self.ast.items.iter().filter_map(|i| match i {
             Item::Stage(s) => Some(s),

@@ -19,9 +19,10 @@ impl<'p> Checker<'p> {
         let root = self.program.root();
         self.check_fn_signatures();
         self.resolve_fn_bodies();
-        for (index, item) in root.ast.items.iter().enumerate() {
-            let _ = index;
-            if let ast::Item::Stage(_) = item {}
+        if root.is_library() {
+            // A module of functions: its signatures, defaults and names are checked above;
+            // shapes are checked where a recipe calls them.
+            return None;
         }
         let stages: Vec<&ast::Stage> = root.stages().collect();
         let mut stage_names: HashMap<&str, (usize, Span)> = HashMap::new();
@@ -391,9 +392,11 @@ impl<'p> Checker<'p> {
                     Op::Tap { model, tap, .. } => {
                         let parts: &[Part] = match tap {
                             ir::Tap::Image => &[Part::Vision, Part::VisionProjection],
-                            ir::Tap::Patches | ir::Tap::ImageLayer(_) => &[Part::Vision],
+                            ir::Tap::Patches | ir::Tap::ImageLayer(_) | ir::Tap::ImageAttention(_) => {
+                                &[Part::Vision]
+                            }
                             ir::Tap::Text => &[Part::Text, Part::TextProjection],
-                            ir::Tap::TextLayer(_) => &[Part::Text],
+                            ir::Tap::TextLayer(_) | ir::Tap::TextAttention(_) => &[Part::Text],
                             ir::Tap::Scale => &[Part::Scale],
                         };
                         for &p in parts {

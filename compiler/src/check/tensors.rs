@@ -164,6 +164,7 @@ impl Checker<'_> {
             self.error(ctx, d);
             return None;
         };
+        self.ambiguous_broadcast(ctx, (&ls, lspan), (&rs, rspan));
         let op = match op {
             BinOp::Add => Op::Add,
             BinOp::Sub => Op::Sub,
@@ -215,12 +216,21 @@ impl Checker<'_> {
             ))
             .label(lspan, format!("this is {ls}"))
             .label(rspan, format!("this is {rs}"));
-            if k1 != k2 && rs.rank() == 2 && rs.0[1] == *k1 {
+            let right_cols = &rs.0[rs.rank() - 1];
+            if k1 != k2 && rs.0[rs.rank() - 1] == *k1 {
                 d = d.hint("the right side may need transposing: add `.T`");
-            } else {
+            } else if k1 != k2 && k1.size.is_some() && k2.size.is_some() {
                 d = d.hint(format!(
                     "map one side onto the other's width first, for example `proj(x, to: {})`",
                     k2.describe_short()
+                ));
+            } else if k1 != k2 && k1.size.is_some() && right_cols.size.is_some() {
+                // Rows against rows, as in `s.image @ t.image`: transpose, and match widths.
+                d = d.hint(format!(
+                    "the right side may need transposing (`.T`), and its width {} mapped to {} first, for example `proj(x, to: {})`",
+                    right_cols.describe(),
+                    k1.describe(),
+                    k1.describe_short()
                 ));
             }
             self.error(ctx, d);
@@ -320,7 +330,7 @@ impl Checker<'_> {
         span: Span,
     ) -> NodeId {
         let pure = !matches!(op, Op::Param(_));
-        let key = (op.clone(), inputs.clone());
+        let key = (op.clone(), inputs.clone(), shape.clone());
         if pure {
             if let Some(&n) = ctx.node_keys.get(&key) {
                 return n;

@@ -66,6 +66,29 @@ pub fn backward(graph: &mut Graph, loss: Id) -> Vec<(usize, Id)> {
                             contributions.push((b, graph.sum_to(neg, sb)));
                         }
                     }
+                    Binary::Max | Binary::Min => {
+                        // The first operand takes the gradient where it is chosen (ties too).
+                        let pick = if *f == Binary::Max { Binary::Ge } else { Binary::Le };
+                        let first = graph.binary(pick, a, b);
+                        let ga = graph.mul(g, first);
+                        if graph.nodes[a].grad {
+                            contributions.push((a, graph.sum_to(ga, sa)));
+                        }
+                        if graph.nodes[b].grad {
+                            let gb = graph.binary(Binary::Sub, g, ga);
+                            contributions.push((b, graph.sum_to(gb, sb)));
+                        }
+                    }
+                    // Comparisons carry no gradient (their nodes are never `grad`).
+                    _ => {}
+                }
+            }
+            Op::Where => {
+                let (c, a, b) = (x(0), x(1), x(2));
+                let ga = graph.mul(g, c);
+                contributions.push((a, ga));
+                if graph.nodes[b].grad {
+                    contributions.push((b, graph.binary(Binary::Sub, g, ga)));
                 }
             }
             Op::MatMul { ta, tb } => {
@@ -124,11 +147,14 @@ pub fn backward(graph: &mut Graph, loss: Id) -> Vec<(usize, Id)> {
                     ),
                 ));
             }
-            Op::Normalize { axis } => {
+            Op::Normalize { axis, eps } => {
                 contributions.push((
                     x(0),
                     graph.add(
-                        Op::NormalizeBackward { axis: *axis },
+                        Op::NormalizeBackward {
+                            axis: *axis,
+                            eps: *eps,
+                        },
                         vec![x(0), g],
                         node.shape.clone(),
                     ),
@@ -206,7 +232,12 @@ pub fn backward(graph: &mut Graph, loss: Id) -> Vec<(usize, Id)> {
                     }
                 }
             }
-            Op::Detach | Op::Input(_) | Op::Fill(_) | Op::Eye | Op::CausalMask => {}
+            Op::Detach
+            | Op::Input(_)
+            | Op::Fill(_)
+            | Op::Eye
+            | Op::CausalMask
+            | Op::Arg { .. } => {}
             other => {
                 panic!("{other:?} is a backward or fused operation, made after differentiation")
             }

@@ -89,7 +89,8 @@ fn pick(g: &mut Graph, x: Id, rows: Rows) -> Id {
     }
 }
 
-/// Multi-head self-attention of x [b, t, w] for the query `rows` ([b, rows.len(t), w] out);
+/// Multi-head self-attention of x [b, t, w] for the query `rows` ([b, rows.len(t), w] out,
+/// and the attention probabilities [b, heads, rows.len(t), t]);
 /// `bias` is added to the scores: with all rows a causal or padding mask broadcastable to
 /// [b, heads, t, t]; with picked rows a per-query-row mask [t, t] (causal), of which the picked
 /// rows' lines are used.
@@ -100,7 +101,7 @@ pub fn self_attention(
     proj: [(Id, Id); 4],
     bias: Option<Id>,
     rows: Rows,
-) -> Id {
+) -> (Id, Id) {
     let s = g.shape(x).to_vec();
     let (b, t, w) = (s[0], s[1], s[2]);
     let (d, r) = (w / heads, rows.len(t));
@@ -132,7 +133,7 @@ pub fn self_attention(
     let o = g.matmul(p, v);
     let o = g.permute(o, vec![0, 2, 1, 3]);
     let o = g.reshape(o, vec![b, r, w]);
-    linear(g, o, proj[3].0, Some(proj[3].1))
+    (linear(g, o, proj[3].0, Some(proj[3].1)), p)
 }
 
 /// One CLIP encoder layer (pre-LN): x + attn(ln1(x)), then x + fc2(act(fc1(ln2(x)))), for the
@@ -150,7 +151,7 @@ fn clip_layer(
     a: Activation,
     bias: Option<Id>,
     rows: Rows,
-) -> Id {
+) -> (Id, Id) {
     let n = |s: &str| p.get(&format!("{prefix}.{s}"));
     let h = g.layer_norm(
         x,
@@ -165,7 +166,7 @@ fn clip_layer(
         )
     });
     g.push_scope("attn");
-    let h = self_attention(g, h, heads, proj, bias, rows);
+    let (h, probs) = self_attention(g, h, heads, proj, bias, rows);
     g.pop_scope();
     let x = pick(g, x, rows);
     let x = g.add2(x, h);
@@ -178,13 +179,15 @@ fn clip_layer(
     let h = linear(g, h, n("mlp.fc1.weight"), Some(n("mlp.fc1.bias")));
     let h = act(g, h, a);
     let h = linear(g, h, n("mlp.fc2.weight"), Some(n("mlp.fc2.bias")));
-    g.add2(x, h)
+    (g.add2(x, h), probs)
 }
 
 /// What a vision forward pass yields.
 pub struct VisionOut {
     /// hidden_states[0] (after `pre_layrnorm`) to hidden_states[layers]: [b, tokens, width].
     pub hidden: Vec<Id>,
+    /// Block k's attention probabilities at index k − 1: [b, heads, tokens, tokens].
+    pub attention: Vec<Id>,
     /// post_layernorm of the class token: [b, width].
     pub pooled: Id,
     /// The projected embedding, unnormalised: [b, embed].
@@ -235,9 +238,11 @@ pub fn vision(
         CLIP_LN_EPS,
     );
     let mut hidden = vec![x];
+    let mut attention = Vec::new();
     for i in 0..v.layers as usize {
         g.push_scope(format!("layer{i}"));
-        x = clip_layer(
+        let probs;
+        (x, probs) = clip_layer(
             g,
             p,
             &format!("vision_model.encoder.layers.{i}"),
@@ -249,13 +254,14 @@ pub fn vision(
         );
         g.pop_scope();
         hidden.push(x);
+        attention.push(probs);
     }
     // The pooled output reads the class token alone: its last layer runs on that row only.
     let cls = match v.layers as usize {
         0 => g.slice(x, 1, 0, 1),
         layers => {
             g.push_scope(format!("layer{}.class", layers - 1));
-            let row = clip_layer(
+            let (row, _) = clip_layer(
                 g,
                 p,
                 &format!("vision_model.encoder.layers.{}", layers - 1),
@@ -280,6 +286,7 @@ pub fn vision(
     g.pop_scope();
     VisionOut {
         hidden,
+        attention,
         pooled,
         embed,
     }
@@ -297,6 +304,8 @@ pub struct TextInputs {
 
 pub struct TextOut {
     pub hidden: Vec<Id>,
+    /// Block k's attention probabilities at index k − 1: [b, heads, context, context].
+    pub attention: Vec<Id>,
     pub pooled: Id,
     pub embed: Id,
 }
@@ -318,9 +327,11 @@ pub fn text(g: &mut Graph, spec: &ModelSpec, p: &ModelParams, inputs: &TextInput
             let mut x = g.add2(tokens, positions);
             let causal = g.add(Op::CausalMask, vec![], vec![l, l]);
             let mut hidden = vec![x];
+            let mut attention = Vec::new();
             for i in 0..t.layers as usize {
                 g.push_scope(format!("layer{i}"));
-                x = clip_layer(
+                let probs;
+                (x, probs) = clip_layer(
                     g,
                     p,
                     &format!("text_model.encoder.layers.{i}"),
@@ -332,6 +343,7 @@ pub fn text(g: &mut Graph, spec: &ModelSpec, p: &ModelParams, inputs: &TextInput
                 );
                 g.pop_scope();
                 hidden.push(x);
+                attention.push(probs);
             }
             let eot = inputs
                 .eot
@@ -342,7 +354,7 @@ pub fn text(g: &mut Graph, spec: &ModelSpec, p: &ModelParams, inputs: &TextInput
                 0 => g.gather_rows(x, eot),
                 layers => {
                     g.push_scope(format!("layer{}.eot", layers - 1));
-                    let row = clip_layer(
+                    let (row, _) = clip_layer(
                         g,
                         p,
                         &format!("text_model.encoder.layers.{}", layers - 1),
@@ -366,6 +378,7 @@ pub fn text(g: &mut Graph, spec: &ModelSpec, p: &ModelParams, inputs: &TextInput
             let embed = linear(g, pooled, p.get("text_projection.weight"), None);
             TextOut {
                 hidden,
+                attention,
                 pooled,
                 embed,
             }
@@ -398,6 +411,7 @@ pub fn text(g: &mut Graph, spec: &ModelSpec, p: &ModelParams, inputs: &TextInput
             let m = g.scale(m, 1e9);
             let bias = g.reshape(m, vec![b, 1, 1, l]);
             let mut hidden = vec![x];
+            let mut attention = Vec::new();
             for i in 0..t.layers as usize {
                 let n = |s: &str| p.get(&format!("text_model.encoder.layer.{i}.{s}"));
                 g.push_scope(format!("layer{i}"));
@@ -408,7 +422,9 @@ pub fn text(g: &mut Graph, spec: &ModelSpec, p: &ModelParams, inputs: &TextInput
                     "attention.output.dense",
                 ]
                 .map(|q| (n(&format!("{q}.weight")), n(&format!("{q}.bias"))));
-                let a = self_attention(g, x, t.heads as usize, proj, Some(bias), Rows::All);
+                let (a, probs) =
+                    self_attention(g, x, t.heads as usize, proj, Some(bias), Rows::All);
+                attention.push(probs);
                 let a = g.add2(a, x);
                 let x1 = g.layer_norm(
                     a,
@@ -443,6 +459,7 @@ pub fn text(g: &mut Graph, spec: &ModelSpec, p: &ModelParams, inputs: &TextInput
             let embed = linear(g, pooled, p.get("text_projection.weight"), None);
             TextOut {
                 hidden,
+                attention,
                 pooled,
                 embed,
             }

@@ -6,7 +6,9 @@
 
 use std::fmt;
 
-pub use kdc_backend::op::{broadcast_shapes, numel, Binary, LossKind, Op, Reduce, Unary, F32};
+pub use kdc_backend::op::{
+    broadcast_shapes, numel, Binary, LossKind, Op, Reduce, Unary, F32, NORMALIZE_EPS,
+};
 
 pub type Id = usize;
 
@@ -93,7 +95,13 @@ impl Graph {
     pub fn add(&mut self, op: Op, inputs: Vec<Id>, shape: Vec<usize>) -> Id {
         let grad = match &op {
             Op::Param(p) => self.params[*p].trainable,
-            Op::Detach | Op::Input(_) | Op::Fill(_) | Op::Eye | Op::CausalMask => false,
+            Op::Detach
+            | Op::Input(_)
+            | Op::Fill(_)
+            | Op::Eye
+            | Op::CausalMask
+            | Op::Arg { .. } => false,
+            Op::Binary(f) if f.is_comparison() => false,
             _ => inputs.iter().any(|&i| self.nodes[i].grad),
         };
         self.nodes.push(Node {
@@ -278,8 +286,49 @@ impl Graph {
     }
 
     pub fn normalize(&mut self, x: Id, axis: usize) -> Id {
+        self.normalize_eps(x, axis, NORMALIZE_EPS)
+    }
+
+    /// x / max(‖x‖₂, eps) along `axis`.
+    pub fn normalize_eps(&mut self, x: Id, axis: usize, eps: f32) -> Id {
         let shape = self.shape(x).to_vec();
-        self.add(Op::Normalize { axis }, vec![x], shape)
+        self.add(
+            Op::Normalize {
+                axis,
+                eps: F32(eps),
+            },
+            vec![x],
+            shape,
+        )
+    }
+
+    /// c ? a : b elementwise, with NumPy broadcasting of the three.
+    pub fn select(&mut self, c: Id, a: Id, b: Id) -> Id {
+        let shape = [c, a, b].iter().fold(vec![], |s, &x| {
+            broadcast_shapes(&s, self.shape(x))
+                .unwrap_or_else(|| panic!("where of {s:?} and {:?}", self.shape(x)))
+        });
+        let [c, a, b] = [c, a, b].map(|x| {
+            if self.shape(x) == shape.as_slice() {
+                x
+            } else {
+                self.broadcast(x, shape.clone())
+            }
+        });
+        self.add(Op::Where, vec![c, a, b], shape)
+    }
+
+    /// The position of the largest (smallest) value along `axis`, or over everything.
+    pub fn arg(&mut self, x: Id, largest: bool, axis: Option<usize>) -> Id {
+        let shape = match axis {
+            Some(a) => {
+                let mut s = self.shape(x).to_vec();
+                s.remove(a);
+                s
+            }
+            None => vec![],
+        };
+        self.add(Op::Arg { largest, axis }, vec![x], shape)
     }
 
     pub fn layer_norm(&mut self, x: Id, gain: Id, bias: Id, eps: f32) -> Id {

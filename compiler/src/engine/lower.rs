@@ -70,6 +70,8 @@ pub fn tap_name(tap: Tap) -> String {
         Tap::Patches => "patches".into(),
         Tap::ImageLayer(k) => format!("image_layer({k})"),
         Tap::TextLayer(k) => format!("text_layer({k})"),
+        Tap::ImageAttention(k) => format!("image_attention({k})"),
+        Tap::TextAttention(k) => format!("text_attention({k})"),
     }
 }
 
@@ -156,18 +158,13 @@ impl Lowering<'_> {
         &self.text_cache[&model]
     }
 
-    fn tap(&mut self, model: ir::ModelId, tap: Tap, mask: Option<f64>) -> Id {
+    /// A model's tap; `shape` is the tap's concrete shape, for a tap given directly.
+    fn tap(&mut self, model: ir::ModelId, tap: Tap, mask: Option<f64>, shape: Vec<usize>) -> Id {
         let name = format!("{}.{}", self.recipe.models[model].name, tap_name(tap));
         if self.tap_params.contains(&name) {
             if let Some(&id) = self.tap_nodes.get(&name) {
                 return id;
             }
-            let spec = &self.recipe.models[model];
-            let shape = match tap {
-                Tap::Image | Tap::Text => vec![self.batch, spec.embed as usize],
-                Tap::Scale => vec![],
-                _ => panic!("only embeddings and scales can be given directly"),
-            };
             let id = self.g.param(format!("tap:{name}"), shape, true);
             self.tap_nodes.insert(name, id);
             return id;
@@ -187,6 +184,8 @@ impl Lowering<'_> {
             }
             Tap::ImageLayer(k) => self.vision(model, mask).hidden[k as usize],
             Tap::TextLayer(k) => self.text(model).hidden[k as usize],
+            Tap::ImageAttention(k) => self.vision(model, mask).attention[k as usize - 1],
+            Tap::TextAttention(k) => self.text(model).attention[k as usize - 1],
         }
     }
 
@@ -233,7 +232,8 @@ pub fn lower(
                 .iter()
                 .map(|&(model, tap)| {
                     let name = format!("{}.{}", recipe.models[model].name, tap_name(tap));
-                    (Output::Tensor(name), l.tap(model, tap, None))
+                    // A forward graph gives no tap directly, so no shape is needed.
+                    (Output::Tensor(name), l.tap(model, tap, None, Vec::new()))
                 })
                 .collect();
             (outputs, Vec::new(), Vec::new())
@@ -330,7 +330,7 @@ impl Lowering<'_> {
         let shape = self.concrete(&node.shape);
         let l = self;
         match &node.op {
-            ir::Op::Tap { model, tap, mask } => l.tap(*model, *tap, *mask),
+            ir::Op::Tap { model, tap, mask } => l.tap(*model, *tap, *mask, shape),
             ir::Op::Param(p) => param_nodes[*p],
             ir::Op::Const(v) => l.g.scalar(*v as f32),
             // Scheduled scalars are named by their IR node, so the runner can evaluate them.
@@ -353,7 +353,32 @@ impl Lowering<'_> {
             ir::Op::Transpose => l.g.transpose(input(0)),
             ir::Op::Softmax { axis } => l.g.softmax(input(0), *axis),
             ir::Op::LogSoftmax { axis } => l.g.log_softmax(input(0), *axis),
-            ir::Op::Normalize { axis } => l.g.normalize(input(0), *axis),
+            ir::Op::Normalize { axis, eps } => l.g.normalize_eps(input(0), *axis, *eps as f32),
+            ir::Op::Relu => l.g.unary(Unary::Relu, input(0)),
+            ir::Op::Sigmoid => l.g.unary(Unary::Sigmoid, input(0)),
+            ir::Op::Tanh => l.g.unary(Unary::Tanh, input(0)),
+            ir::Op::Maximum => l.g.binary(Binary::Max, input(0), input(1)),
+            ir::Op::Minimum => l.g.binary(Binary::Min, input(0), input(1)),
+            ir::Op::Compare(c) => {
+                let f = match c {
+                    ir::Cmp::Gt => Binary::Gt,
+                    ir::Cmp::Ge => Binary::Ge,
+                    ir::Cmp::Lt => Binary::Lt,
+                    ir::Cmp::Le => Binary::Le,
+                    ir::Cmp::Eq => Binary::Eq,
+                    ir::Cmp::Ne => Binary::Ne,
+                };
+                l.g.binary(f, input(0), input(1))
+            }
+            ir::Op::Where => l.g.select(input(0), input(1), input(2)),
+            ir::Op::Max { axis } => l.g.reduce(Reduce::Max, input(0), *axis),
+            ir::Op::Min { axis } => l.g.reduce(Reduce::Min, input(0), *axis),
+            ir::Op::Arg { largest, axis } => l.g.arg(input(0), *largest, *axis),
+            ir::Op::Reshape => l.g.reshape(input(0), shape),
+            ir::Op::Permute(perm) => l.g.permute(input(0), perm.clone()),
+            ir::Op::Slice { axis, start, len } => {
+                l.g.slice(input(0), *axis, *start as usize, *len as usize)
+            }
             ir::Op::Mean { axis } => l.g.reduce(Reduce::Mean, input(0), *axis),
             ir::Op::Sum { axis } => l.g.reduce(Reduce::Sum, input(0), *axis),
             ir::Op::Var { axis } => l.g.reduce(Reduce::Var, input(0), *axis),
@@ -373,24 +398,29 @@ impl Lowering<'_> {
     }
 }
 
-/// Multi-head attention of q [m, c] over k [n, c], v [n, c'] (or with a leading batch axis).
+/// Multi-head attention of q [.., m, c] over k [.., n, c], v [.., n, c'], with any leading
+/// axes (equal on the three): they are flattened into one batch axis and restored.
 fn attention(g: &mut Graph, q: Id, k: Id, v: Id, heads: usize) -> Id {
     let (sq, sv) = (g.shape(q).to_vec(), g.shape(v).to_vec());
-    let (m, c) = (sq[sq.len() - 2], sq[sq.len() - 1]);
-    let n = g.shape(k)[g.shape(k).len() - 2];
-    let cv = sv[sv.len() - 1];
+    let r = sq.len();
+    let (m, c) = (sq[r - 2], sq[r - 1]);
+    let n = g.shape(k)[r - 2];
+    let cv = sv[r - 1];
     let (d, dv) = (c / heads, cv / heads);
+    let batch: usize = sq[..r - 2].iter().product();
     let split = |g: &mut Graph, x: Id, rows: usize, width: usize| {
-        let r = g.reshape(x, vec![rows, heads, width]);
-        g.permute(r, vec![1, 0, 2])
+        let r = g.reshape(x, vec![batch, rows, heads, width]);
+        g.permute(r, vec![0, 2, 1, 3])
     };
     let qh = split(g, q, m, d);
     let kh = split(g, k, n, d);
     let vh = split(g, v, n, dv);
     let scores = g.matmul_t(qh, kh, false, true);
     let scores = g.scale(scores, (d as f32).powf(-0.5));
-    let p = g.softmax(scores, 2);
+    let p = g.softmax(scores, 3);
     let o = g.matmul(p, vh);
-    let o = g.permute(o, vec![1, 0, 2]);
-    g.reshape(o, vec![m, cv])
+    let o = g.permute(o, vec![0, 2, 1, 3]);
+    let mut shape = sq[..r - 2].to_vec();
+    shape.extend([m, cv]);
+    g.reshape(o, shape)
 }

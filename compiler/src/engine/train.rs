@@ -40,6 +40,17 @@ pub enum TrainError {
     Backend(BackendError),
     #[error(transparent)]
     Batches(#[from] BatchError),
+    #[error(
+        "stage `{stage}`, step {step}: {what} is {value}; training stopped before this step's \
+         update (the parameters and the last checkpoint hold the step before)"
+    )]
+    NotFinite {
+        stage: String,
+        step: u64,
+        /// `the term \`crd\``, `the loss`, `the gradient norm`.
+        what: String,
+        value: f64,
+    },
     #[error("cannot write the log {path}: {source}")]
     Log {
         path: String,
@@ -394,6 +405,18 @@ impl<'r> Trainer<'r> {
                 }
             }
         }
+        let not_finite = |what: String, value: f64| TrainError::NotFinite {
+            stage: stage.name.clone(),
+            step: t + 1,
+            what,
+            value,
+        };
+        if let Some((label, value)) = labels.iter().zip(&terms).find(|(_, v)| !v.is_finite()) {
+            return Err(not_finite(format!("the term `{label}`"), *value));
+        }
+        if !loss.is_finite() {
+            return Err(not_finite("the weighted loss".into(), loss));
+        }
         let mut b = exec::lock(self.exec.backend());
         let grads: Vec<View> = self
             .slots
@@ -407,6 +430,12 @@ impl<'r> Trainer<'r> {
             }
         }
         let grad_norm = b.l2_norm(&grads);
+        if !grad_norm.is_finite() {
+            return Err(not_finite(
+                "the gradient norm (every term is finite; a gradient is not)".into(),
+                grad_norm,
+            ));
+        }
         if let Some(max) = stage.train.clip_grad {
             // PyTorch's clip_grad_norm_: scale by max / (norm + 1e-6) when that is below 1
             // (or NaN, which it keeps).

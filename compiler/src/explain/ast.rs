@@ -136,6 +136,21 @@ fn expr(out: &mut String, e: &Expr, depth: usize, sources: &SourceMap) {
             let _ = writeln!(out, "{pad}field .{}", f.name);
             expr(out, base, depth + 1, sources);
         }
+        ExprKind::Index(base, items) => {
+            let _ = writeln!(out, "{pad}index");
+            expr(out, base, depth + 1, sources);
+            for item in items {
+                match item {
+                    crate::syntax::ast::IndexItem::At(e) => expr(out, e, depth + 1, sources),
+                    crate::syntax::ast::IndexItem::Range { start, end, .. } => {
+                        let _ = writeln!(out, "{pad}  range");
+                        for e in start.iter().chain(end.iter()) {
+                            expr(out, e, depth + 2, sources);
+                        }
+                    }
+                }
+            }
+        }
         ExprKind::Call(callee, args) => {
             let _ = writeln!(out, "{pad}call");
             expr(out, callee, depth + 1, sources);

@@ -365,6 +365,8 @@ fn stage_ir(out: &mut String, recipe: &Recipe, index: usize, stage: &Stage) {
                     Tap::Patches => "patches".to_string(),
                     Tap::ImageLayer(k) => format!("image_layer({k})"),
                     Tap::TextLayer(k) => format!("text_layer({k})"),
+                    Tap::ImageAttention(k) => format!("image_attention({k})"),
+                    Tap::TextAttention(k) => format!("text_attention({k})"),
                 };
                 let frozen = if recipe.models[*model].frozen {
                     " [frozen]"

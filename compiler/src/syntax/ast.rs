@@ -153,8 +153,39 @@ pub enum ExprKind {
     Paren(Box<Expr>),
     Field(Box<Expr>, Ident),
     Call(Box<Expr>, Vec<Arg>),
+    /// `x[i, a:b, :]`.
+    Index(Box<Expr>, Vec<IndexItem>),
     Binary(BinOp, Box<Expr>, Box<Expr>),
     Neg(Box<Expr>),
+}
+
+/// One item of an index: a position, or a range with optional ends (`:` alone is the whole
+/// axis).
+#[derive(Clone, Debug)]
+pub enum IndexItem {
+    At(Expr),
+    Range {
+        start: Option<Expr>,
+        end: Option<Expr>,
+        span: Span,
+    },
+}
+
+impl IndexItem {
+    pub fn span(&self) -> Span {
+        match self {
+            IndexItem::At(e) => e.span,
+            IndexItem::Range { span, .. } => *span,
+        }
+    }
+
+    /// The expressions inside, in order.
+    pub fn exprs(&self) -> Vec<&Expr> {
+        match self {
+            IndexItem::At(e) => vec![e],
+            IndexItem::Range { start, end, .. } => start.iter().chain(end.iter()).collect(),
+        }
+    }
 }
 
 /// A call argument, positional (`name` is `None`) or named (`name: value`).

@@ -636,6 +636,37 @@ impl Builder<'_> {
                         span,
                     }
                 }
+                Rule::index => {
+                    let items = children(postfix)
+                        .filter(|p| p.as_rule() == Rule::index_item)
+                        .map(|item| {
+                            let inner = children(item).next().unwrap();
+                            match inner.as_rule() {
+                                Rule::index_range => {
+                                    let span = self.span(&inner);
+                                    let text = inner.as_str();
+                                    let colon = text.find(':').unwrap_or(0) as u32;
+                                    let mut start = None;
+                                    let mut end = None;
+                                    for e in children(inner).filter(|p| p.as_rule() == Rule::expr) {
+                                        let e = self.expr(e);
+                                        if e.span.start < span.start + colon {
+                                            start = Some(e);
+                                        } else {
+                                            end = Some(e);
+                                        }
+                                    }
+                                    IndexItem::Range { start, end, span }
+                                }
+                                _ => IndexItem::At(self.expr(inner)),
+                            }
+                        })
+                        .collect();
+                    Expr {
+                        kind: ExprKind::Index(Box::new(expr), items),
+                        span,
+                    }
+                }
                 other => unreachable!("{other:?} is not a postfix"),
             };
         }

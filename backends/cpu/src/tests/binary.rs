@@ -32,6 +32,14 @@ fn reference(
                 BinaryOp::Sub => x - y,
                 BinaryOp::Mul => x * y,
                 BinaryOp::Div => x / y,
+                BinaryOp::Max => x.max(y),
+                BinaryOp::Min => x.min(y),
+                BinaryOp::Gt => (x > y) as u8 as f64,
+                BinaryOp::Ge => (x >= y) as u8 as f64,
+                BinaryOp::Lt => (x < y) as u8 as f64,
+                BinaryOp::Le => (x <= y) as u8 as f64,
+                BinaryOp::Eq => (x == y) as u8 as f64,
+                BinaryOp::Ne => (x != y) as u8 as f64,
             }
         })
         .collect();
@@ -63,6 +71,43 @@ const CASES: &[(&[usize], &[usize])] = &[
     (&[40000], &[1]),
 ];
 
+const ALL: [BinaryOp; 12] = [
+    BinaryOp::Add,
+    BinaryOp::Sub,
+    BinaryOp::Mul,
+    BinaryOp::Div,
+    BinaryOp::Max,
+    BinaryOp::Min,
+    BinaryOp::Gt,
+    BinaryOp::Ge,
+    BinaryOp::Lt,
+    BinaryOp::Le,
+    BinaryOp::Eq,
+    BinaryOp::Ne,
+];
+
+#[test]
+fn comparisons_and_ties() {
+    // Equal operands: max/min send the gradient to the first, comparisons have none.
+    let a = [1.0, 2.0, 3.0, f64::NAN];
+    let b = [1.0, 3.0, 2.0, 0.0];
+    let mut out = [0.0; 4];
+    binary(BinaryOp::Ge, &a, &[4], &b, &[4], &mut out, &[4]);
+    assert_eq!(out, [1.0, 0.0, 1.0, 0.0]);
+    binary(BinaryOp::Max, &a, &[4], &b, &[4], &mut out, &[4]);
+    assert_eq!(&out[..3], &[1.0, 3.0, 3.0]);
+    assert!(out[3].is_nan(), "max propagates NaN as PyTorch does");
+    let dy = [1.0; 4];
+    let (mut da, mut db) = ([9.0; 4], [9.0; 4]);
+    binary_backward(BinaryOp::Max, &a[..3], &[3], &b[..3], &[3], &dy[..3], &[3], Some(&mut da[..3]), Some(&mut db[..3]));
+    assert_eq!((&da[..3], &db[..3]), (&[1.0, 0.0, 1.0][..], &[0.0, 1.0, 0.0][..]));
+    binary_backward(BinaryOp::Lt, &a, &[4], &b, &[4], &dy, &[4], Some(&mut da), Some(&mut db));
+    assert_eq!((da, db), ([0.0; 4], [0.0; 4]));
+    let mut sel = [0.0; 3];
+    crate::select(&[1.0, 0.0, -2.0], &[1.0, 2.0, 3.0], &[7.0, 8.0, 9.0], &mut sel);
+    assert_eq!(sel, [1.0, 8.0, 3.0]);
+}
+
 #[test]
 fn broadcast_shapes() {
     assert_eq!(broadcast_shape(&[3, 1, 7], &[5, 1]), Some(vec![3, 5, 7]));
@@ -76,7 +121,7 @@ fn forward_matches_reference() {
     for &(ash, bsh) in CASES {
         let a = rng.vec(ash.iter().product(), -2.0, 2.0);
         let b = rng.vec_away(bsh.iter().product(), 0.5, 2.0);
-        for op in [BinaryOp::Add, BinaryOp::Sub, BinaryOp::Mul, BinaryOp::Div] {
+        for op in ALL {
             let (expect, osh) = reference(op, &a, ash, &b, bsh);
             let mut out = vec![f64::NAN; expect.len()];
             binary(op, &a, ash, &b, bsh, &mut out, &osh);
@@ -165,7 +210,14 @@ fn backward_matches_finite_differences() {
         let b = rng.vec_away(bsh.iter().product(), 0.5, 2.0);
         let osh = broadcast_shape(ash, bsh).unwrap();
         let dy = rng.vec(osh.iter().product(), -1.0, 1.0);
-        for op in [BinaryOp::Add, BinaryOp::Sub, BinaryOp::Mul, BinaryOp::Div] {
+        for op in [
+            BinaryOp::Add,
+            BinaryOp::Sub,
+            BinaryOp::Mul,
+            BinaryOp::Div,
+            BinaryOp::Max,
+            BinaryOp::Min,
+        ] {
             let mut da = vec![f64::NAN; a.len()];
             let mut db = vec![f64::NAN; b.len()];
             binary_backward(

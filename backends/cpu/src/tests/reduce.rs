@@ -281,3 +281,42 @@ fn f32_softmax_rows() {
         "f32 softmax",
     );
 }
+
+#[test]
+fn extremes_along_an_axis() {
+    use crate::{arg_extreme_axis, extreme_axis, extreme_axis_backward};
+    let mut rng = Rng::new(31);
+    for (outer, n, inner) in [(1, 7, 1), (3, 5, 4), (2, 1, 3), (4, 9, 2)] {
+        let x = rng.vec(outer * n * inner, -2.0, 2.0);
+        let dy = rng.vec(outer * inner, -1.0, 1.0);
+        for largest in [true, false] {
+            let mut out = vec![f64::NAN; outer * inner];
+            let mut arg = vec![f64::NAN; outer * inner];
+            extreme_axis(&x, &mut out, outer, n, inner, largest);
+            arg_extreme_axis(&x, &mut arg, outer, n, inner, largest);
+            for o in 0..outer {
+                for i in 0..inner {
+                    let col: Vec<f64> = (0..n).map(|j| x[(o * n + j) * inner + i]).collect();
+                    let want = col.iter().cloned().fold(if largest { f64::MIN } else { f64::MAX }, |a, b| if largest { a.max(b) } else { a.min(b) });
+                    assert_eq!(out[o * inner + i], want);
+                    assert_eq!(col[arg[o * inner + i] as usize], want);
+                }
+            }
+            let mut dx = vec![f64::NAN; x.len()];
+            extreme_axis_backward(&x, &dy, &mut dx, outer, n, inner, largest);
+            check_vjp(&format!("extreme {outer}x{n}x{inner} {largest}"), &x, &dy, &dx, |x| {
+                let mut o = vec![0.0; outer * inner];
+                extreme_axis(x, &mut o, outer, n, inner, largest);
+                o
+            });
+        }
+    }
+    // Ties: the first position takes the value, the gradient and the index.
+    let x = [1.0, 3.0, 3.0, 0.0];
+    let mut arg = [0.0];
+    arg_extreme_axis(&x, &mut arg, 1, 4, 1, true);
+    assert_eq!(arg, [1.0]);
+    let mut dx = [9.0; 4];
+    extreme_axis_backward(&x, &[2.0], &mut dx, 1, 4, 1, true);
+    assert_eq!(dx, [0.0, 2.0, 0.0, 0.0]);
+}

@@ -8,11 +8,13 @@ mod args;
 mod data;
 mod losses;
 mod models;
+mod select;
 mod table;
 mod tensors;
 mod towers;
 mod training;
 
+pub(in crate::check) use select::IndexItem;
 pub use table::{Builtin, Default, ParamKind, ParamSig, BUILTINS};
 
 use super::value::Value;

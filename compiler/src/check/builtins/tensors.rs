@@ -54,30 +54,24 @@ impl Checker<'_> {
         let op = match name {
             "softmax" => Op::Softmax { axis },
             "log_softmax" => Op::LogSoftmax { axis },
-            _ => Op::Normalize { axis },
+            _ => {
+                let Some(eps) = self.positive(ctx, b, "eps") else {
+                    return Value::Error;
+                };
+                Op::Normalize { axis, eps }
+            }
         };
         self.node(ctx, op, vec![n], s, span)
     }
 
     pub(in crate::check) fn reduction(&mut self, ctx: &mut Ctx, b: &Bound, span: Span) -> Value {
-        let name = b.callee.as_str();
-        let Some((n, s, _)) = self.tensor(ctx, b, "x") else {
-            return Value::Error;
-        };
-        let (axis, out) = if b.has("axis") {
-            let Some(a) = self.axis(ctx, b, &s, -1) else {
-                return Value::Error;
-            };
-            (Some(a), s.without(a))
-        } else {
-            (None, Shape::scalar())
-        };
-        let op = match name {
+        let name = b.callee.clone();
+        let op = move |axis| match name.as_str() {
             "mean" => Op::Mean { axis },
             "sum" => Op::Sum { axis },
             _ => Op::Var { axis },
         };
-        self.node(ctx, op, vec![n], out, span)
+        self.reduce_with(ctx, b, op, span)
     }
 
     pub(in crate::check) fn concat(&mut self, ctx: &mut Ctx, b: &Bound, span: Span) -> Value {
@@ -127,7 +121,9 @@ impl Checker<'_> {
             && sk.rank() == sq.rank()
             && sv.rank() == sq.rank()
             && sq.last() == sk.last()
-            && sk.0[sk.rank() - 2] == sv.0[sv.rank() - 2];
+            && sk.0[sk.rank() - 2] == sv.0[sv.rank() - 2]
+            && sq.0[..sq.rank() - 2] == sk.0[..sk.rank() - 2]
+            && sq.0[..sq.rank() - 2] == sv.0[..sv.rank() - 2];
         if !ok {
             self.bad(
                 ctx,
@@ -200,6 +196,9 @@ impl Checker<'_> {
                 "exp" => x.exp(),
                 "log" => x.ln(),
                 "sqrt" => x.sqrt(),
+                "relu" => x.max(0.0),
+                "sigmoid" => 1.0 / (1.0 + (-x).exp()),
+                "tanh" => x.tanh(),
                 _ => x.abs(),
             };
             if !out.is_finite() {
@@ -224,6 +223,9 @@ impl Checker<'_> {
             "exp" => Op::Exp,
             "log" => Op::Log,
             "sqrt" => Op::Sqrt,
+            "relu" => Op::Relu,
+            "sigmoid" => Op::Sigmoid,
+            "tanh" => Op::Tanh,
             _ => Op::Abs,
         };
         self.node(ctx, op, vec![n], shape, span)
