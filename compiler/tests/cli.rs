@@ -327,3 +327,45 @@ fn recipes_that_once_crashed_run() {
         assert!(!log.contains("NaN") && !log.contains("null"), "{name}: {log}");
     }
 }
+
+#[test]
+fn every_research_recipe_trains_with_finite_losses() {
+    let dir = root().join("recipes/research");
+    let mut recipes: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "kd") && !p.ends_with("methods.kd"))
+        .collect();
+    recipes.sort();
+    assert!(recipes.len() >= 6, "{recipes:?}");
+    for recipe in recipes {
+        let run = std::env::temp_dir().join(format!(
+            "kdc-cli-{}-research-{}",
+            std::process::id(),
+            recipe.file_stem().unwrap().to_string_lossy()
+        ));
+        let out = kdc(&[
+            "run",
+            recipe.to_str().unwrap(),
+            "--steps",
+            "4",
+            "--dir",
+            run.to_str().unwrap(),
+            "--no-export",
+        ]);
+        let err = text(&out.stderr);
+        assert!(out.status.success(), "{}: {err}", recipe.display());
+        let log = std::fs::read_to_string(run.join("log.jsonl")).unwrap();
+        let steps: Vec<serde_json::Value> =
+            log.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(steps.len(), 4, "{}", recipe.display());
+        for step in &steps {
+            let terms = step["terms"].as_object().expect("terms by name");
+            assert!(terms.len() >= 2, "{step}");
+            for (name, value) in terms {
+                let v = value.as_f64().unwrap_or(f64::NAN);
+                assert!(v.is_finite(), "{}: {name} = {value}", recipe.display());
+            }
+        }
+    }
+}

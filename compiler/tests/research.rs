@@ -240,3 +240,25 @@ fn pkt_unshifted(s: Tensor, t: Tensor) -> Scalar {
         );
     }
 }
+
+#[test]
+fn a_leading_constant_joins_the_term_after_it() {
+    // `1 - 2 * pkt(…)` is one term whose value is 1 − 2·pkt, not a constant term and a
+    // negative one.
+    let text = recipe("1 - 2 * pkt(student.image, teacher.image)", "");
+    let path = root().join("recipes/research/fixture_check.kd");
+    let compiled = kdc::compile(&path.display().to_string(), &text, &kdc::FsLoader);
+    let recipe = compiled.recipe.expect("checks");
+    let terms = &recipe.stages[0].terms;
+    assert_eq!(terms.len(), 1);
+    assert_eq!(terms[0].label, "pkt");
+    let (inputs, expected) = fixtures();
+    let got = evaluate("1 - 2 * pkt(student.image, teacher.image)", "", &inputs);
+    let want = 1.0 - 2.0 * expected["pkt.value"].1[0];
+    assert!((got.value - want).abs() <= 1e-6, "{} vs {want}", got.value);
+    let grad = &got.grads["v_s"];
+    let want_grad = &expected["pkt.grad.v_s"].1;
+    for (g, w) in grad.iter().zip(want_grad) {
+        assert!((g + 2.0 * w).abs() <= 1e-5 * want_grad.iter().fold(0f32, |m, v| m.max(v.abs())) * 2.0);
+    }
+}

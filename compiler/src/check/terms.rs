@@ -25,6 +25,8 @@ impl Checker<'_> {
         split_sum(expr, 1.0, &mut summands);
         let mut ok = true;
         let mut labels: HashMap<String, usize> = HashMap::new();
+        // Constant summands: (index of the term that follows, value, span).
+        let mut constants: Vec<(usize, f64, Span)> = Vec::new();
         for (sign, summand) in summands {
             let mut factors = Vec::new();
             split_product(summand, false, &mut factors);
@@ -89,6 +91,11 @@ impl Checker<'_> {
                 continue;
             }
             if tensors.is_empty() {
+                // A constant joins the term next to it (`1 - x` is one term, 1 − x).
+                if let Schedule::Constant(c) = weight {
+                    constants.push((terms.len(), c, summand.span));
+                    continue;
+                }
                 self.error(
                     ctx,
                     Diagnostic::error(Code::NotALoss, summand.span, "this loss term is a constant")
@@ -152,6 +159,41 @@ impl Checker<'_> {
                 node,
                 span: summand.span,
             });
+        }
+        for (next, c, span) in constants {
+            // The term right after the constant (`1 - x`), whose weight must be a number: it
+            // moves into the body, c + w·body, with weight 1.
+            let target = (next < terms.len())
+                .then_some(next)
+                .filter(|&i| matches!(terms[i].weight, Schedule::Constant(_)));
+            let Some(i) = target else {
+                self.error(
+                    ctx,
+                    Diagnostic::error(Code::NotALoss, span, "this loss term is a constant")
+                        .primary_label("nothing here depends on a model")
+                        .hint(if next < terms.len() {
+                            "a constant joins the term after it only when that term's weight is a number; put the two in parentheses"
+                        } else {
+                            "a constant adds nothing to the gradient; remove it"
+                        }),
+                );
+                ok = false;
+                continue;
+            };
+            let Schedule::Constant(w) = terms[i].weight else {
+                unreachable!()
+            };
+            let term_span = terms[i].span;
+            let mut node = terms[i].node;
+            if w != 1.0 {
+                let wn = self.push_node(ctx, Op::Const(w), vec![], Shape::scalar(), term_span);
+                node = self.push_node(ctx, Op::Mul, vec![wn, node], Shape::scalar(), term_span);
+            }
+            let cn = self.push_node(ctx, Op::Const(c), vec![], Shape::scalar(), span);
+            let span = span.to(term_span);
+            terms[i].node = self.push_node(ctx, Op::Add, vec![cn, node], Shape::scalar(), span);
+            terms[i].weight = Schedule::Constant(1.0);
+            terms[i].span = span;
         }
         ok
     }
