@@ -404,4 +404,16 @@ Example:
 
 Fix: choose sizes whose product is the original one, for example `[rows(x), 2, 256]` or
 `[rows(x), 2, -1]`.";
+
+NoSuchParameter = 42, "no parameter matches",
+"A parameter pattern in `freeze` or in an optimiser `group(…)` names no parameter of the
+stage. Patterns are full parameter names as `kdc explain RECIPE --stage graph` lists them: a
+model's name, `/`, its Hugging Face name (`student/vision_model.encoder.layers.0.mlp.fc1.weight`)
+or `loss/` and a loss part's name (`loss/clip_kd.w_image.weight`), with `*` for any run of
+characters and `{0..5}` for a range of numbers.
+
+Example:
+    freeze = [\"student/vision_model.encoder.layer.{0..5}.*\"]    # CLIP layers are `layers.i`
+
+Fix: correct the name; the hint shows the closest parameter.";
 }

@@ -38,6 +38,10 @@ pub struct Stage {
     pub frozen: Vec<(ModelId, Part)>,
     /// Model parts that receive gradients in this stage: reached by the loss, not frozen.
     pub trainable: Vec<(ModelId, Part)>,
+    /// `freeze` patterns over parameter names, as written, and the names they freeze
+    /// (`student/vision_model.encoder.layers.{0..5}.*`): no gradient, no optimiser state.
+    pub frozen_patterns: Vec<String>,
+    pub frozen_names: Vec<String>,
 }
 
 /// One weighted term of a stage's loss: `weight × node`.
@@ -596,6 +600,43 @@ pub struct AdamW {
     pub eps: f64,
     /// Parameter classes that get no weight decay.
     pub no_decay: Vec<ParamClass>,
+    /// Parameter groups with their own learning-rate scale or weight decay; the first group
+    /// that names a parameter applies to it.
+    pub groups: Vec<ParamGroup>,
+}
+
+/// Parameters chosen by name, with their own optimiser settings.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ParamGroup {
+    /// The patterns as written: full parameter names (`student/visual_projection.weight`,
+    /// `loss/clip_kd.w_image.weight`) with `*` for any run of characters and `{a..b}` ranges.
+    pub patterns: Vec<String>,
+    /// The group's learning rate is the schedule's times this.
+    pub lr_scale: f64,
+    /// Replaces the optimiser's weight decay for the group's decayed parameters.
+    pub weight_decay: Option<f64>,
+    /// The parameter names the patterns match (filled when the stage is checked).
+    pub names: Vec<String>,
+}
+
+/// Whether a full parameter name matches a pattern with `*` wildcards (ranges already expanded).
+pub fn name_matches(pattern: &str, name: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    if parts.len() == 1 {
+        return pattern == name;
+    }
+    let (first, last) = (parts[0], parts[parts.len() - 1]);
+    if !name.starts_with(first) || name.len() < first.len() + last.len() || !name.ends_with(last) {
+        return false;
+    }
+    let mut rest = &name[first.len()..name.len() - last.len()];
+    for part in &parts[1..parts.len() - 1] {
+        match rest.find(part) {
+            Some(i) => rest = &rest[i + part.len()..],
+            None => return false,
+        }
+    }
+    true
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]

@@ -45,7 +45,7 @@ fn towers_match_hugging_face() {
     let (b, l) = (3usize, 16usize);
 
     let mut g = Graph::default();
-    let params = ModelParams::new(&mut g, &spec, |_| false);
+    let params = ModelParams::new(&mut g, &spec, |_, _| false);
     let owner = || spec.name.clone();
     let pixels = g.input(InputKind::Pixels { model: owner() }, vec![b, 3, 32, 32]);
     let ids = g.input(InputKind::Ids { model: owner() }, vec![b, l]);

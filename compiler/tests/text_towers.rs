@@ -72,7 +72,7 @@ fn check_tower(spec: &ModelSpec, prefix: &str) {
     }
 
     let mut g = Graph::default();
-    let params = ModelParams::new(&mut g, spec, |_| false);
+    let params = ModelParams::new(&mut g, spec, |_, _| false);
     let owner = || spec.name.clone();
     let ids = g.input(InputKind::Ids { model: owner() }, vec![b, l]);
     let mask_in = g.input(InputKind::Mask { model: owner() }, vec![b, l]);

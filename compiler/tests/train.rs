@@ -123,3 +123,67 @@ train = adamw(lr: 1e-3) | steps(20)
         assert!((got - want).abs() < 1e-6, "step {step}: {got}, expected {want}");
     }
 }
+
+/// The small recipe with its loss's projections in a group at 10× the learning rate without
+/// weight decay, the visual projection at ½×, and the first vision block and the text
+/// embeddings frozen by name.
+fn grouped_recipe() -> (kdc::ir::Recipe, PathBuf) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .join("recipes/demo");
+    let text = std::fs::read_to_string(dir.join("clip_kd_small.kd"))
+        .unwrap()
+        .replace(
+            "train = adamw(lr: cosine(1e-3, warmup: 20), weight_decay: 0.1)",
+            "freeze = [\"student/vision_model.encoder.layers.{0..0}.*\", \"student/text_model.embeddings.*\"]\n\
+             train = adamw(lr: 1e-3, weight_decay: 0.1, groups: [group(\"loss/*\", lr_scale: 10, weight_decay: 0), group(student.visual_projection, lr_scale: 0.5)])",
+        );
+    let path = dir.join("grouped.kd");
+    let compiled = kdc::compile(path.to_str().unwrap(), &text, &kdc::FsLoader);
+    let recipe = compiled
+        .recipe
+        .unwrap_or_else(|| panic!("{:?}", compiled.diagnostics.sorted()));
+    (recipe, dir)
+}
+
+#[test]
+fn parameter_groups_scale_the_step_and_frozen_names_do_not_move() {
+    let (recipe, base) = grouped_recipe();
+    let mut trainer = Trainer::new(
+        &recipe,
+        0,
+        &Options {
+            base,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let before: std::collections::HashMap<String, Vec<f32>> =
+        trainer.parameters().into_iter().collect();
+    trainer.train(Some(1), None, |_| {}).unwrap();
+    let after: std::collections::HashMap<String, Vec<f32>> =
+        trainer.parameters().into_iter().collect();
+    let largest_step = |name: &str| {
+        before[name]
+            .iter()
+            .zip(&after[name])
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max)
+    };
+    // AdamW's first step moves each entry by lr·g/(|g| + ε) ≈ lr (plus lr·λ·w with decay).
+    let lr = 1e-3f32;
+    let w = largest_step("loss/clip_kd.w_image.weight");
+    assert!((w - 10.0 * lr).abs() < 0.02 * lr * 10.0, "loss group moved {w}");
+    let p = largest_step("student/visual_projection.weight");
+    assert!(p > 0.45 * lr && p < 0.55 * lr, "visual projection moved {p}");
+    let other = largest_step("student/text_model.encoder.layers.0.mlp.fc1.weight");
+    assert!(other > 0.9 * lr && other < 1.1 * lr, "an ordinary weight moved {other}");
+    for name in [
+        "student/vision_model.encoder.layers.0.mlp.fc1.weight",
+        "student/vision_model.encoder.layers.0.layer_norm1.bias",
+        "student/text_model.embeddings.token_embedding.weight",
+    ] {
+        assert_eq!(largest_step(name), 0.0, "{name} is frozen but moved");
+    }
+}

@@ -16,7 +16,7 @@ mod names;
 pub mod program;
 mod settings;
 mod stages;
-mod tensors;
+pub(crate) mod tensors;
 mod terms;
 mod types;
 mod value;

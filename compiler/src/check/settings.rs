@@ -42,6 +42,7 @@ impl Checker<'_> {
                 betas: (0.9, 0.999),
                 eps: 1e-8,
                 no_decay: vec![],
+                groups: vec![],
             },
             length: ir::Length::Steps(0),
             clip_grad: None,

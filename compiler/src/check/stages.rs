@@ -357,6 +357,7 @@ impl<'p> Checker<'p> {
         };
 
         let mut frozen = Vec::new();
+        let mut frozen_patterns: Vec<(String, Span)> = Vec::new();
         if let Some((key, binding)) = self.stage_binding(index, "freeze") {
             let value = self.eval_binding(ctx, key, binding.name.span);
             let items = match value {
@@ -368,6 +369,11 @@ impl<'p> Checker<'p> {
                 match item {
                     Value::Part(model, part) => frozen.push((model, part)),
                     Value::Model { id, .. } => frozen.extend(Part::ALL.map(|p| (id, p))),
+                    Value::Str(_) => {
+                        if let Some(p) = self.param_patterns(ctx, item, span) {
+                            frozen_patterns.extend(p.into_iter().map(|p| (p, span)));
+                        }
+                    }
                     Value::Error => {}
                     other => self.error(
                         ctx,
@@ -375,7 +381,7 @@ impl<'p> Checker<'p> {
                             span,
                             "freeze",
                             &other,
-                            "a model or a part such as `student.text_tower`",
+                            "a model, a part such as `student.text_tower`, or a parameter-name pattern such as \"student/vision_model.encoder.layers.{0..5}.*\"",
                         ),
                     ),
                 }
@@ -434,6 +440,41 @@ impl<'p> Checker<'p> {
             }
         }
 
+        // Parameter-name patterns (freeze, optimiser groups) against every parameter.
+        let names: Vec<String> = self
+            .models
+            .iter()
+            .flat_map(|m| m.parameters().into_iter().map(move |p| format!("{}/{}", m.name, p.name)))
+            .chain(ctx.params.iter().map(|p| format!("loss/{}", p.name)))
+            .collect();
+        let mut frozen_names = Vec::new();
+        let mut reported: Vec<Span> = Vec::new();
+        for (pattern, span) in &frozen_patterns {
+            if let Some(found) = self.resolve_pattern(&names, pattern, *span, &mut reported) {
+                frozen_names.extend(found);
+            }
+        }
+        frozen_names.sort();
+        frozen_names.dedup();
+        let group_span = self
+            .stage_binding(index, "train")
+            .map(|(_, b)| b.value.span)
+            .unwrap_or(header);
+        let mut train = train;
+        if let Some(t) = train.as_mut() {
+            for g in &mut t.optimizer.groups {
+                for pattern in g.patterns.clone() {
+                    if let Some(found) =
+                        self.resolve_pattern(&names, &pattern, group_span, &mut reported)
+                    {
+                        g.names.extend(found);
+                    }
+                }
+                g.names.sort();
+                g.names.dedup();
+            }
+        }
+
         let recipe_ok = loss_ok && data.is_some() && train.is_some();
         recipe_ok.then(|| ir::Stage {
             name: name.to_string(),
@@ -445,7 +486,49 @@ impl<'p> Checker<'p> {
             params: std::mem::take(&mut ctx.params),
             frozen,
             trainable,
+            frozen_patterns: frozen_patterns.into_iter().map(|(p, _)| p).collect(),
+            frozen_names,
         })
+    }
+
+    /// The parameter names a pattern matches, or an error naming the closest one.
+    /// One error per written pattern (`reported` holds their spans): the first of its
+    /// expansions that names nothing.
+    fn resolve_pattern(
+        &mut self,
+        names: &[String],
+        pattern: &str,
+        span: Span,
+        reported: &mut Vec<Span>,
+    ) -> Option<Vec<String>> {
+        let found: Vec<String> = names
+            .iter()
+            .filter(|n| ir::name_matches(pattern, n))
+            .cloned()
+            .collect();
+        if found.is_empty() {
+            if reported.contains(&span) {
+                return None;
+            }
+            reported.push(span);
+            let mut d = Diagnostic::error(
+                Code::NoSuchParameter,
+                span,
+                format!("no parameter matches `{pattern}`"),
+            )
+            .primary_label("matches nothing");
+            let plain = pattern.replace('*', "");
+            let shared = |n: &String| n.chars().zip(plain.chars()).take_while(|(a, b)| a == b).count();
+            let close = crate::suggest::closest(&plain, names.iter().map(String::as_str))
+                .map(str::to_string)
+                .or_else(|| names.iter().max_by_key(|n| shared(n)).cloned());
+            if let Some(c) = close {
+                d = d.hint(format!("parameters are named like `{c}`"));
+            }
+            self.diags.push(d);
+            return None;
+        }
+        Some(found)
     }
 }
 

@@ -371,6 +371,20 @@ pub(super) fn width_hint(d: Diagnostic, a: &Shape, b: &Shape) -> Diagnostic {
     }
 }
 
+/// Suggests pooling or selecting tokens when two token sequences differ only in length.
+pub(crate) fn token_hint(d: Diagnostic, a: &Shape, b: &Shape) -> Diagnostic {
+    if a.rank() == 3 && b.rank() == 3 && a.0[0] == b.0[0] && a.0[2] == b.0[2] && a.0[1] != b.0[1]
+    {
+        d.hint(format!(
+            "the token counts differ ({} and {}); compare pooled tokens, `mean(x, axis: 1)`, or one token such as the class token, `x[:, 0]`",
+            a.0[1].describe(),
+            b.0[1].describe()
+        ))
+    } else {
+        d
+    }
+}
+
 impl crate::shape::Dim {
     /// How to write this dimension in a recipe: its source name if it has one.
     pub(in crate::check) fn describe_short(&self) -> String {

@@ -38,6 +38,8 @@ pub enum Value {
     Train(Vec<(TrainPart, Span)>),
     Eval(EvalSpec),
     Func(FuncRef),
+    /// An optimiser parameter group.
+    Group(crate::ir::ParamGroup),
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -100,6 +102,7 @@ impl Value {
             Value::Train(_) => "a training pipeline".into(),
             Value::Eval(_) => "an evaluation".into(),
             Value::Func(_) => "a function".into(),
+            Value::Group(_) => "a parameter group".into(),
         }
     }
 

@@ -21,12 +21,20 @@ pub struct ModelParams {
 
 impl ModelParams {
     /// Adds every parameter of `spec`; `trainable(part)` says which receive gradients.
-    pub fn new(g: &mut Graph, spec: &ModelSpec, trainable: impl Fn(Part) -> bool) -> ModelParams {
+    /// The model's parameters as graph parameters named `model/hf_name`; `trainable` decides
+    /// from a parameter's part and full name.
+    pub fn new(
+        g: &mut Graph,
+        spec: &ModelSpec,
+        trainable: impl Fn(Part, &str) -> bool,
+    ) -> ModelParams {
         let prefix = spec.name.clone();
         let mut by_name = HashMap::new();
         for p in spec.parameters() {
             let shape: Vec<usize> = p.shape.iter().map(|&d| d as usize).collect();
-            let id = g.param(format!("{prefix}/{}", p.name), shape, trainable(p.part));
+            let full = format!("{prefix}/{}", p.name);
+            let trains = trainable(p.part, &full);
+            let id = g.param(full, shape, trains);
             by_name.insert(p.name, id);
         }
         ModelParams { prefix, by_name }

@@ -99,8 +99,10 @@ impl Lowering<'_> {
             let spec = &self.recipe.models[model];
             let stage = self.stage;
             let training = self.training;
-            let p = ModelParams::new(&mut self.g, spec, |part: Part| {
-                training && stage.trainable.contains(&(model, part))
+            let p = ModelParams::new(&mut self.g, spec, |part: Part, name: &str| {
+                training
+                    && stage.trainable.contains(&(model, part))
+                    && !stage.frozen_names.iter().any(|f| f == name)
             });
             self.params.insert(model, p);
         }
@@ -282,7 +284,9 @@ impl Lowering<'_> {
         let mut param_nodes = Vec::new();
         for (i, p) in stage.params.iter().enumerate() {
             let shape: Vec<usize> = p.shape.iter().map(|&d| d as usize).collect();
-            let id = self.g.param(format!("loss/{}", p.name), shape, true);
+            let name = format!("loss/{}", p.name);
+            let trains = !stage.frozen_names.contains(&name);
+            let id = self.g.param(name, shape, trains);
             let Op::Param(index) = self.g.nodes[id].op else {
                 unreachable!()
             };

@@ -110,7 +110,10 @@ struct Slot {
     /// The gradient summed over micro-batches (only with `accumulate(n)`, n > 1; otherwise
     /// the optimiser reads the gradient where the step left it).
     sum: Option<View>,
-    decay: bool,
+    /// The weight decay AdamW applies (0 for the `no_decay` classes).
+    weight_decay: f64,
+    /// The learning rate is the schedule's times this (its parameter group's `lr_scale`).
+    lr_scale: f64,
     clamp: Option<(f32, f32)>,
 }
 
@@ -165,7 +168,7 @@ impl<'r> Trainer<'r> {
             let (values, _, _) = init.next().expect("one value per parameter");
             exec.set_param(p, &values);
         }
-        let (decay, clamp) = optimiser_groups(recipe, stage_index, exec.compiled());
+        let groups = optimiser_groups(recipe, stage_index, exec.compiled());
         let accumulate = stage.train.accumulate.max(1);
         let mut slots = Vec::new();
         {
@@ -184,8 +187,9 @@ impl<'r> Trainer<'r> {
                     m,
                     v,
                     sum,
-                    decay: decay[param],
-                    clamp: clamp[param],
+                    weight_decay: groups[param].weight_decay,
+                    lr_scale: groups[param].lr_scale,
+                    clamp: groups[param].clamp,
                 });
             }
         }
@@ -451,11 +455,11 @@ impl<'r> Trainer<'r> {
         for (slot, &grad) in self.slots.iter().zip(&grads) {
             let param = self.exec.param_view(slot.param);
             let hyper = AdamW {
-                lr,
+                lr: lr * slot.lr_scale,
                 beta1: o.betas.0,
                 beta2: o.betas.1,
                 eps: o.eps,
-                weight_decay: if slot.decay { o.weight_decay } else { 0.0 },
+                weight_decay: slot.weight_decay,
                 step: t + 1,
             };
             b.adamw(param, grad, slot.m, slot.v, &hyper);
@@ -599,16 +603,43 @@ fn initial_values(
         .collect())
 }
 
-/// Per parameter: whether AdamW decays it, and the range it is clamped to after each step.
-fn optimiser_groups(
-    recipe: &Recipe,
-    stage_index: usize,
-    compiled: &Compiled,
-) -> (Vec<bool>, Vec<Option<(f32, f32)>>) {
+/// One parameter's optimiser settings.
+#[derive(Clone, Copy, Debug)]
+struct ParamSettings {
+    weight_decay: f64,
+    lr_scale: f64,
+    /// The range it is clamped to after each step.
+    clamp: Option<(f32, f32)>,
+}
+
+/// Per parameter of the graph: its weight decay (0 for the `no_decay` classes; a group's own
+/// for the rest of a group), its learning-rate scale (the first group naming it), its clamp.
+fn optimiser_groups(recipe: &Recipe, stage_index: usize, compiled: &Compiled) -> Vec<ParamSettings> {
     let stage = &recipe.stages[stage_index];
-    let n = compiled.graph.params.len();
-    let (mut decay, mut clamp) = (vec![false; n], vec![None; n]);
-    let no_decay = &stage.train.optimizer.no_decay;
+    let o = &stage.train.optimizer;
+    let graph_params = &compiled.graph.params;
+    let mut out = vec![
+        ParamSettings {
+            weight_decay: 0.0,
+            lr_scale: 1.0,
+            clamp: None
+        };
+        graph_params.len()
+    ];
+    let settings = |index: usize, class: ParamClass| {
+        let name = &graph_params[index].name;
+        let group = o.groups.iter().find(|g| g.names.iter().any(|n| n == name));
+        let decays = !o.no_decay.contains(&class);
+        ParamSettings {
+            weight_decay: match (decays, group.and_then(|g| g.weight_decay)) {
+                (false, _) => 0.0,
+                (true, Some(wd)) => wd,
+                (true, None) => o.weight_decay,
+            },
+            lr_scale: group.map_or(1.0, |g| g.lr_scale),
+            clamp: None,
+        }
+    };
     for (model_id, by_name) in &compiled.model_params {
         let spec = &recipe.models[*model_id];
         let classes: HashMap<String, ParamClass> = spec
@@ -617,9 +648,9 @@ fn optimiser_groups(
             .map(|p| (p.name, p.class))
             .collect();
         for (name, &index) in by_name {
-            decay[index] = !no_decay.contains(&classes[name]);
+            out[index] = settings(index, classes[name]);
             if name == "logit_scale" {
-                clamp[index] = Some((
+                out[index].clamp = Some((
                     spec.logit_scale.min.ln() as f32,
                     spec.logit_scale.max.ln() as f32,
                 ));
@@ -628,8 +659,8 @@ fn optimiser_groups(
     }
     for &(spec_index, index) in &compiled.loss_params {
         let p = &stage.params[spec_index];
-        decay[index] = !no_decay.contains(&p.class);
-        clamp[index] = p.clamp.map(|(lo, hi)| (lo as f32, hi as f32));
+        out[index] = settings(index, p.class);
+        out[index].clamp = p.clamp.map(|(lo, hi)| (lo as f32, hi as f32));
     }
-    (decay, clamp)
+    out
 }

@@ -250,17 +250,20 @@ fn stage_ir(out: &mut String, recipe: &Recipe, index: usize, stage: &Stage) {
         group.0 += 1;
         group.1 += numel;
     };
+    // Parameters frozen by name get no optimiser state and count in no group.
+    let frozen = |name: String| stage.frozen_names.contains(&name);
     for (model_id, part) in &stage.trainable {
-        for p in recipe.models[*model_id]
-            .parameters()
-            .iter()
-            .filter(|p| p.part == *part)
-        {
-            add(p.class, p.shape.iter().product());
+        let m = &recipe.models[*model_id];
+        for p in m.parameters().iter().filter(|p| p.part == *part) {
+            if !frozen(format!("{}/{}", m.name, p.name)) {
+                add(p.class, p.shape.iter().product());
+            }
         }
     }
     for p in &stage.params {
-        add(p.class, p.shape.iter().product());
+        if !frozen(format!("loss/{}", p.name)) {
+            add(p.class, p.shape.iter().product());
+        }
     }
     let classes: Vec<&str> = o.no_decay.iter().map(|c| c.plural()).collect();
     let _ = writeln!(
@@ -277,6 +280,19 @@ fn stage_ir(out: &mut String, recipe: &Recipe, index: usize, stage: &Stage) {
         count(no_decay.1),
         classes.join(", ")
     );
+    for (i, g) in o.groups.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "          group {}: {} ({} tensors): lr × {}{}",
+            i + 1,
+            g.patterns.join(", "),
+            g.names.len(),
+            fmt_num(g.lr_scale),
+            g.weight_decay
+                .map(|w| format!(", weight decay {}", fmt_num(w)))
+                .unwrap_or_default()
+        );
+    }
     let trainable: Vec<String> = stage
         .trainable
         .iter()
@@ -298,6 +314,14 @@ fn stage_ir(out: &mut String, recipe: &Recipe, index: usize, stage: &Stage) {
             .map(|(m, p)| format!("{}.{}", recipe.models[*m].name, part_name(*p)))
             .collect();
         let _ = writeln!(out, "  freezes {}", frozen.join(", "));
+    }
+    if !stage.frozen_patterns.is_empty() {
+        let _ = writeln!(
+            out,
+            "  freezes {} ({} tensors)",
+            stage.frozen_patterns.join(", "),
+            stage.frozen_names.len()
+        );
     }
     let frozen_models: Vec<&str> = recipe
         .models

@@ -315,9 +315,16 @@ pub const BUILTINS: &[Builtin] = &[
             nums("betas", &[0.9, 0.98]),
             num("eps", 1e-6),
             words("no_decay", &["gains", "biases", "scales"]),
+            opt("groups"),
         ],
         |c, ctx, b, span| c.adamw(ctx, b, span),
         "AdamW with decoupled weight decay.",
+    ),
+    builtin(
+        "group",
+        &[req("params"), num("lr_scale", 1.0), opt("weight_decay")],
+        |c, ctx, b, span| c.param_group(ctx, b, span),
+        "Optimiser settings for some parameters: a model, a part, or name patterns (`*`, `{0..5}`).",
     ),
     builtin(
         "epochs",

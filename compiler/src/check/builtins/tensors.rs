@@ -306,6 +306,7 @@ impl Checker<'_> {
         .label(sa, format!("this is {a}"))
         .label(sc, format!("this is {c}"));
         let d = width_hint(d, a, c);
+        let d = crate::check::tensors::token_hint(d, a, c);
         self.bad(ctx, b, d);
         false
     }

@@ -50,17 +50,123 @@ impl Checker<'_> {
         };
         let eps = self.positive(ctx, b, "eps");
         let no_decay = self.param_classes(ctx, b);
-        match (lr, wd, betas, eps, no_decay) {
-            (Some(lr), Some(weight_decay), Some(betas), Some(eps), Some(no_decay)) => {
+        let mut groups = Some(Vec::new());
+        if b.has("groups") {
+            let (value, span) = b.get("groups").unwrap();
+            let items = match value {
+                Value::List(items) => items,
+                other => vec![(other, span)],
+            };
+            for (item, ispan) in items {
+                match item {
+                    Value::Group(g) => {
+                        if let Some(gs) = groups.as_mut() {
+                            gs.push(g)
+                        }
+                    }
+                    Value::Error => groups = None,
+                    other => {
+                        self.wrong_kind(ctx, b, "groups", &other, ispan, "a list of `group(…)`");
+                        groups = None;
+                    }
+                }
+            }
+        }
+        match (lr, wd, betas, eps, no_decay, groups) {
+            (Some(lr), Some(weight_decay), Some(betas), Some(eps), Some(no_decay), Some(groups)) => {
                 Value::TrainPart(TrainPart::Optimizer(ir::AdamW {
                     lr,
                     weight_decay,
                     betas,
                     eps,
                     no_decay,
+                    groups,
                 }))
             }
             _ => Value::Error,
+        }
+    }
+
+    /// `group(params, lr_scale? (1), weight_decay?)`.
+    pub(in crate::check) fn param_group(&mut self, ctx: &mut Ctx, b: &Bound, _span: Span) -> Value {
+        let (value, span) = b.get("params").unwrap();
+        let patterns = self.param_patterns(ctx, value, span);
+        let lr_scale = self.ranged(ctx, b, "lr_scale", 0.0, f64::INFINITY, false, true);
+        let weight_decay = if b.has("weight_decay") {
+            self.ranged(ctx, b, "weight_decay", 0.0, f64::INFINITY, false, true)
+                .map(Some)
+        } else {
+            Some(None)
+        };
+        match (patterns, lr_scale, weight_decay) {
+            (Some(patterns), Some(lr_scale), Some(weight_decay)) => Value::Group(ir::ParamGroup {
+                patterns,
+                lr_scale,
+                weight_decay,
+                names: Vec::new(),
+            }),
+            _ => Value::Error,
+        }
+    }
+
+    /// Parameter-name patterns for a model (`student/*`), a part (its parameters' names), a
+    /// string (`{a..b}` ranges expanded), or a list of these.
+    pub(in crate::check) fn param_patterns(
+        &mut self,
+        ctx: &Ctx,
+        value: Value,
+        span: Span,
+    ) -> Option<Vec<String>> {
+        match value {
+            Value::Model { id, .. } => Some(vec![format!("{}/*", self.models[id].name)]),
+            Value::Part(id, part) => {
+                let m = &self.models[id];
+                Some(
+                    m.parameters()
+                        .into_iter()
+                        .filter(|p| p.part == part)
+                        .map(|p| format!("{}/{}", m.name, p.name))
+                        .collect(),
+                )
+            }
+            Value::Str(s) => match crate::data::webdataset::expand(&s) {
+                Ok(v) => Some(v),
+                Err(e) => {
+                    self.error(
+                        ctx,
+                        Diagnostic::error(Code::NoSuchParameter, span, format!("the pattern `{s}` is malformed: {e}"))
+                            .primary_label(format!("at `{}`", e.part)),
+                    );
+                    None
+                }
+            },
+            Value::List(items) => {
+                let mut out = Some(Vec::new());
+                for (item, ispan) in items {
+                    match self.param_patterns(ctx, item, ispan) {
+                        Some(p) => {
+                            if let Some(o) = out.as_mut() {
+                                o.extend(p)
+                            }
+                        }
+                        None => out = None,
+                    }
+                }
+                out
+            }
+            Value::Error => None,
+            other => {
+                self.error(
+                    ctx,
+                    crate::check::type_error(
+                        span,
+                        "params",
+                        &other,
+                        "a model, a part such as `student.text_tower`, or a name pattern such as \"student/vision_model.encoder.layers.{0..5}.*\"",
+                    ),
+                );
+                None
+            }
         }
     }
 
