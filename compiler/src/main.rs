@@ -62,6 +62,10 @@ enum Command {
         /// What to show of a recipe.
         #[arg(long, value_enum, default_value = "ir")]
         stage: ExplainStage,
+        /// Look the function up through this recipe (its own functions and every module it
+        /// imports, user libraries included).
+        #[arg(long = "in", value_name = "RECIPE")]
+        within: Option<PathBuf>,
     },
     /// Train a recipe (default: the shipped quickstart), evaluate it and export its models.
     Run {
@@ -235,7 +239,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Check { recipes } => check(&recipes),
         Command::Fmt { check, recipes } => fmt(&recipes, check),
-        Command::Explain { target, stage } => explain(&target, stage),
+        Command::Explain {
+            target,
+            stage,
+            within,
+        } => explain(&target, stage, within.as_deref()),
         Command::Run {
             recipe,
             steps,
@@ -351,7 +359,23 @@ fn fmt(recipes: &[PathBuf], check: bool) -> Result<ExitCode> {
 }
 
 /// `kdc explain`: a diagnostic code, a function, or a recipe at one stage.
-fn explain(target: &str, stage: ExplainStage) -> Result<ExitCode> {
+fn explain(target: &str, stage: ExplainStage, within: Option<&Path>) -> Result<ExitCode> {
+    if let Some(recipe) = within {
+        let name = recipe.display().to_string();
+        let compiled = load(&name, &read(recipe)?);
+        let found = compiled
+            .program
+            .as_ref()
+            .and_then(|p| kdc::check::describe_in_program(p, &compiled.sources, target))
+            .or_else(|| kdc::check::describe_function(target));
+        return match found {
+            Some(text) => {
+                print(&format!("{text}\n"))?;
+                Ok(ExitCode::SUCCESS)
+            }
+            None => bail!("{name} defines and imports no function `{target}`, and there is no built-in of that name"),
+        };
+    }
     if let Some(code) = Code::parse(target) {
         print(&format!("{}: {}\n\n{}\n", code, code.title(), code.explanation()))?;
         return Ok(ExitCode::SUCCESS);
@@ -361,6 +385,9 @@ fn explain(target: &str, stage: ExplainStage) -> Result<ExitCode> {
         if let Some(text) = kdc::check::describe_function(target) {
             print(&format!("{text}\n"))?;
             return Ok(ExitCode::SUCCESS);
+        }
+        if !target.ends_with(".kd") && !target.to_ascii_uppercase().starts_with("KD") {
+            bail!("there is no built-in or standard-library function `{target}`; for a function of your own, name the recipe that imports it: `kdc explain {target} --in RECIPE`");
         }
         if target.to_ascii_uppercase().starts_with("KD") {
             bail!(

@@ -369,3 +369,17 @@ fn every_research_recipe_trains_with_finite_losses() {
         }
     }
 }
+
+#[test]
+fn explain_finds_a_user_function_through_the_recipe_that_imports_it() {
+    let out = kdc(&["explain", "rkd_angle", "--in", "recipes/research/rkd.kd"]);
+    let text_out = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text_out.starts_with("fn rkd_angle(s: Tensor, t: Tensor) -> Scalar"), "{text_out}");
+    assert!(text_out.contains("recipes/research/methods.kd:"), "{text_out}");
+    assert!(text_out.contains("RKD angle"), "{text_out}");
+    // Without the recipe, the error says how to ask.
+    let out = kdc(&["explain", "rkd_angle"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("--in RECIPE"), "{}", text(&out.stderr));
+}

@@ -34,6 +34,47 @@ use std::collections::{HashMap, HashSet};
 use tensors::width_hint;
 use value::Value;
 
+/// `fn name(params) -> T`, with defaults as written.
+fn signature(f: &ast::FnDef, text: impl Fn(crate::source::Span) -> String) -> String {
+    let params: Vec<String> = f
+        .params
+        .iter()
+        .map(|p| match &p.default {
+            Some(d) => format!("{}: {} = {}", p.name.name, p.ty.name, text(d.span)),
+            None => format!("{}: {}", p.name.name, p.ty.name),
+        })
+        .collect();
+    let ret = f
+        .ret
+        .as_ref()
+        .map(|r| format!(" -> {}", r.name))
+        .unwrap_or_default();
+    format!("fn {}({}){ret}", f.name.name, params.join(", "))
+}
+
+/// A function a recipe can call, found through the recipe: its own `fn`s and those of every
+/// module it loads (user libraries and the standard library), with signature, documentation
+/// and where it is defined. For `kdc explain NAME --in RECIPE`.
+pub fn describe_in_program(
+    program: &Program,
+    sources: &crate::source::SourceMap,
+    name: &str,
+) -> Option<String> {
+    for module in &program.modules {
+        let Some(f) = module.fn_def(name) else { continue };
+        let source = sources.get(f.name.span.file);
+        let (line, _) = source.line_col(f.name.span.start as usize);
+        let file = &source.name;
+        let sig = signature(f, |s| sources.text(s).to_string());
+        return Some(format!(
+            "{sig}  [{file}:{line}, module {}]\n\n{}",
+            module.name,
+            f.doc.join("\n")
+        ));
+    }
+    None
+}
+
 /// What a function is, for `kdc explain NAME`: a built-in's signature and summary, or a
 /// standard-library function's signature and `##` documentation (its formula).
 pub fn describe_function(name: &str) -> Option<String> {
