@@ -440,29 +440,88 @@ pub enum Schedule {
     Ramp {
         from: f64,
         to: f64,
-        start: u64,
-        steps: u64,
+        start: Duration,
+        steps: Duration,
     },
     /// Linear warm-up from 0 to `peak` over `warmup` steps, then a half cosine from `peak` to
     /// `end` at step `steps` (`None`: the stage's last step).
     Cosine {
         peak: f64,
-        warmup: u64,
+        warmup: Duration,
         end: f64,
-        steps: Option<u64>,
+        steps: Option<Duration>,
     },
     /// `values[i]` from boundary `at[i-1]` (inclusive) on; `values.len() == at.len() + 1`.
     Step {
         values: Vec<f64>,
-        at: Vec<u64>,
+        at: Vec<Duration>,
     },
     /// Another schedule multiplied by a constant.
     Scaled(f64, Box<Schedule>),
 }
 
+/// A span of training in a schedule: optimiser steps, whole epochs of the stage's data, or a
+/// fraction of the stage.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub enum Duration {
+    Steps(u64),
+    Epochs(u64),
+    Fraction(f64),
+}
+
+impl Duration {
+    /// In optimiser steps, on `clock`.
+    pub fn steps(self, clock: Clock) -> u64 {
+        match self {
+            Duration::Steps(n) => n,
+            Duration::Epochs(e) => e * clock.per_epoch,
+            Duration::Fraction(f) => (f * clock.total as f64).round() as u64,
+        }
+    }
+}
+
+impl std::hash::Hash for Duration {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        std::mem::discriminant(self).hash(state);
+        match self {
+            Duration::Steps(n) | Duration::Epochs(n) => n.hash(state),
+            Duration::Fraction(f) => hash_f64(*f, state),
+        }
+    }
+}
+
+impl std::fmt::Display for Duration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Duration::Steps(n) => write!(f, "{n}"),
+            Duration::Epochs(1) => write!(f, "1 epoch"),
+            Duration::Epochs(n) => write!(f, "{n} epochs"),
+            Duration::Fraction(x) => write!(f, "{} of the stage", crate::fmt_num(*x)),
+        }
+    }
+}
+
+/// Where schedules are read: the stage's length and the optimiser steps in one epoch.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Clock {
+    pub total: u64,
+    pub per_epoch: u64,
+}
+
+impl Clock {
+    /// A stage `total` steps long, one epoch being the whole stage (tests, explanations).
+    pub fn steps(total: u64) -> Clock {
+        Clock {
+            total,
+            per_epoch: total,
+        }
+    }
+}
+
 impl Schedule {
-    /// The value at `step` of a stage `total` steps long.
-    pub fn at(&self, step: u64, total: u64) -> f64 {
+    /// The value at optimiser step `step` on `clock`.
+    pub fn at(&self, step: u64, clock: Clock) -> f64 {
+        let total = clock.total;
         match self {
             Schedule::Constant(v) => *v,
             Schedule::Ramp {
@@ -471,12 +530,13 @@ impl Schedule {
                 start,
                 steps,
             } => {
-                if step <= *start {
+                let (start, steps) = (start.steps(clock), steps.steps(clock).max(1));
+                if step <= start {
                     *from
                 } else if step >= start + steps {
                     *to
                 } else {
-                    from + (to - from) * (step - start) as f64 / *steps as f64
+                    from + (to - from) * (step - start) as f64 / steps as f64
                 }
             }
             Schedule::Cosine {
@@ -485,20 +545,21 @@ impl Schedule {
                 end,
                 steps,
             } => {
-                let total = steps.unwrap_or(total).max(1);
-                if step < *warmup {
-                    peak * (step + 1) as f64 / *warmup as f64
+                let total = steps.map_or(total, |s| s.steps(clock)).max(1);
+                let warmup = warmup.steps(clock);
+                if step < warmup {
+                    peak * (step + 1) as f64 / warmup as f64
                 } else {
-                    let span = total.saturating_sub(*warmup).max(1);
+                    let span = total.saturating_sub(warmup).max(1);
                     let progress = ((step - warmup) as f64 / span as f64).min(1.0);
                     end + 0.5 * (peak - end) * (1.0 + (std::f64::consts::PI * progress).cos())
                 }
             }
             Schedule::Step { values, at } => {
-                let index = at.iter().take_while(|b| step >= **b).count();
+                let index = at.iter().filter(|b| step >= b.steps(clock)).count();
                 values[index]
             }
-            Schedule::Scaled(factor, inner) => factor * inner.at(step, total),
+            Schedule::Scaled(factor, inner) => factor * inner.at(step, clock),
         }
     }
 
@@ -523,14 +584,24 @@ impl std::fmt::Display for Schedule {
                 start,
                 steps,
             } => {
-                write!(
-                    f,
-                    "ramp({} → {} over steps {}..{})",
-                    n(*from),
-                    n(*to),
-                    start,
-                    start + steps
-                )
+                match (start, steps) {
+                    (Duration::Steps(a), Duration::Steps(b)) => write!(
+                        f,
+                        "ramp({} → {} over steps {}..{})",
+                        n(*from),
+                        n(*to),
+                        a,
+                        a + b
+                    ),
+                    _ => write!(
+                        f,
+                        "ramp({} → {} over {} from {})",
+                        n(*from),
+                        n(*to),
+                        steps,
+                        start
+                    ),
+                }
             }
             Schedule::Cosine {
                 peak,
@@ -541,11 +612,15 @@ impl std::fmt::Display for Schedule {
                 let until = steps
                     .map(|s| s.to_string())
                     .unwrap_or_else(|| "the last step".into());
+                let warm = match warmup {
+                    Duration::Steps(w) => format!("{w} steps"),
+                    other => other.to_string(),
+                };
                 write!(
                     f,
-                    "cosine(warm-up 0 → {} over {} steps, then → {} at {})",
+                    "cosine(warm-up 0 → {} over {}, then → {} at {})",
                     n(*peak),
-                    warmup,
+                    warm,
                     n(*end),
                     until
                 )
@@ -711,5 +786,44 @@ impl EvalSpec {
         match self {
             EvalSpec::ZeroShot { every, .. } | EvalSpec::Retrieval { every, .. } => *every,
         }
+    }
+}
+
+#[cfg(test)]
+mod schedule_tests {
+    use super::*;
+
+    #[test]
+    fn durations_resolve_on_the_stage_clock() {
+        let clock = Clock {
+            total: 1000,
+            per_epoch: 250,
+        };
+        assert_eq!(Duration::Steps(7).steps(clock), 7);
+        assert_eq!(Duration::Epochs(2).steps(clock), 500);
+        assert_eq!(Duration::Fraction(0.05).steps(clock), 50);
+        // A warm-up of 5% of 1000 steps: peak reached at step 49, cosine after.
+        let lr = Schedule::Cosine {
+            peak: 1.0,
+            warmup: Duration::Fraction(0.05),
+            end: 0.0,
+            steps: None,
+        };
+        assert_eq!(lr.at(0, clock), 1.0 / 50.0);
+        assert_eq!(lr.at(49, clock), 1.0);
+        assert!((lr.at(525, clock) - 0.5).abs() < 1e-12);
+        // Boundaries in epochs and fractions.
+        let s = Schedule::Step {
+            values: vec![1.0, 2.0, 3.0],
+            at: vec![Duration::Epochs(1), Duration::Fraction(0.75)],
+        };
+        assert_eq!((s.at(249, clock), s.at(250, clock), s.at(750, clock)), (1.0, 2.0, 3.0));
+        let r = Schedule::Ramp {
+            from: 0.0,
+            to: 1.0,
+            start: Duration::Epochs(1),
+            steps: Duration::Fraction(0.5),
+        };
+        assert_eq!((r.at(250, clock), r.at(500, clock), r.at(750, clock)), (0.0, 0.5, 1.0));
     }
 }

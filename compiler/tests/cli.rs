@@ -383,3 +383,27 @@ fn explain_finds_a_user_function_through_the_recipe_that_imports_it() {
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("--in RECIPE"), "{}", text(&out.stderr));
 }
+
+#[test]
+fn schedules_read_epochs_and_fractions_of_the_stage() {
+    // 64 samples in batches of 16: 4 steps per epoch; 8 steps in all.
+    let recipe = temp_recipe(
+        "epochs",
+        &tiny_recipe("clip_loss(student)", 8)
+            .replace("samples: 16", "samples: 64")
+            .replace("batch: 4", "batch: 16")
+            .replace(
+                "adamw(lr: 1e-3)",
+                "adamw(lr: step(values: [1e-3, 1e-4, 1e-5], at: [epochs(1), fraction(0.75)]))",
+            ),
+    );
+    let dir = recipe.with_extension("run");
+    let out = kdc(&["run", recipe.to_str().unwrap(), "--dir", dir.to_str().unwrap(), "--no-export"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let log = std::fs::read_to_string(dir.join("log.jsonl")).unwrap();
+    let lrs: Vec<f64> = log
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["lr"].as_f64().unwrap())
+        .collect();
+    assert_eq!(lrs, [1e-3, 1e-3, 1e-3, 1e-3, 1e-4, 1e-4, 1e-5, 1e-5]);
+}

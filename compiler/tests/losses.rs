@@ -321,7 +321,7 @@ fn evaluate(case: &Case, inputs: &Tensors) -> Evaluation {
             term: term.label.clone(),
         };
         let index = exec.input_index(&kind).unwrap();
-        exec.set_input(index, &[term.weight.at(0, 1) as f32]);
+        exec.set_input(index, &[term.weight.at(0, kdc::ir::Clock::steps(1)) as f32]);
     }
     exec.execute();
     let grads = exec

@@ -105,7 +105,7 @@ fn evaluate(loss: &str, extra: &str, inputs: &Tensors) -> Evaluation {
         let index = exec
             .input_index(&InputKind::Weight { term: term.label.clone() })
             .unwrap();
-        exec.set_input(index, &[term.weight.at(0, 1) as f32]);
+        exec.set_input(index, &[term.weight.at(0, kdc::ir::Clock::steps(1)) as f32]);
     }
     exec.execute();
     let grads = exec

@@ -40,6 +40,8 @@ pub enum Value {
     Func(FuncRef),
     /// An optimiser parameter group.
     Group(crate::ir::ParamGroup),
+    /// A span of training for a schedule (`fraction(0.05)`).
+    Duration(crate::ir::Duration),
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -103,6 +105,7 @@ impl Value {
             Value::Eval(_) => "an evaluation".into(),
             Value::Func(_) => "a function".into(),
             Value::Group(_) => "a parameter group".into(),
+            Value::Duration(_) => "a span of training".into(),
         }
     }
 

@@ -218,6 +218,14 @@ impl<'r> Trainer<'r> {
         })
     }
 
+    /// The stage's length and epoch, where schedules are read.
+    pub fn clock(&self) -> ir::Clock {
+        ir::Clock {
+            total: self.total_steps,
+            per_epoch: self.steps_per_epoch,
+        }
+    }
+
     /// Every parameter's current values, by name.
     pub fn parameters(&self) -> Vec<(String, Vec<f32>)> {
         let g = &self.exec.compiled().graph;
@@ -301,7 +309,7 @@ impl<'r> Trainer<'r> {
             self.exec.set_input(*index, values);
         }
         let stage = &self.recipe.stages[self.stage_index];
-        let total = self.total_steps;
+        let clock = self.clock();
         let scalars: Vec<(usize, f32)> = self
             .exec
             .compiled()
@@ -313,10 +321,10 @@ impl<'r> Trainer<'r> {
                 let value = match &input.kind {
                     InputKind::Weight { term } => {
                         let weight = &stage.terms.iter().find(|x| &x.label == term)?.weight;
-                        weight.at(t, total)
+                        weight.at(t, clock)
                     }
                     InputKind::Schedule { node } => match &stage.graph.nodes[*node].op {
-                        ir::Op::Scheduled(s) => s.at(t, total),
+                        ir::Op::Scheduled(s) => s.at(t, clock),
                         other => unreachable!("schedule input on {other:?}"),
                     },
                     _ => return None,
@@ -374,7 +382,6 @@ impl<'r> Trainer<'r> {
         let started = Instant::now();
         let stage = &self.recipe.stages[self.stage_index];
         let t = self.done;
-        let total = self.total_steps;
         let accumulate = stage.train.accumulate.max(1);
         let labels: Vec<String> = self.exec.compiled().terms.iter().map(|t| t.0.clone()).collect();
         let grad_views: Vec<View> = self
@@ -451,7 +458,7 @@ impl<'r> Trainer<'r> {
             }
         }
         let o = &stage.train.optimizer;
-        let lr = o.lr.at(t, total);
+        let lr = o.lr.at(t, self.clock());
         for (slot, &grad) in self.slots.iter().zip(&grads) {
             let param = self.exec.param_view(slot.param);
             let hyper = AdamW {

@@ -387,6 +387,12 @@ pub const BUILTINS: &[Builtin] = &[
         "Linear from `from` to `to` over `steps` steps.",
     ),
     builtin(
+        "fraction",
+        &[req("x")],
+        |c, ctx, b, span| c.fraction(ctx, b, span),
+        "A part x (0 to 1) of the stage's steps, for a schedule's warm-up, length or boundaries.",
+    ),
+    builtin(
         "step",
         &[req("values"), req("at")],
         |c, ctx, b, span| c.step(ctx, b, span),

@@ -7,7 +7,7 @@ use crate::check::{Checker, Ctx};
 use crate::codes::Code;
 use crate::diag::Diagnostic;
 use crate::fmt_num;
-use crate::ir::{self, Schedule};
+use crate::ir::{self, Duration, Schedule};
 use crate::model::ParamClass;
 use crate::source::Span;
 
@@ -214,19 +214,74 @@ impl Checker<'_> {
             .unwrap_or(Value::Error)
     }
 
+    /// A span of training: a whole number of steps (≥ `least`), `epochs(n)`, or
+    /// `fraction(x)` of the stage.
+    pub(in crate::check) fn duration(
+        &mut self,
+        ctx: &Ctx,
+        b: &Bound,
+        name: &str,
+        least: u64,
+    ) -> Option<Duration> {
+        let (value, span) = b.get(name)?;
+        match value {
+            Value::TrainPart(TrainPart::Epochs(n)) => Some(Duration::Epochs(n)),
+            Value::Duration(d) => Some(d),
+            Value::Num(_) | Value::Dim(..) => {
+                let n = if least == 0 {
+                    self.natural(ctx, b, name)?
+                } else {
+                    self.count(ctx, b, name)?
+                };
+                Some(Duration::Steps(n))
+            }
+            other => {
+                self.wrong_kind(
+                    ctx,
+                    b,
+                    name,
+                    &other,
+                    span,
+                    "a number of steps, `epochs(n)` or `fraction(x)` of the stage",
+                );
+                None
+            }
+        }
+    }
+
+    /// `fraction(x)`: a part of the stage, 0 ≤ x ≤ 1, for schedules.
+    pub(in crate::check) fn fraction(&mut self, ctx: &mut Ctx, b: &Bound, _span: Span) -> Value {
+        self.ranged(ctx, b, "x", 0.0, 1.0, false, false)
+            .map(|x| Value::Duration(Duration::Fraction(x)))
+            .unwrap_or(Value::Error)
+    }
+
     pub(in crate::check) fn cosine(&mut self, ctx: &mut Ctx, b: &Bound, _span: Span) -> Value {
         let peak = self.num(ctx, b, "peak");
-        let warmup = self.natural(ctx, b, "warmup");
+        let warmup = self.duration(ctx, b, "warmup", 0);
         let end = self.num(ctx, b, "end");
         let steps = if b.has("steps") {
-            self.count(ctx, b, "steps").map(Some)
+            self.duration(ctx, b, "steps", 1).map(Some)
         } else {
             Some(None)
         };
         let (Some(peak), Some(warmup), Some(end), Some(steps)) = (peak, warmup, end, steps) else {
             return Value::Error;
         };
-        if let Some(steps) = steps {
+        // Comparable at compile time when both are steps, or both fractions, or both epochs.
+        let comparable = match (warmup, steps) {
+            (Duration::Steps(w), Some(Duration::Steps(s))) => Some((w as f64, s as f64)),
+            (Duration::Epochs(w), Some(Duration::Epochs(s))) => Some((w as f64, s as f64)),
+            (Duration::Fraction(w), Some(Duration::Fraction(s))) => Some((w, s)),
+            (Duration::Fraction(w), None) => Some((w, 1.0)),
+            _ => None,
+        };
+        let (warmup_d, steps_d) = (warmup, steps);
+        let written = |d: Duration| match d {
+            Duration::Steps(n) => format!("{n} steps"),
+            other => other.to_string(),
+        };
+        if let Some((warmup, steps)) = comparable {
             if warmup >= steps {
                 self.bad(
                     ctx,
@@ -235,7 +290,9 @@ impl Checker<'_> {
                         Code::BadSchedule,
                         b.span("warmup"),
                         format!(
-                            "a warm-up of {warmup} steps does not fit in a schedule of {steps}"
+                            "a warm-up of {} does not fit in a schedule of {}",
+                            written(warmup_d),
+                            steps_d.map_or("the whole stage".to_string(), written)
                         ),
                     )
                     .primary_label("longer than the schedule")
@@ -254,8 +311,8 @@ impl Checker<'_> {
     pub(in crate::check) fn ramp(&mut self, ctx: &mut Ctx, b: &Bound, _span: Span) -> Value {
         let from = self.num(ctx, b, "from");
         let to = self.num(ctx, b, "to");
-        let steps = self.count(ctx, b, "steps");
-        let start = self.natural(ctx, b, "start");
+        let steps = self.duration(ctx, b, "steps", 1);
+        let start = self.duration(ctx, b, "start", 0);
         match (from, to, steps, start) {
             (Some(from), Some(to), Some(steps), Some(start)) => Value::Schedule(Schedule::Ramp {
                 from,
@@ -269,7 +326,7 @@ impl Checker<'_> {
 
     pub(in crate::check) fn step(&mut self, ctx: &mut Ctx, b: &Bound, _span: Span) -> Value {
         let values = self.num_list(ctx, b, "values");
-        let at = self.num_list(ctx, b, "at");
+        let at = self.list(ctx, b, "at");
         let (Some(values), Some(at)) = (values, at) else {
             return Value::Error;
         };
@@ -291,22 +348,49 @@ impl Checker<'_> {
             );
             return Value::Error;
         }
-        let mut bounds = Vec::new();
-        for (i, (x, s)) in at.iter().enumerate() {
-            if x.fract() != 0.0 || *x < 0.0 || (i > 0 && *x <= at[i - 1].0) {
+        let mut bounds: Vec<Duration> = Vec::new();
+        for (x, s) in &at {
+            let d = match x {
+                Value::Num(v) if v.fract() == 0.0 && *v >= 0.0 => Duration::Steps(*v as u64),
+                Value::TrainPart(TrainPart::Epochs(n)) => Duration::Epochs(*n),
+                Value::Duration(d) => *d,
+                Value::Error => return Value::Error,
+                _ => {
+                    self.bad(
+                        ctx,
+                        b,
+                        Diagnostic::error(
+                            Code::BadSchedule,
+                            *s,
+                            "a step boundary is a whole step number, `epochs(n)` or `fraction(x)`",
+                        )
+                        .primary_label("not a boundary"),
+                    );
+                    return Value::Error;
+                }
+            };
+            // Boundaries of one kind must increase (kinds compare only when training starts).
+            let previous = bounds.last().copied();
+            let increasing = match (previous, d) {
+                (Some(Duration::Steps(a)), Duration::Steps(c)) => c > a,
+                (Some(Duration::Epochs(a)), Duration::Epochs(c)) => c > a,
+                (Some(Duration::Fraction(a)), Duration::Fraction(c)) => c > a,
+                _ => true,
+            };
+            if !increasing {
                 self.bad(
                     ctx,
                     b,
                     Diagnostic::error(
                         Code::BadSchedule,
                         *s,
-                        "step boundaries must be increasing whole step numbers",
+                        "step boundaries must increase",
                     )
-                    .primary_label("out of order or not whole"),
+                    .primary_label("out of order"),
                 );
                 return Value::Error;
             }
-            bounds.push(*x as u64);
+            bounds.push(d);
         }
         Value::Schedule(Schedule::Step {
             values: values.into_iter().map(|(v, _)| v).collect(),
