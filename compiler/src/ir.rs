@@ -87,6 +87,8 @@ pub enum Tap {
     ImageAttention(u64),
     /// Block k's attention probabilities of the text tower: [B, heads, context, context].
     TextAttention(u64),
+    /// 1 for each real token of a caption (end of text included), 0 for padding: [B, context].
+    TextMask,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -96,7 +98,7 @@ pub enum Op {
     Tap {
         model: ModelId,
         tap: Tap,
-        mask: Option<f64>,
+        mask: Option<Mask>,
     },
     /// A learnable part of the loss.
     Param(ParamId),
@@ -192,6 +194,14 @@ pub enum Op {
     Detach,
 }
 
+/// MAE-style patch masking of a model's view: the fraction of patch tokens dropped, fresh
+/// every step; views with the same `shared` name drop the same patches.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Mask {
+    pub ratio: f64,
+    pub shared: Option<String>,
+}
+
 /// An elementwise comparison.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 pub enum Cmp {
@@ -236,7 +246,8 @@ impl std::hash::Hash for Op {
                 tap.hash(state);
                 mask.is_some().hash(state);
                 if let Some(m) = mask {
-                    hash_f64(*m, state);
+                    hash_f64(m.ratio, state);
+                    m.shared.hash(state);
                 }
             }
             Op::Param(p) => p.hash(state),

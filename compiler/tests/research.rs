@@ -262,3 +262,53 @@ fn a_leading_constant_joins_the_term_after_it() {
         assert!((g + 2.0 * w).abs() <= 1e-5 * want_grad.iter().fold(0f32, |m, v| m.max(v.abs())) * 2.0);
     }
 }
+
+/// The masked views of a recipe's stage: how many distinct patch-mask inputs the step reads.
+fn keep_inputs(views: &str) -> Vec<String> {
+    let text = format!(
+        "student = clip(
+  image: vit(size: 32, patch: 8, width: 16, layers: 1, heads: 2),
+  text: transformer(context: 16, vocab: 1000, width: 16, layers: 1, heads: 2),
+  embed: 16,
+)
+teacher = clip(
+  image: vit(size: 32, patch: 8, width: 32, layers: 1, heads: 2),
+  text: transformer(context: 16, vocab: 1000, width: 32, layers: 1, heads: 2),
+  embed: 24,
+  weights: \"unused.safetensors\",
+  frozen,
+)
+data = synthetic(batch: 4)
+train = adamw(lr: 1e-3) | steps(1)
+{views}
+loss = clip_loss(s) + mse(proj(s.patches, to: teacher.image_width), t.patches)
+"
+    );
+    let compiled = kdc::compile("masks.kd", &text, &kdc::FsLoader);
+    let recipe = compiled
+        .recipe
+        .unwrap_or_else(|| panic!("{:?}", compiled.diagnostics.sorted()));
+    let options = compile::Options {
+        batch: Some(4),
+        target: Target::Train,
+        tap_params: vec![],
+    };
+    let backend = device::cpu();
+    let compiled = compile::compile(&recipe, 0, &options, &**exec::lock(&backend));
+    compiled
+        .graph
+        .inputs
+        .iter()
+        .filter(|i| matches!(i.kind, InputKind::Keep { .. }))
+        .map(|i| i.kind.to_string())
+        .collect()
+}
+
+#[test]
+fn masked_views_share_a_mask_only_when_asked() {
+    let own = keep_inputs("s = student.masked(0.5)\nt = teacher.masked(0.5)");
+    assert_eq!(own, ["keep:student:0.5", "keep:teacher:0.5"]);
+    let shared =
+        keep_inputs("s = student.masked(0.5, shared: \"m\")\nt = teacher.masked(0.5, shared: \"m\")");
+    assert_eq!(shared, ["keep:shared m:0.5"]);
+}

@@ -133,6 +133,7 @@ pub fn check(program: &Program) -> (Option<Recipe>, Diagnostics) {
         model_sites: HashMap::new(),
         used: HashSet::new(),
         used_stage: HashSet::new(),
+        shared_masks: HashMap::new(),
     };
     let recipe = checker.recipe();
     let diags = checker.diags;
@@ -154,6 +155,8 @@ pub(crate) struct Checker<'p> {
     used: HashSet<(ModuleId, String)>,
     /// Stage bindings that something looked up: (stage, name).
     used_stage: HashSet<(usize, String)>,
+    /// Shared patch masks by name: (patches, ratio, where first used).
+    shared_masks: HashMap<String, (u64, f64, Span)>,
 }
 
 /// A binding is identified by the stage it is evaluated for and where it is defined.

@@ -18,15 +18,15 @@ impl Checker<'_> {
         &mut self,
         ctx: &mut Ctx,
         id: ir::ModelId,
-        mask: Option<f64>,
+        mask: Option<ir::Mask>,
         field: &ast::Ident,
         span: Span,
     ) -> Value {
         let m = &self.models[id];
         let name = m.name.clone();
         let b = crate::shape::Dim::batch();
-        let tokens = |m: &ModelSpec| match mask {
-            Some(ratio) => kept_patches(m.vision.patches(), ratio),
+        let tokens = |m: &ModelSpec| match &mask {
+            Some(k) => kept_patches(m.vision.patches(), k.ratio),
             None => m.vision.patches(),
         };
         let embed = crate::shape::Dim::named(m.embed, format!("{name}.dim"));
@@ -41,6 +41,10 @@ impl Checker<'_> {
                     crate::shape::Dim::known(tokens(m)),
                     crate::shape::Dim::named(m.vision.width, format!("{name}.image_width")),
                 ]),
+            ),
+            "text_mask" => (
+                ir::Tap::TextMask,
+                Shape(vec![b, crate::shape::Dim::known(m.text.context)]),
             ),
             "dim" => return Value::Dim(embed, None),
             "image_width" => {
@@ -113,11 +117,18 @@ impl Checker<'_> {
                 kind: ParamKind::Required,
                 default: None,
             }],
-            "masked" => &[ParamSig {
-                name: "ratio",
-                kind: ParamKind::Required,
-                default: None,
-            }],
+            "masked" => &[
+                ParamSig {
+                    name: "ratio",
+                    kind: ParamKind::Required,
+                    default: None,
+                },
+                ParamSig {
+                    name: "shared",
+                    kind: ParamKind::Optional,
+                    default: None,
+                },
+            ],
             _ => {
                 self.unknown_field(ctx, method, "a model", MODEL_FIELDS);
                 return Value::Error;
@@ -179,7 +190,41 @@ impl Checker<'_> {
                     );
                     return Value::Error;
                 }
-                Value::Model { id, mask: Some(x) }
+                let shared = match bound.values.get(1).cloned().flatten() {
+                    None => None,
+                    Some((Value::Str(name), sspan)) if !name.is_empty() => {
+                        let patches = m.vision.patches();
+                        match self.shared_masks.get(&name).cloned() {
+                            Some((p, r, first)) if p != patches || r != x => {
+                                self.error(
+                                    ctx,
+                                    Diagnostic::error(
+                                        Code::ConflictingArguments,
+                                        sspan,
+                                        format!("views sharing the mask `{name}` must mask the same number of patches at the same ratio: {patches} patches at {} here, {p} at {} before", crate::fmt_num(x), crate::fmt_num(r)),
+                                    )
+                                    .primary_label("another patch grid or ratio")
+                                    .label(first, "first used here"),
+                                );
+                                return Value::Error;
+                            }
+                            Some(_) => {}
+                            None => {
+                                self.shared_masks.insert(name.clone(), (patches, x, sspan));
+                            }
+                        }
+                        Some(name)
+                    }
+                    Some((Value::Error, _)) => return Value::Error,
+                    Some((other, sspan)) => {
+                        self.error(ctx, type_error(sspan, "shared", &other, "a name such as \"mfd\""));
+                        return Value::Error;
+                    }
+                };
+                Value::Model {
+                    id,
+                    mask: Some(ir::Mask { ratio: x, shared }),
+                }
             }
             _ => {
                 let image = method.name.starts_with("image");
@@ -209,8 +254,8 @@ impl Checker<'_> {
                 }
                 let k = x as u64;
                 let shape = if image {
-                    let tokens = match mask {
-                        Some(r) => kept_patches(m.vision.patches(), r) + 1,
+                    let tokens = match &mask {
+                        Some(k) => kept_patches(m.vision.patches(), k.ratio) + 1,
                         None => m.vision.patches() + 1,
                     };
                     Shape(vec![
@@ -270,6 +315,7 @@ const MODEL_FIELDS: &[&str] = &[
     "scale",
     "dim",
     "patches",
+    "text_mask",
     "image_width",
     "text_width",
     "vision",

@@ -404,6 +404,7 @@ impl<'p> Checker<'p> {
                             ir::Tap::Text => &[Part::Text, Part::TextProjection],
                             ir::Tap::TextLayer(_) | ir::Tap::TextAttention(_) => &[Part::Text],
                             ir::Tap::Scale => &[Part::Scale],
+                            ir::Tap::TextMask => &[],
                         };
                         for &p in parts {
                             if !self.models[*model].part_frozen(p)

@@ -19,7 +19,7 @@ pub enum Value {
     /// A model, possibly seen through MFD's patch mask.
     Model {
         id: ModelId,
-        mask: Option<f64>,
+        mask: Option<crate::ir::Mask>,
     },
     /// One part of a model, for `freeze`.
     Part(ModelId, Part),

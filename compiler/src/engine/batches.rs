@@ -193,13 +193,13 @@ impl Batches {
     pub fn next(&mut self, recipe: &Recipe, inputs: &[Input], batch: usize, step: u64) -> Result<Filled, BatchError> {
         match self {
             Batches::Synthetic { seed } => Ok(synthetic(recipe, inputs, batch, *seed, step)),
-            Batches::Real(r) => r.next(recipe, inputs, batch, step),
+            Batches::Real(r) => r.next(inputs, batch, step),
         }
     }
 }
 
 impl Real {
-    fn next(&mut self, recipe: &Recipe, inputs: &[Input], batch: usize, step: u64) -> Result<Filled, BatchError> {
+    fn next(&mut self, inputs: &[Input], batch: usize, step: u64) -> Result<Filled, BatchError> {
         let b = self.loader.next_batch()?;
         let index_of = |table: &[(String, usize)], model: &str| {
             table.iter().find(|(m, _)| m == model).map(|x| x.1).expect("every model has its entry")
@@ -220,8 +220,8 @@ impl Real {
                     .iter()
                     .flat_map(|e| e.mask.iter().map(|&m| m as f32))
                     .collect(),
-                InputKind::Keep { model, .. } => {
-                    keep(recipe, &input.kind, model, &input.shape, batch, self.seed, step)
+                InputKind::Keep { patches, .. } => {
+                    keep(&input.kind, *patches, &input.shape, batch, self.seed, step)
                 }
                 InputKind::Weight { .. } | InputKind::Schedule { .. } => continue,
             };
@@ -237,10 +237,8 @@ fn step_seed(seed: u64, step: u64) -> u64 {
 
 /// The kept patches of a masked view: `k` sorted indices per row, fresh every step (the same
 /// stream as for synthetic data).
-fn keep(recipe: &Recipe, kind: &InputKind, model: &str, shape: &[usize], batch: usize, seed: u64, step: u64) -> Vec<f32> {
-    let spec = recipe.models.iter().find(|m| m.name == model).expect("a recipe model");
+fn keep(kind: &InputKind, patches: usize, shape: &[usize], batch: usize, seed: u64, step: u64) -> Vec<f32> {
     let mut rng = Rng::derive(step_seed(seed, step), &kind.to_string());
-    let patches = spec.vision.patches() as usize;
     (0..batch)
         .flat_map(|_| rng.choose_sorted(patches, shape[1]))
         .map(|i| i as f32)
@@ -253,14 +251,15 @@ fn synthetic(recipe: &Recipe, inputs: &[Input], b: usize, seed: u64, step: u64) 
     let mut out = Vec::new();
     for (index, input) in inputs.iter().enumerate() {
         let (kind, shape) = (&input.kind, &input.shape);
-        let name = kind.to_string();
-        let mut rng = Rng::derive(step_seed(seed, step), &name);
         let model_name = match kind {
             InputKind::Pixels { model }
             | InputKind::Ids { model }
             | InputKind::Eot { model }
-            | InputKind::Mask { model }
-            | InputKind::Keep { model, .. } => model.as_str(),
+            | InputKind::Mask { model } => model.as_str(),
+            InputKind::Keep { patches, .. } => {
+                out.push((index, keep(kind, *patches, shape, b, seed, step)));
+                continue;
+            }
             InputKind::Weight { .. } | InputKind::Schedule { .. } => continue,
         };
         let spec = recipe.models.iter().find(|m| m.name == model_name);
@@ -299,15 +298,9 @@ fn synthetic(recipe: &Recipe, inputs: &[Input], b: usize, seed: u64, step: u64) 
                     _ => mask,
                 }
             }
-            InputKind::Keep { .. } => {
-                let patches = spec.map(|s| s.vision.patches() as usize).unwrap_or(0);
-                let k = shape[1];
-                (0..b)
-                    .flat_map(|_| rng.choose_sorted(patches, k))
-                    .map(|i| i as f32)
-                    .collect()
+            InputKind::Keep { .. } | InputKind::Weight { .. } | InputKind::Schedule { .. } => {
+                unreachable!("handled above")
             }
-            InputKind::Weight { .. } | InputKind::Schedule { .. } => unreachable!(),
         };
         out.push((index, values));
     }

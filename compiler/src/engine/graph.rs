@@ -23,8 +23,13 @@ pub enum InputKind {
     Eot { model: String },
     /// 1 for each real token, 0 for padding [b, l] (BERT-family towers).
     Mask { model: String },
-    /// The indices of the patches a masked view keeps [b, k], sorted, fresh every step.
-    Keep { model: String, ratio: f64 },
+    /// The indices of the patches a masked view keeps [b, k] of `patches`, sorted, fresh every
+    /// step; `source` is the model, or `shared NAME` for a mask several views share.
+    Keep {
+        source: String,
+        patches: usize,
+        ratio: f64,
+    },
     /// A loss term's weight at the current step, [].
     Weight { term: String },
     /// A scheduled scalar of the loss at the current step, [] (by its node in the IR).
@@ -39,7 +44,7 @@ impl fmt::Display for InputKind {
             InputKind::Ids { model } => write!(f, "ids:{model}"),
             InputKind::Eot { model } => write!(f, "eot:{model}"),
             InputKind::Mask { model } => write!(f, "mask:{model}"),
-            InputKind::Keep { model, ratio } => write!(f, "keep:{model}:{ratio}"),
+            InputKind::Keep { source, ratio, .. } => write!(f, "keep:{source}:{ratio}"),
             InputKind::Weight { term } => write!(f, "weight:{term}"),
             InputKind::Schedule { node } => write!(f, "schedule:{node}"),
         }

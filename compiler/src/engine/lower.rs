@@ -72,6 +72,7 @@ pub fn tap_name(tap: Tap) -> String {
         Tap::TextLayer(k) => format!("text_layer({k})"),
         Tap::ImageAttention(k) => format!("image_attention({k})"),
         Tap::TextAttention(k) => format!("text_attention({k})"),
+        Tap::TextMask => "text_mask".into(),
     }
 }
 
@@ -81,7 +82,8 @@ struct Lowering<'r> {
     g: Graph,
     batch: usize,
     params: HashMap<ir::ModelId, ModelParams>,
-    vision_cache: HashMap<(ir::ModelId, Option<u64>), clip::VisionOut>,
+    /// Vision passes by model and mask (ratio bits, shared name).
+    vision_cache: HashMap<(ir::ModelId, Option<(u64, Option<String>)>), clip::VisionOut>,
     text_cache: HashMap<ir::ModelId, clip::TextOut>,
     /// Whether model parameters may be trainable (a training graph).
     training: bool,
@@ -109,8 +111,11 @@ impl Lowering<'_> {
         &self.params[&model]
     }
 
-    fn vision(&mut self, model: ir::ModelId, mask: Option<f64>) -> &clip::VisionOut {
-        let key = (model, mask.map(f64::to_bits));
+    fn vision(&mut self, model: ir::ModelId, mask: Option<ir::Mask>) -> &clip::VisionOut {
+        let key = (
+            model,
+            mask.as_ref().map(|m| (m.ratio.to_bits(), m.shared.clone())),
+        );
         if !self.vision_cache.contains_key(&key) {
             let spec = self.recipe.models[model].clone();
             let size = spec.vision.image_size as usize;
@@ -119,17 +124,27 @@ impl Lowering<'_> {
                 InputKind::Pixels { model: model_name.clone() },
                 vec![self.batch, 3, size, size],
             );
-            let keep = mask.map(|ratio| {
-                let kept = crate::check::kept_patches(spec.vision.patches(), ratio) as usize;
+            let keep = mask.map(|m| {
+                let patches = spec.vision.patches();
+                let kept = crate::check::kept_patches(patches, m.ratio) as usize;
+                // A shared mask is one input, whichever model reads it.
+                let source = match m.shared {
+                    Some(name) => format!("shared {name}"),
+                    None => model_name.clone(),
+                };
                 self.g.input(
-                    InputKind::Keep { model: model_name.clone(), ratio },
+                    InputKind::Keep {
+                        source,
+                        patches: patches as usize,
+                        ratio: m.ratio,
+                    },
                     vec![self.batch, kept],
                 )
             });
             self.model_params(model);
             let p = &self.params[&model];
             let out = clip::vision(&mut self.g, &spec, p, pixels, keep);
-            self.vision_cache.insert(key, out);
+            self.vision_cache.insert(key.clone(), out);
         }
         &self.vision_cache[&key]
     }
@@ -161,7 +176,7 @@ impl Lowering<'_> {
     }
 
     /// A model's tap; `shape` is the tap's concrete shape, for a tap given directly.
-    fn tap(&mut self, model: ir::ModelId, tap: Tap, mask: Option<f64>, shape: Vec<usize>) -> Id {
+    fn tap(&mut self, model: ir::ModelId, tap: Tap, mask: Option<ir::Mask>, shape: Vec<usize>) -> Id {
         let name = format!("{}.{}", self.recipe.models[model].name, tap_name(tap));
         if self.tap_params.contains(&name) {
             if let Some(&id) = self.tap_nodes.get(&name) {
@@ -188,6 +203,12 @@ impl Lowering<'_> {
             Tap::TextLayer(k) => self.text(model).hidden[k as usize],
             Tap::ImageAttention(k) => self.vision(model, mask).attention[k as usize - 1],
             Tap::TextAttention(k) => self.text(model).attention[k as usize - 1],
+            Tap::TextMask => {
+                let spec = &self.recipe.models[model];
+                let context = spec.text.context as usize;
+                let name = spec.name.clone();
+                self.g.input(InputKind::Mask { model: name }, vec![self.batch, context])
+            }
         }
     }
 
@@ -334,7 +355,7 @@ impl Lowering<'_> {
         let shape = self.concrete(&node.shape);
         let l = self;
         match &node.op {
-            ir::Op::Tap { model, tap, mask } => l.tap(*model, *tap, *mask, shape),
+            ir::Op::Tap { model, tap, mask } => l.tap(*model, *tap, mask.clone(), shape),
             ir::Op::Param(p) => param_nodes[*p],
             ir::Op::Const(v) => l.g.scalar(*v as f32),
             // Scheduled scalars are named by their IR node, so the runner can evaluate them.

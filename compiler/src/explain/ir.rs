@@ -380,7 +380,14 @@ fn stage_ir(out: &mut String, recipe: &Recipe, index: usize, stage: &Stage) {
             Op::Tap { model, tap, mask } => {
                 let m = &recipe.models[*model].name;
                 let mask = mask
-                    .map(|r| format!(" (patches masked at {})", fmt_num(r)))
+                    .as_ref()
+                    .map(|k| match &k.shared {
+                        None => format!(" (patches masked at {})", fmt_num(k.ratio)),
+                        Some(name) => format!(
+                            " (patches masked at {}, mask `{name}` shared)",
+                            fmt_num(k.ratio)
+                        ),
+                    })
                     .unwrap_or_default();
                 let tap = match tap {
                     Tap::Image => "image".to_string(),
@@ -391,6 +398,7 @@ fn stage_ir(out: &mut String, recipe: &Recipe, index: usize, stage: &Stage) {
                     Tap::TextLayer(k) => format!("text_layer({k})"),
                     Tap::ImageAttention(k) => format!("image_attention({k})"),
                     Tap::TextAttention(k) => format!("text_attention({k})"),
+                    Tap::TextMask => "text_mask".into(),
                 };
                 let frozen = if recipe.models[*model].frozen {
                     " [frozen]"
