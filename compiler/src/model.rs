@@ -159,6 +159,16 @@ pub struct ModelSpec {
     pub logit_scale: LogitScaleSpec,
     pub tokenizer: TokenizerSpec,
     pub preprocess: PreprocessSpec,
+    /// An exponential moving average of another model's parameters (`ema(student, decay:)`):
+    /// frozen, starting from that model's values, updated after every optimiser step.
+    pub ema: Option<EmaSpec>,
+}
+
+/// The model an EMA model follows, and how fast: after each step, p ← decay·p + (1 − decay)·q.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct EmaSpec {
+    pub source: usize,
+    pub decay: f64,
 }
 
 /// What a parameter is, for optimiser groups (no weight decay on gains, biases, scales).
@@ -705,6 +715,7 @@ mod tests {
                 mean: CLIP_MEAN,
                 std: CLIP_STD,
             },
+            ema: None,
         }
     }
 

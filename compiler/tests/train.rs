@@ -187,3 +187,47 @@ fn parameter_groups_scale_the_step_and_frozen_names_do_not_move() {
         assert_eq!(largest_step(name), 0.0, "{name} is frozen but moved");
     }
 }
+
+#[test]
+fn an_ema_teacher_starts_as_the_student_and_follows_its_average() {
+    let text = "student = clip(
+  image: vit(size: 32, patch: 8, width: 16, layers: 1, heads: 2),
+  text: transformer(context: 16, vocab: 1000, width: 16, layers: 1, heads: 2),
+  embed: 16,
+)
+teacher = ema(student, decay: 0.9)
+data = synthetic(batch: 8, samples: 64, seed: 0)
+loss = clip_loss(student) + mse(norm(student.image), norm(teacher.image))
+train = adamw(lr: 1e-3) | steps(3) | seed(0)
+";
+    let compiled = kdc::compile("ema.kd", text, &kdc::FsLoader);
+    let recipe = compiled
+        .recipe
+        .unwrap_or_else(|| panic!("{:?}", compiled.diagnostics.sorted()));
+    assert!(kdc::explain::ir(&recipe).contains("exponential moving average of student (decay 0.9)"));
+    let mut trainer = Trainer::new(&recipe, 0, &Options::default()).unwrap();
+    let values = |t: &Trainer| -> std::collections::HashMap<String, Vec<f32>> {
+        t.parameters().into_iter().collect()
+    };
+    let mut before = values(&trainer);
+    let name = "vision_model.encoder.layers.0.mlp.fc1.weight";
+    let (s, t) = (format!("student/{name}"), format!("teacher/{name}"));
+    assert_eq!(before[&s], before[&t], "the average starts as the student");
+    let mut first_loss = None;
+    for _ in 0..3 {
+        let log = trainer.train_step().unwrap();
+        // At step 1 both see the same parameters: the distillation term is 0.
+        first_loss.get_or_insert(log.terms[1].1);
+        let after = values(&trainer);
+        for (i, (tp, sp)) in before[&t].iter().zip(&after[&s]).enumerate() {
+            let want = 0.9 * tp + 0.1 * sp;
+            assert!((after[&t][i] - want).abs() <= 1e-6, "{i}: {} vs {want}", after[&t][i]);
+        }
+        assert_ne!(after[&t], before[&t], "the average moves");
+        assert_ne!(after[&t], after[&s], "and lags the student");
+        before = after;
+    }
+    assert!(first_loss.unwrap().abs() < 1e-12, "{first_loss:?}");
+    // No optimiser state for the average.
+    assert!(trainer.moments().iter().all(|(n, _, _)| !n.starts_with("teacher/")));
+}

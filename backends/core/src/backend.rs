@@ -115,6 +115,10 @@ pub trait Backend: Send {
     /// `x *= factor`.
     fn scale(&mut self, x: View, factor: f32);
 
+    /// `dst += weight · (src − dst)`: an exponential moving average step (same lengths; no
+    /// overlap).
+    fn lerp(&mut self, dst: View, src: View, weight: f32);
+
     /// `x = clamp(x, lo, hi)`.
     fn clamp(&mut self, x: View, lo: f32, hi: f32);
 

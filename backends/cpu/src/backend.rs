@@ -160,6 +160,11 @@ impl Backend for CpuBackend {
         crate::util::map_inplace(self.slice_mut(x), |v| v * factor);
     }
 
+    fn lerp(&mut self, dst: View, src: View, weight: f32) {
+        let (s, d) = self.pair(src, dst);
+        d.iter_mut().zip(s).for_each(|(d, s)| *d += weight * (s - *d));
+    }
+
     fn clamp(&mut self, x: View, lo: f32, hi: f32) {
         self.slice_mut(x).iter_mut().for_each(|v| *v = v.clamp(lo, hi));
     }

@@ -124,6 +124,8 @@ pub struct Trainer<'r> {
     exec: Executable,
     batches: Batches,
     slots: Vec<Slot>,
+    /// EMA models: (followed parameter, EMA parameter, decay), updated after each step.
+    ema: Vec<(usize, usize, f64)>,
     pub total_steps: u64,
     /// Optimiser steps in one pass over the data.
     pub steps_per_epoch: u64,
@@ -206,12 +208,34 @@ impl<'r> Trainer<'r> {
             Length::Steps(n) => n,
             Length::Epochs(e) => e * per_epoch.max(1),
         };
+        let ema = ema_pairs(recipe, exec.compiled());
+        for (model_id, by_name) in &exec.compiled().model_params {
+            let Some(spec) = &recipe.models[*model_id].ema else {
+                continue;
+            };
+            let follows = &recipe.models[spec.source].name;
+            let in_graph = exec.compiled().model_params.iter().any(|(m, _)| *m == spec.source);
+            let given = options.initial.as_ref().is_some_and(|v| {
+                by_name.keys().all(|n| v.contains_key(&format!("{}/{n}", recipe.models[*model_id].name)))
+            });
+            if !in_graph && !given {
+                return Err(TrainError::Model {
+                    model: recipe.models[*model_id].name.clone(),
+                    message: format!(
+                        "an average of `{follows}`, which this stage's loss does not read, so \
+                         there is nothing to average; read `{follows}` in the loss, or start the \
+                         stage `from:` one that did"
+                    ),
+                });
+            }
+        }
         Ok(Trainer {
             recipe,
             stage_index,
             exec,
             batches,
             slots,
+            ema,
             total_steps,
             steps_per_epoch: per_epoch.max(1),
             done: 0,
@@ -474,6 +498,11 @@ impl<'r> Trainer<'r> {
                 b.clamp(param, lo, hi);
             }
         }
+        // EMA models follow their model: p ← decay·p + (1 − decay)·q.
+        for &(source, ema, decay) in &self.ema {
+            let (q, p) = (self.exec.param_view(source), self.exec.param_view(ema));
+            b.lerp(p, q, (1.0 - decay) as f32);
+        }
         b.synchronize();
         drop(b);
         self.done += 1;
@@ -588,6 +617,10 @@ fn initial_values(
             ir::Init::Normal { std } => (0..n).map(|_| (rng.normal() * std) as f32).collect(),
         });
     }
+    // An EMA model starts from the values of the model it follows.
+    for (source, ema, _) in ema_pairs(recipe, compiled) {
+        values[ema] = values[source].clone();
+    }
     if let Some(initial) = &options.initial {
         for (i, p) in g.params.iter().enumerate() {
             if let Some(v) = initial.get(&p.name) {
@@ -608,6 +641,28 @@ fn initial_values(
             (v, p.name.clone(), p.shape.clone())
         })
         .collect())
+}
+
+/// (followed parameter, EMA parameter, decay) for every parameter of every EMA model in the
+/// graph whose followed model is in the graph too.
+fn ema_pairs(recipe: &Recipe, compiled: &Compiled) -> Vec<(usize, usize, f64)> {
+    let mut out = Vec::new();
+    for (model_id, by_name) in &compiled.model_params {
+        let Some(ema) = &recipe.models[*model_id].ema else {
+            continue;
+        };
+        let Some((_, source)) = compiled.model_params.iter().find(|(m, _)| *m == ema.source)
+        else {
+            continue;
+        };
+        for (name, &index) in by_name {
+            if let Some(&s) = source.get(name) {
+                out.push((s, index, ema.decay));
+            }
+        }
+    }
+    out.sort_by_key(|p| p.1);
+    out
 }
 
 /// One parameter's optimiser settings.

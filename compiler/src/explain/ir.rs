@@ -16,7 +16,7 @@ fn count(n: u64) -> String {
     }
 }
 
-fn model(out: &mut String, m: &ModelSpec) {
+fn model(out: &mut String, m: &ModelSpec, models: &[ModelSpec]) {
     let origin = match &m.preset {
         Some(p) => format!("preset {p}"),
         None => "explicit towers".into(),
@@ -25,9 +25,14 @@ fn model(out: &mut String, m: &ModelSpec) {
     if m.frozen {
         flags.push("frozen".to_string());
     }
-    match &m.weights {
-        Some(w) => flags.push(format!("weights {w}")),
-        None => flags.push("random initialisation".into()),
+    match (&m.ema, &m.weights) {
+        (Some(e), _) => flags.push(format!(
+            "exponential moving average of {} (decay {}), starting from its values",
+            models[e.source].name,
+            fmt_num(e.decay)
+        )),
+        (None, Some(w)) => flags.push(format!("weights {w}")),
+        (None, None) => flags.push("random initialisation".into()),
     }
     let _ = writeln!(
         out,
@@ -136,7 +141,7 @@ pub fn ir(recipe: &Recipe) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "models");
     for m in &recipe.models {
-        model(&mut out, m);
+        model(&mut out, m, &recipe.models);
     }
     for (i, stage) in recipe.stages.iter().enumerate() {
         let _ = writeln!(out);

@@ -290,7 +290,56 @@ impl Checker<'_> {
             logit_scale,
             tokenizer,
             preprocess,
+            ema: None,
         };
+        self.models.push(spec);
+        let id = self.models.len() - 1;
+        self.model_sites.insert(span, id);
+        Value::Model { id, mask: None }
+    }
+
+    /// `ema(model, decay)`: a frozen model whose parameters follow the exponential moving
+    /// average of `model`'s after every optimiser step (a self-distillation teacher).
+    pub(in crate::check) fn ema(&mut self, ctx: &mut Ctx, b: &Bound, span: Span) -> Value {
+        if let Some(&id) = self.model_sites.get(&span) {
+            return Value::Model { id, mask: None };
+        }
+        let (value, vspan) = b.get("model").unwrap();
+        let source = match value {
+            Value::Model { id, mask: None } => id,
+            Value::Model { .. } => {
+                self.bad(
+                    ctx,
+                    b,
+                    Diagnostic::error(Code::TypeMismatch, vspan, "an EMA follows a model, not a masked view")
+                        .primary_label("masked")
+                        .hint("average the model itself: `ema(student, decay: 0.999)`, and mask the average if needed"),
+                );
+                return Value::Error;
+            }
+            Value::Error => return Value::Error,
+            other => {
+                self.wrong_kind(ctx, b, "model", &other, vspan, "a model");
+                return Value::Error;
+            }
+        };
+        if self.models[source].ema.is_some() {
+            self.bad(
+                ctx,
+                b,
+                Diagnostic::error(Code::TypeMismatch, vspan, "this model is itself an EMA")
+                    .primary_label("an average of an average")
+                    .hint("average the trained model directly"),
+            );
+            return Value::Error;
+        }
+        let Some(decay) = self.ranged(ctx, b, "decay", 0.0, 1.0, false, true) else {
+            return Value::Error;
+        };
+        let mut spec = self.models[source].clone();
+        spec.name = String::new();
+        spec.frozen = true;
+        spec.ema = Some(model::EmaSpec { source, decay });
         self.models.push(spec);
         let id = self.models.len() - 1;
         self.model_sites.insert(span, id);

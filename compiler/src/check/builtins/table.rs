@@ -167,6 +167,12 @@ pub const BUILTINS: &[Builtin] = &[
         "A CLIP model: a named `preset`, or `image`, `text` towers and an `embed` width.",
     ),
     builtin(
+        "ema",
+        &[req("model"), req("decay")],
+        |c, ctx, b, span| c.ema(ctx, b, span),
+        "A frozen copy of a model whose parameters follow its exponential moving average (decay in [0, 1)).",
+    ),
+    builtin(
         "vit",
         &[
             req("size"),
