@@ -87,6 +87,13 @@ pub enum Tap {
     ImageAttention(u64),
     /// Block k's attention probabilities of the text tower: [B, heads, context, context].
     TextAttention(u64),
+    /// Block k's projected queries, keys or values, before the head split and the 1/√d
+    /// scaling: [B, N+1, vision width] (image) or [B, context, text width] (text).
+    Projection {
+        image: bool,
+        which: Qkv,
+        block: u64,
+    },
     /// 1 for each real token of a caption (end of text included), 0 for padding: [B, context].
     TextMask,
 }
@@ -200,6 +207,24 @@ pub enum Op {
 pub struct Mask {
     pub ratio: f64,
     pub shared: Option<String>,
+}
+
+/// Queries, keys or values of an attention layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+pub enum Qkv {
+    Query,
+    Key,
+    Value,
+}
+
+impl Qkv {
+    pub fn name(self) -> &'static str {
+        match self {
+            Qkv::Query => "query",
+            Qkv::Key => "key",
+            Qkv::Value => "value",
+        }
+    }
 }
 
 /// An elementwise comparison.

@@ -407,3 +407,33 @@ fn schedules_read_epochs_and_fractions_of_the_stage() {
         .collect();
     assert_eq!(lrs, [1e-3, 1e-3, 1e-3, 1e-3, 1e-4, 1e-4, 1e-5, 1e-5]);
 }
+
+#[test]
+fn query_and_key_taps_give_back_the_attention_probabilities() {
+    // softmax(q kᵀ/√d) per head from the query and key taps equals the attention tap (image
+    // tower, 2 heads of 8).
+    let q = |t: &str| format!("permute(reshape(student.{t}_query(1), shape: [rows(student.image), -1, 2, 8]), axes: [0, 2, 1, 3])");
+    let k = |t: &str| format!("permute(reshape(student.{t}_key(1), shape: [rows(student.image), -1, 2, 8]), axes: [0, 2, 1, 3])");
+    let loss = format!(
+        "clip_loss(student) + 1e6 * mse(softmax({} @ {}.T / sqrt(8), axis: 3), student.image_attention(1))",
+        q("image"),
+        k("image")
+    );
+    let recipe = temp_recipe("qkv", &tiny_recipe(&loss, 1));
+    let dir = recipe.with_extension("run");
+    let out = kdc(&["run", recipe.to_str().unwrap(), "--dir", dir.to_str().unwrap(), "--no-export"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let log = std::fs::read_to_string(dir.join("log.jsonl")).unwrap();
+    let step: serde_json::Value = serde_json::from_str(log.lines().next().unwrap()).unwrap();
+    let gap = step["terms"]["mse"].as_f64().unwrap();
+    assert!(gap < 1e-10, "queries and keys do not give the attention: mse {gap}");
+    // And a wrong pairing (keys against keys) does not.
+    let wrong = loss.replace("image_query(1)", "image_key(1)");
+    let recipe = temp_recipe("qkv_wrong", &tiny_recipe(&wrong, 1));
+    let dir = recipe.with_extension("run");
+    let out = kdc(&["run", recipe.to_str().unwrap(), "--dir", dir.to_str().unwrap(), "--no-export"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let log = std::fs::read_to_string(dir.join("log.jsonl")).unwrap();
+    let step: serde_json::Value = serde_json::from_str(log.lines().next().unwrap()).unwrap();
+    assert!(step["terms"]["mse"].as_f64().unwrap() > 1e-8);
+}

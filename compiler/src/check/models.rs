@@ -112,7 +112,9 @@ impl Checker<'_> {
             }
         };
         let sig: &[ParamSig] = match method.name.as_str() {
-            "image_layer" | "text_layer" | "image_attention" | "text_attention" => &[ParamSig {
+            "image_layer" | "text_layer" | "image_attention" | "text_attention"
+            | "image_query" | "image_key" | "image_value" | "text_query" | "text_key"
+            | "text_value" => &[ParamSig {
                 name: "k",
                 kind: ParamKind::Required,
                 default: None,
@@ -228,7 +230,13 @@ impl Checker<'_> {
             }
             _ => {
                 let image = method.name.starts_with("image");
-                let attention = method.name.ends_with("attention");
+                let qkv = match method.name.rsplit('_').next() {
+                    Some("query") => Some(ir::Qkv::Query),
+                    Some("key") => Some(ir::Qkv::Key),
+                    Some("value") => Some(ir::Qkv::Value),
+                    _ => None,
+                };
+                let attention = method.name.ends_with("attention") || qkv.is_some();
                 let layers = if image {
                     m.vision.layers
                 } else {
@@ -270,7 +278,9 @@ impl Checker<'_> {
                         crate::shape::Dim::named(m.text.width, format!("{}.text_width", m.name)),
                     ])
                 };
-                let shape = if attention {
+                let shape = if qkv.is_some() {
+                    shape
+                } else if attention {
                     let (heads, tokens) = if image {
                         (m.vision.heads, shape.0[1].clone())
                     } else {
@@ -286,11 +296,16 @@ impl Checker<'_> {
                 } else {
                     shape
                 };
-                let tap = match (image, attention) {
-                    (true, false) => ir::Tap::ImageLayer(k),
-                    (false, false) => ir::Tap::TextLayer(k),
-                    (true, true) => ir::Tap::ImageAttention(k),
-                    (false, true) => ir::Tap::TextAttention(k),
+                let tap = match (image, attention, qkv) {
+                    (_, _, Some(which)) => ir::Tap::Projection {
+                        image,
+                        which,
+                        block: k,
+                    },
+                    (true, false, _) => ir::Tap::ImageLayer(k),
+                    (false, false, _) => ir::Tap::TextLayer(k),
+                    (true, true, _) => ir::Tap::ImageAttention(k),
+                    (false, true, _) => ir::Tap::TextAttention(k),
                 };
                 let node = self.push_node(
                     ctx,
@@ -327,5 +342,11 @@ const MODEL_FIELDS: &[&str] = &[
     "text_layer",
     "image_attention",
     "text_attention",
+    "image_query",
+    "image_key",
+    "image_value",
+    "text_query",
+    "text_key",
+    "text_value",
     "masked",
 ];

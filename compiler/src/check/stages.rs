@@ -405,6 +405,8 @@ impl<'p> Checker<'p> {
                             ir::Tap::TextLayer(_) | ir::Tap::TextAttention(_) => &[Part::Text],
                             ir::Tap::Scale => &[Part::Scale],
                             ir::Tap::TextMask => &[],
+                            ir::Tap::Projection { image: true, .. } => &[Part::Vision],
+                            ir::Tap::Projection { image: false, .. } => &[Part::Text],
                         };
                         for &p in parts {
                             if !self.models[*model].part_frozen(p)

@@ -109,7 +109,7 @@ pub fn self_attention(
     proj: [(Id, Id); 4],
     bias: Option<Id>,
     rows: Rows,
-) -> (Id, Id) {
+) -> Attention {
     let s = g.shape(x).to_vec();
     let (b, t, w) = (s[0], s[1], s[2]);
     let (d, r) = (w / heads, rows.len(t));
@@ -118,11 +118,11 @@ pub fn self_attention(
         g.permute(y, vec![0, 2, 1, 3])
     };
     let xq = pick(g, x, rows);
-    let q = linear(g, xq, proj[0].0, Some(proj[0].1));
-    let q = g.scale(q, (d as f32).powf(-0.5));
-    let k = linear(g, x, proj[1].0, Some(proj[1].1));
-    let v = linear(g, x, proj[2].0, Some(proj[2].1));
-    let (q, k, v) = (split(g, q, r), split(g, k, t), split(g, v, t));
+    let query = linear(g, xq, proj[0].0, Some(proj[0].1));
+    let q = g.scale(query, (d as f32).powf(-0.5));
+    let key = linear(g, x, proj[1].0, Some(proj[1].1));
+    let value = linear(g, x, proj[2].0, Some(proj[2].1));
+    let (q, k, v) = (split(g, q, r), split(g, key, t), split(g, value, t));
     let mut scores = g.matmul_t(q, k, false, true);
     if let Some(bias) = bias {
         let bias = match rows {
@@ -141,7 +141,44 @@ pub fn self_attention(
     let o = g.matmul(p, v);
     let o = g.permute(o, vec![0, 2, 1, 3]);
     let o = g.reshape(o, vec![b, r, w]);
-    (linear(g, o, proj[3].0, Some(proj[3].1)), p)
+    Attention {
+        out: linear(g, o, proj[3].0, Some(proj[3].1)),
+        probs: p,
+        query,
+        key,
+        value,
+    }
+}
+
+/// What an attention layer computes: its output and, for taps, its probabilities
+/// [b, heads, rows, t] and its projected queries, keys and values [b, rows or t, w] (before
+/// the head split and the 1/√d scaling).
+pub struct Attention {
+    pub out: Id,
+    pub probs: Id,
+    pub query: Id,
+    pub key: Id,
+    pub value: Id,
+}
+
+/// Block k's attention, for taps.
+#[derive(Clone, Copy)]
+pub struct AttentionTaps {
+    pub probs: Id,
+    pub query: Id,
+    pub key: Id,
+    pub value: Id,
+}
+
+impl From<&Attention> for AttentionTaps {
+    fn from(a: &Attention) -> AttentionTaps {
+        AttentionTaps {
+            probs: a.probs,
+            query: a.query,
+            key: a.key,
+            value: a.value,
+        }
+    }
 }
 
 /// One CLIP encoder layer (pre-LN): x + attn(ln1(x)), then x + fc2(act(fc1(ln2(x)))), for the
@@ -159,7 +196,7 @@ fn clip_layer(
     a: Activation,
     bias: Option<Id>,
     rows: Rows,
-) -> (Id, Id) {
+) -> (Id, AttentionTaps) {
     let n = |s: &str| p.get(&format!("{prefix}.{s}"));
     let h = g.layer_norm(
         x,
@@ -174,7 +211,8 @@ fn clip_layer(
         )
     });
     g.push_scope("attn");
-    let (h, probs) = self_attention(g, h, heads, proj, bias, rows);
+    let attention = self_attention(g, h, heads, proj, bias, rows);
+    let (h, probs) = (attention.out, AttentionTaps::from(&attention));
     g.pop_scope();
     let x = pick(g, x, rows);
     let x = g.add2(x, h);
@@ -194,8 +232,9 @@ fn clip_layer(
 pub struct VisionOut {
     /// hidden_states[0] (after `pre_layrnorm`) to hidden_states[layers]: [b, tokens, width].
     pub hidden: Vec<Id>,
-    /// Block k's attention probabilities at index k − 1: [b, heads, tokens, tokens].
-    pub attention: Vec<Id>,
+    /// Block k's attention at index k − 1: probabilities [b, heads, tokens, tokens], queries,
+    /// keys and values [b, tokens, width].
+    pub attention: Vec<AttentionTaps>,
     /// post_layernorm of the class token: [b, width].
     pub pooled: Id,
     /// The projected embedding, unnormalised: [b, embed].
@@ -312,8 +351,8 @@ pub struct TextInputs {
 
 pub struct TextOut {
     pub hidden: Vec<Id>,
-    /// Block k's attention probabilities at index k − 1: [b, heads, context, context].
-    pub attention: Vec<Id>,
+    /// Block k's attention at index k − 1 (probabilities [b, heads, context, context]).
+    pub attention: Vec<AttentionTaps>,
     pub pooled: Id,
     pub embed: Id,
 }
@@ -430,9 +469,9 @@ pub fn text(g: &mut Graph, spec: &ModelSpec, p: &ModelParams, inputs: &TextInput
                     "attention.output.dense",
                 ]
                 .map(|q| (n(&format!("{q}.weight")), n(&format!("{q}.bias"))));
-                let (a, probs) =
-                    self_attention(g, x, t.heads as usize, proj, Some(bias), Rows::All);
-                attention.push(probs);
+                let at = self_attention(g, x, t.heads as usize, proj, Some(bias), Rows::All);
+                attention.push(AttentionTaps::from(&at));
+                let a = at.out;
                 let a = g.add2(a, x);
                 let x1 = g.layer_norm(
                     a,

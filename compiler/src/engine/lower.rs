@@ -73,6 +73,15 @@ pub fn tap_name(tap: Tap) -> String {
         Tap::ImageAttention(k) => format!("image_attention({k})"),
         Tap::TextAttention(k) => format!("text_attention({k})"),
         Tap::TextMask => "text_mask".into(),
+        Tap::Projection {
+            image,
+            which,
+            block,
+        } => format!(
+            "{}_{}({block})",
+            if image { "image" } else { "text" },
+            which.name()
+        ),
     }
 }
 
@@ -201,8 +210,24 @@ impl Lowering<'_> {
             }
             Tap::ImageLayer(k) => self.vision(model, mask).hidden[k as usize],
             Tap::TextLayer(k) => self.text(model).hidden[k as usize],
-            Tap::ImageAttention(k) => self.vision(model, mask).attention[k as usize - 1],
-            Tap::TextAttention(k) => self.text(model).attention[k as usize - 1],
+            Tap::ImageAttention(k) => self.vision(model, mask).attention[k as usize - 1].probs,
+            Tap::TextAttention(k) => self.text(model).attention[k as usize - 1].probs,
+            Tap::Projection {
+                image,
+                which,
+                block,
+            } => {
+                let a = if image {
+                    self.vision(model, mask).attention[block as usize - 1]
+                } else {
+                    self.text(model).attention[block as usize - 1]
+                };
+                match which {
+                    ir::Qkv::Query => a.query,
+                    ir::Qkv::Key => a.key,
+                    ir::Qkv::Value => a.value,
+                }
+            }
             Tap::TextMask => {
                 let spec = &self.recipe.models[model];
                 let context = spec.text.context as usize;

@@ -404,6 +404,7 @@ fn stage_ir(out: &mut String, recipe: &Recipe, index: usize, stage: &Stage) {
                     Tap::ImageAttention(k) => format!("image_attention({k})"),
                     Tap::TextAttention(k) => format!("text_attention({k})"),
                     Tap::TextMask => "text_mask".into(),
+                    tap @ Tap::Projection { .. } => crate::engine::lower::tap_name(*tap),
                 };
                 let frozen = if recipe.models[*model].frozen {
                     " [frozen]"
