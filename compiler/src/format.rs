@@ -159,6 +159,7 @@ impl Printer<'_> {
         match item {
             Item::Use(u) => self.use_decl(u),
             Item::Fn(f) => self.fn_def(f),
+            Item::Test(t) => self.test_def(t),
             Item::Stage(s) => self.stage(s),
             Item::Binding(b) => self.binding(b),
         }
@@ -214,6 +215,25 @@ impl Printer<'_> {
         let closing = self.closing(f.span.end - 1).unwrap_or(Doc::nil());
         let inner = Doc::concat(body).append(closing).nest(INDENT);
         head.append(Doc::text(" {"))
+            .append(inner)
+            .append(Doc::hardline())
+            .append(Doc::text("}"))
+    }
+
+    fn test_def(&self, t: &TestDef) -> Doc {
+        let mut body = Vec::new();
+        let mut previous: Option<u32> = None;
+        for l in &t.lets {
+            body.push(self.line_in_block(l.span, previous, || {
+                Doc::text(format!("let {} = ", l.name.name))
+                    .append(self.expr_nested(&l.value, 4 + l.name.name.len() as isize + 3))
+            }));
+            previous = Some(l.span.end);
+        }
+        body.push(self.line_in_block(t.body.span, previous, || self.expr(&t.body).group()));
+        let closing = self.closing(t.span.end - 1).unwrap_or(Doc::nil());
+        let inner = Doc::concat(body).append(closing).nest(INDENT);
+        Doc::text(format!("test {} {{", t.name.name))
             .append(inner)
             .append(Doc::hardline())
             .append(Doc::text("}"))

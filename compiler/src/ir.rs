@@ -111,6 +111,8 @@ pub enum Op {
     Param(ParamId),
     /// A scalar constant.
     Const(f64),
+    /// A constant tensor of the node's shape, row-major (`tensor([[1, 2], [3, 4]])`).
+    Literal(Vec<f64>),
     /// A scalar that follows a schedule over training steps.
     Scheduled(Schedule),
     /// The size of axis `axis` of the input, as a scalar (the batch size B, say).
@@ -277,6 +279,10 @@ impl std::hash::Hash for Op {
             }
             Op::Param(p) => p.hash(state),
             Op::Const(v) => hash_f64(*v, state),
+            Op::Literal(values) => {
+                values.len().hash(state);
+                values.iter().for_each(|v| hash_f64(*v, state));
+            }
             Op::Scheduled(s) => s.hash(state),
             Op::Size { axis } | Op::Softmax { axis } | Op::LogSoftmax { axis } | Op::Concat { axis } => {
                 axis.hash(state)
@@ -375,6 +381,7 @@ impl Op {
             Op::Tap { .. } => "tap".into(),
             Op::Param(_) => "param".into(),
             Op::Const(_) => "const".into(),
+            Op::Literal(v) => format!("tensor[{} values]", v.len()),
             Op::Scheduled(_) => "schedule".into(),
             Op::Size { axis } => format!("size[axis {axis}]"),
             Op::Eye => "eye".into(),

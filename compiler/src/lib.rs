@@ -28,6 +28,7 @@ pub mod shape;
 pub mod source;
 mod suggest;
 pub mod syntax;
+pub mod testing;
 pub mod tokenize;
 
 use check::{Loader, Program};
@@ -114,6 +115,17 @@ fn compile_here(path: &str, text: &str, loader: &dyn Loader) -> Compiled {
     if let Some(program) = &program {
         let (checked, check_diags) = check::check(program);
         diagnostics.extend(check_diags);
+        // `test` blocks are checked too (`kdc test` runs them).
+        let has_tests = program
+            .root()
+            .ast
+            .items
+            .iter()
+            .any(|i| matches!(i, syntax::ast::Item::Test(_)));
+        if has_tests {
+            let (_, test_diags) = check::tests::tests(program);
+            diagnostics.extend(test_diags);
+        }
         recipe = if diagnostics.has_errors() {
             None
         } else {

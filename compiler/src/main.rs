@@ -46,6 +46,13 @@ enum Command {
         #[arg(required = true)]
         recipes: Vec<PathBuf>,
     },
+    /// Run the `test` blocks of recipes and libraries: functions on literal tensors against
+    /// expected values.
+    Test {
+        /// Files, or folders to search for .kd files.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
     /// Rewrite recipes in the canonical layout, keeping comments.
     Fmt {
         /// Do not write; exit with 1 if any file would change.
@@ -238,6 +245,7 @@ fn load_recipe(name: &str, text: &[u8]) -> Option<kdc::ir::Recipe> {
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Check { recipes } => check(&recipes),
+        Command::Test { paths } => run_tests(&paths),
         Command::Fmt { check, recipes } => fmt(&recipes, check),
         Command::Explain {
             target,
@@ -309,6 +317,66 @@ fn check(recipes: &[PathBuf]) -> Result<ExitCode> {
         eprintln!("checked {what}: ok");
         Ok(ExitCode::SUCCESS)
     }
+}
+
+/// `kdc test`: every `test` block of every file; exit 1 if one fails or does not check.
+fn run_tests(paths: &[PathBuf]) -> Result<ExitCode> {
+    let files = expand(paths)?;
+    let (mut passed, mut failed, mut broken) = (0, 0, 0);
+    for path in &files {
+        let name = path.display().to_string();
+        let bytes = read(path)?;
+        let compiled = kdc::compile_bytes(&name, &bytes, &FsLoader);
+        let Some(program) = &compiled.program else {
+            load(&name, &bytes);
+            broken += 1;
+            continue;
+        };
+        let has_tests = program
+            .root()
+            .ast
+            .items
+            .iter()
+            .any(|i| matches!(i, kdc::syntax::ast::Item::Test(_)));
+        if !has_tests {
+            continue;
+        }
+        let (outcomes, diags) = kdc::testing::run(program);
+        if !diags.is_empty() {
+            eprint!("{}", render_all(&diags, &compiled.sources, render_options()));
+        }
+        if diags.has_errors() {
+            broken += 1;
+        }
+        for o in outcomes {
+            match o.failure {
+                None => {
+                    passed += 1;
+                    println!("test {name} {} ... ok", o.name);
+                }
+                Some(why) => {
+                    failed += 1;
+                    println!("test {name} {} ... FAILED", o.name);
+                    for line in why.lines() {
+                        println!("    {line}");
+                    }
+                }
+            }
+        }
+    }
+    println!(
+        "{passed} passed, {failed} failed{}",
+        if broken > 0 {
+            format!(", {broken} file(s) with errors")
+        } else {
+            String::new()
+        }
+    );
+    Ok(if failed + broken > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 /// `kdc fmt [--check]`.

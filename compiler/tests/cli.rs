@@ -437,3 +437,41 @@ fn query_and_key_taps_give_back_the_attention_probabilities() {
     let step: serde_json::Value = serde_json::from_str(log.lines().next().unwrap()).unwrap();
     assert!(step["terms"]["mse"].as_f64().unwrap() > 1e-8);
 }
+
+#[test]
+fn kdc_test_runs_test_blocks_and_reports_what_failed() {
+    let out = kdc(&["test", "recipes/research"]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
+    assert!(stdout.contains("5 passed, 0 failed"), "{stdout}");
+    let recipe = temp_recipe(
+        "unit",
+        "fn double(x: Tensor) -> Tensor {
+  2 * x
+}
+
+test doubles {
+  expect(double(tensor([[1, 2], [3, 4]])), tensor([[2, 4], [6, 8]]))
+}
+
+test off_by_one {
+  expect(double(tensor([1, 2])), tensor([2, 5]))
+}
+
+student = clip(preset: \"ViT-T-16\")
+
+test reads_a_model {
+  expect(mean(student.image), 0)
+}
+",
+    );
+    let out = kdc(&["test", recipe.to_str().unwrap()]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("doubles ... ok"), "{stdout}");
+    assert!(stdout.contains("off_by_one ... FAILED"), "{stdout}");
+    assert!(stdout.contains("entry [1] is 4, expected 5"), "{stdout}");
+    assert!(stdout.contains("reads_a_model ... FAILED"), "{stdout}");
+    assert!(stdout.contains("a test runs on literal tensors, but this one reads a model's output"), "{stdout}");
+    assert!(stdout.contains("1 passed, 2 failed"), "{stdout}");
+}

@@ -66,6 +66,8 @@ pub fn rule_words(rule: Rule) -> &'static str {
         Rule::kw_fn => "`fn`",
         Rule::kw_let => "`let`",
         Rule::kw_stage => "`stage`",
+        Rule::test_def => "`test`",
+        Rule::kw_test => "`test`",
     }
 }
 

@@ -173,6 +173,8 @@ pub enum Op {
     Param(usize),
     /// A constant tensor filled with one value.
     Fill(F32),
+    /// A constant tensor of the given values, row-major.
+    Constant(Vec<F32>),
     /// The identity matrix.
     Eye,
     /// The additive causal mask: 0 on and below the diagonal, a large negative above.
@@ -257,6 +259,7 @@ impl Op {
             Op::Input(_) => "Input",
             Op::Param(_) => "Param",
             Op::Fill(_) => "Fill",
+            Op::Constant(_) => "Constant",
             Op::Eye => "Eye",
             Op::CausalMask => "CausalMask",
             Op::Unary(_) => "Unary",

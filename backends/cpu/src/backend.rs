@@ -215,6 +215,7 @@ fn run(
 ) {
     match op {
         Op::Fill(v) => out.fill(v.0),
+        Op::Constant(values) => out.iter_mut().zip(values).for_each(|(o, v)| *o = v.0),
         Op::Eye => {
             let c = out_shape[1];
             out.fill(0.0);

@@ -18,6 +18,7 @@ mod settings;
 mod stages;
 pub(crate) mod tensors;
 mod terms;
+pub mod tests;
 mod types;
 mod value;
 

@@ -65,6 +65,15 @@ impl Checker<'_> {
     pub(in crate::check) fn resolve_fn_bodies(&mut self) {
         for (module_id, module) in self.program.modules.iter().enumerate() {
             for item in &module.ast.items {
+                if let ast::Item::Test(t) = item {
+                    let mut locals: Vec<String> = Vec::new();
+                    for l in &t.lets {
+                        self.resolve_expr(module_id, &locals, &l.value);
+                        locals.push(l.name.name.clone());
+                    }
+                    self.resolve_expr(module_id, &locals, &t.body);
+                    continue;
+                }
                 let ast::Item::Fn(f) = item else { continue };
                 // A default sees the parameters before it (`tau2: Num = tau * tau`).
                 let mut locals: Vec<String> = Vec::new();

@@ -42,6 +42,16 @@ pub enum Value {
     Group(crate::ir::ParamGroup),
     /// A span of training for a schedule (`fraction(0.05)`).
     Duration(crate::ir::Duration),
+    /// What a `test` expects: `actual` within `tol` of `expected` (nodes of the test's graph).
+    Expect(Expectation),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Expectation {
+    pub actual: crate::ir::NodeId,
+    pub expected: crate::ir::NodeId,
+    pub tol: f64,
+    pub span: Span,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -106,6 +116,7 @@ impl Value {
             Value::Func(_) => "a function".into(),
             Value::Group(_) => "a parameter group".into(),
             Value::Duration(_) => "a span of training".into(),
+            Value::Expect(_) => "an expectation".into(),
         }
     }
 

@@ -235,6 +235,7 @@ pub fn backward(graph: &mut Graph, loss: Id) -> Vec<(usize, Id)> {
             Op::Detach
             | Op::Input(_)
             | Op::Fill(_)
+            | Op::Constant(_)
             | Op::Eye
             | Op::CausalMask
             | Op::Arg { .. } => {}

@@ -103,6 +103,7 @@ impl Graph {
             Op::Detach
             | Op::Input(_)
             | Op::Fill(_)
+            | Op::Constant(_)
             | Op::Eye
             | Op::CausalMask
             | Op::Arg { .. } => false,

@@ -4,7 +4,7 @@
 
 use super::autodiff;
 use super::clip::{self, ModelParams, TextInputs};
-use super::graph::{Binary, Graph, Id, InputKind, Op, Reduce, Unary};
+use super::graph::{Binary, Graph, Id, InputKind, Op, Reduce, Unary, F32};
 use crate::ir::{self, Recipe, Schedule, Tap};
 use crate::model::{Part, TextKind};
 use std::collections::HashMap;
@@ -18,6 +18,9 @@ pub enum Target {
     /// Only the forward pass of these taps (`student.image`, `teacher.text`), with every
     /// parameter frozen: no loss and no backward (evaluation, feature extraction).
     Forward(Vec<(ir::ModelId, Tap)>),
+    /// The values of these nodes of the stage's IR graph, forward only (the expectations of
+    /// `test` blocks: literal tensors and functions of them), each as `Output::Tensor("%i")`.
+    Values(Vec<ir::NodeId>),
 }
 
 /// A value a compiled graph produces, addressed by name rather than by position.
@@ -275,6 +278,18 @@ pub fn lower(
             let (outputs, terms, loss_params) = l.training_step();
             (outputs, terms, loss_params)
         }
+        Target::Values(nodes) => {
+            let mut map: Vec<Id> = Vec::with_capacity(stage.graph.nodes.len());
+            for node in &stage.graph.nodes {
+                let id = l.lower_node(node, &map, &[]);
+                map.push(id);
+            }
+            let outputs = nodes
+                .iter()
+                .map(|&n| (Output::Tensor(format!("%{n}")), map[n]))
+                .collect();
+            (outputs, Vec::new(), Vec::new())
+        }
         Target::Forward(taps) => {
             let outputs = taps
                 .iter()
@@ -289,7 +304,7 @@ pub fn lower(
     };
     let forward_len = match target {
         Target::Train => l.forward_len,
-        Target::Forward(_) => l.g.nodes.len(),
+        Target::Forward(_) | Target::Values(_) => l.g.nodes.len(),
     };
     let model_params = l
         .params
@@ -383,6 +398,11 @@ impl Lowering<'_> {
             ir::Op::Tap { model, tap, mask } => l.tap(*model, *tap, mask.clone(), shape),
             ir::Op::Param(p) => param_nodes[*p],
             ir::Op::Const(v) => l.g.scalar(*v as f32),
+            ir::Op::Literal(values) => l.g.add(
+                Op::Constant(values.iter().map(|&v| F32(v as f32)).collect()),
+                vec![],
+                shape,
+            ),
             // Scheduled scalars are named by their IR node, so the runner can evaluate them.
             ir::Op::Scheduled(_) => l.g.input(InputKind::Schedule { node: map.len() }, vec![]),
             ir::Op::Size { axis } => {

@@ -32,6 +32,14 @@ pub fn ast(file: &File, sources: &SourceMap) -> String {
                     .unwrap_or_default();
                 let _ = writeln!(out, "  use {}{} {}", path.join("."), names, at(u.span));
             }
+            Item::Test(t) => {
+                let _ = writeln!(out, "  test {} {}", t.name.name, at(t.span));
+                for l in &t.lets {
+                    let _ = writeln!(out, "    let {} {}", l.name.name, at(l.span));
+                    expr(&mut out, &l.value, 3, sources);
+                }
+                expr(&mut out, &t.body, 2, sources);
+            }
             Item::Fn(f) => {
                 let params: Vec<String> = f
                     .params

@@ -23,6 +23,16 @@ pub enum Item {
     Fn(FnDef),
     Stage(Stage),
     Binding(Binding),
+    Test(TestDef),
+}
+
+/// `test name { let …  expectations }`, run by `kdc test`.
+#[derive(Clone, Debug)]
+pub struct TestDef {
+    pub name: Ident,
+    pub lets: Vec<Let>,
+    pub body: Expr,
+    pub span: Span,
 }
 
 impl Item {
@@ -32,6 +42,7 @@ impl Item {
             Item::Fn(f) => f.span,
             Item::Stage(s) => s.span,
             Item::Binding(b) => b.span,
+            Item::Test(t) => t.span,
         }
     }
 }

@@ -443,6 +443,7 @@ impl Builder<'_> {
             Rule::fn_def => Item::Fn(self.fn_def(pair)),
             Rule::stage_def => Item::Stage(self.stage(pair)),
             Rule::binding => Item::Binding(self.binding(pair)),
+            Rule::test_def => Item::Test(self.test_def(pair)),
             other => unreachable!("the grammar allows no {other:?} as an item"),
         }
     }
@@ -457,6 +458,38 @@ impl Builder<'_> {
             .next()
             .map(|group| children(group).map(|p| self.ident(p)).collect());
         Use { path, names, span }
+    }
+
+    /// A block: its `let`s and its result.
+    fn block(&self, pair: Pair<'_, Rule>) -> (Vec<Let>, Expr) {
+        let mut lets = Vec::new();
+        let mut body = None;
+        for q in children(pair) {
+            match q.as_rule() {
+                Rule::let_stmt => {
+                    let span = self.span(&q);
+                    let mut parts = children(q);
+                    let name = self.ident(parts.next().unwrap());
+                    let value = self.expr(parts.next().unwrap());
+                    lets.push(Let { name, value, span });
+                }
+                _ => body = Some(self.expr(q)),
+            }
+        }
+        (lets, body.expect("a block ends in an expression"))
+    }
+
+    fn test_def(&self, pair: Pair<'_, Rule>) -> TestDef {
+        let span = self.span(&pair);
+        let mut inner = children(pair).filter(|p| p.as_rule() != Rule::kw_test);
+        let name = self.ident(inner.next().unwrap());
+        let (lets, body) = self.block(inner.next().unwrap());
+        TestDef {
+            name,
+            lets,
+            body,
+            span,
+        }
     }
 
     fn fn_def(&self, pair: Pair<'_, Rule>) -> FnDef {

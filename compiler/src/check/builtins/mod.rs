@@ -6,6 +6,7 @@
 
 mod args;
 mod data;
+mod literals;
 mod losses;
 mod models;
 mod select;

@@ -694,6 +694,18 @@ pub const BUILTINS: &[Builtin] = &[
         "Two tensors of one shape stacked along a new axis of size 2.",
     ),
     builtin(
+        "tensor",
+        &[req("values")],
+        |c, ctx, b, span| c.tensor_literal(ctx, b, span),
+        "A constant tensor: a number, or nested lists of numbers (`tensor([[1, 2], [3, 4]])`).",
+    ),
+    builtin(
+        "expect",
+        &[req("actual"), req("expected"), num("tol", 1e-5)],
+        |c, ctx, b, span| c.expect(ctx, b, span),
+        "In a `test`: every entry of actual within tol·(1 + |expected|) of expected.",
+    ),
+    builtin(
         "eye",
         &[req("n")],
         |c, ctx, b, span| c.eye(ctx, b, span),

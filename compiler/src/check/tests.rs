@@ -1,0 +1,104 @@
+//! `test` blocks, for `kdc test`: each is evaluated like a function body in its module, and
+//! its expectations come back with the graph that computes them.
+
+use super::value::Value;
+use super::{Checker, Ctx, Env, Program};
+use crate::codes::Code;
+use crate::diag::{Diagnostic, Diagnostics};
+use crate::ir::{self, NodeId};
+use crate::source::Span;
+use crate::syntax::ast;
+use std::collections::{HashMap, HashSet};
+
+/// One `test` block, checked.
+pub struct TestCase {
+    pub name: String,
+    pub span: Span,
+    /// The nodes its expectations read (literal tensors, functions of them).
+    pub graph: ir::Graph,
+    pub checks: Vec<Check>,
+    /// The block uses something a test cannot run: a model, a learnable part, a schedule.
+    pub unsupported: Option<String>,
+}
+
+/// `expect(actual, expected, tol)`.
+pub struct Check {
+    pub actual: NodeId,
+    pub expected: NodeId,
+    pub tol: f64,
+    pub span: Span,
+}
+
+/// The `test` blocks of a program's root module, checked (an erroneous block is left out and
+/// its errors are in the diagnostics).
+pub fn tests(program: &Program) -> (Vec<TestCase>, Diagnostics) {
+    let mut checker = Checker {
+        program,
+        diags: Diagnostics::default(),
+        models: Vec::new(),
+        model_sites: HashMap::new(),
+        used: HashSet::new(),
+        used_stage: HashSet::new(),
+        shared_masks: HashMap::new(),
+    };
+    checker.check_fn_signatures();
+    checker.resolve_fn_bodies();
+    let mut out = Vec::new();
+    for item in &program.root().ast.items {
+        let ast::Item::Test(t) = item else { continue };
+        let before = checker.diags.error_count();
+        let mut ctx = Ctx::default();
+        let mut env = Env {
+            module: 0,
+            stage: None,
+            locals: HashMap::new(),
+        };
+        for l in &t.lets {
+            let v = checker.eval(&mut ctx, &env, &l.value);
+            env.locals.insert(l.name.name.clone(), v);
+        }
+        let value = checker.eval(&mut ctx, &env, &t.body);
+        let items = match value {
+            Value::List(items) => items,
+            other => vec![(other, t.body.span)],
+        };
+        let mut checks = Vec::new();
+        for (v, span) in items {
+            match v {
+                Value::Expect(e) => checks.push(Check {
+                    actual: e.actual,
+                    expected: e.expected,
+                    tol: e.tol,
+                    span: e.span,
+                }),
+                Value::Error => {}
+                other => checker.diags.push(
+                    Diagnostic::error(
+                        Code::TypeMismatch,
+                        span,
+                        format!("a test ends in `expect(…)` or a list of them, not {}", other.kind()),
+                    )
+                    .primary_label(format!("this is {}", other.kind()))
+                    .hint("for example `expect(f(x), tensor([1, 2]))`"),
+                ),
+            }
+        }
+        if checker.diags.error_count() > before || checks.is_empty() {
+            continue;
+        }
+        let unsupported = ctx.graph.nodes.iter().find_map(|n| match &n.op {
+            ir::Op::Tap { .. } => Some("a model's output".to_string()),
+            ir::Op::Param(_) => Some("a learnable part (`linear`, `proj`, `param`)".to_string()),
+            ir::Op::Scheduled(_) => Some("a schedule".to_string()),
+            _ => None,
+        });
+        out.push(TestCase {
+            name: t.name.name.clone(),
+            span: t.span,
+            graph: std::mem::take(&mut ctx.graph),
+            checks,
+            unsupported,
+        });
+    }
+    (out, checker.diags)
+}
