@@ -170,6 +170,11 @@ pub enum Op {
     },
     /// The same elements in the output's shape (unsqueeze, squeeze, reshape, keepdim).
     Reshape,
+    /// The k largest values along `axis`, largest first.
+    TopK {
+        k: u64,
+        axis: usize,
+    },
     /// Axes reordered: output axis i is input axis `perm[i]`.
     Permute(Vec<usize>),
     /// `len` entries from `start` along `axis` (indexing and slicing).
@@ -302,6 +307,10 @@ impl std::hash::Hash for Op {
             }
             Op::Compare(c) => c.hash(state),
             Op::Permute(p) => p.hash(state),
+            Op::TopK { k, axis } => {
+                k.hash(state);
+                axis.hash(state);
+            }
             Op::Slice { axis, start, len } => {
                 axis.hash(state);
                 start.hash(state);
@@ -417,6 +426,7 @@ impl Op {
                 axis.map(|a| format!("[axis {a}]")).unwrap_or_default()
             ),
             Op::Reshape => "reshape".into(),
+            Op::TopK { k, axis } => format!("topk[k {k}, axis {axis}]"),
             Op::Permute(p) => format!(
                 "permute[{}]",
                 p.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ")

@@ -180,6 +180,18 @@ fn selection_operators() {
             g.reduce(kind, y, None)
         });
     }
+    // Top-k: the largest entry of each lane set apart (k = 1), and a full sort (k = n), whose
+    // order the small random values keep under the finite differences' steps.
+    check("topk 1", &[vec![3, 4, 2]], false, |g, x| {
+        let eye = g.add(Op::Eye, vec![], vec![4, 2]);
+        let five = g.scalar(5.0);
+        let offset = g.mul(eye, five);
+        let y = g.add2(x[0], offset);
+        g.add(Op::TopK { k: 1, axis: 1 }, vec![y], vec![3, 1, 2])
+    });
+    check("topk all", &[vec![3, 4]], false, |g, x| {
+        g.add(Op::TopK { k: 3, axis: 0 }, vec![x[0]], vec![3, 4])
+    });
     check("normalize eps", &[vec![3, 5]], false, |g, x| {
         g.normalize_eps(x[0], 1, 1e-3)
     });

@@ -218,6 +218,10 @@ pub enum Op {
     /// Inputs (c, a, b), all of the output's shape: a where c ≠ 0, else b. The gradient of a
     /// is dy·c and of b dy·(1 − c), written as products.
     Where,
+    /// The k largest values along an axis, largest first (the axis becomes k long).
+    TopK { k: usize, axis: usize },
+    /// Inputs (x, dy) → dx: each value's gradient back at its position.
+    TopKBackward { k: usize, axis: usize },
     /// Layer norm over the last axis: inputs (x, gain, bias).
     LayerNorm { eps: F32 },
     /// Inputs (x, gain, dy) → dx.
@@ -281,6 +285,8 @@ impl Op {
             Op::NormalizeBackward { .. } => "NormalizeBackward",
             Op::Arg { .. } => "Arg",
             Op::Where => "Where",
+            Op::TopK { .. } => "TopK",
+            Op::TopKBackward { .. } => "TopKBackward",
             Op::LayerNorm { .. } => "LayerNorm",
             Op::LayerNormBackward { .. } => "LayerNormBackward",
             Op::LayerNormParamGrads { .. } => "LayerNormParamGrads",

@@ -282,6 +282,14 @@ fn run(
             crate::arg_extreme_axis(inputs[0], out, outer, n, inner, *largest);
         }
         Op::Where => crate::select(inputs[0], inputs[1], inputs[2], out),
+        Op::TopK { k, axis } => {
+            let (outer, n, inner) = crate::axis_dims(&shapes[0], *axis);
+            crate::topk_axis(inputs[0], out, outer, n, inner, *k);
+        }
+        Op::TopKBackward { k, axis } => {
+            let (outer, n, inner) = crate::axis_dims(&shapes[0], *axis);
+            crate::topk_axis_backward(inputs[0], inputs[1], out, outer, n, inner, *k);
+        }
         Op::Softmax { axis } => {
             let (outer, len, inner) = crate::axis_dims(&shapes[0], *axis);
             crate::softmax(inputs[0], out, outer, len, inner);

@@ -686,3 +686,54 @@ pub fn extreme_axis_backward<T: Real>(
         }
     }
 }
+
+/// The positions of the `k` largest values of lane (o, i), largest first (ties: the earlier
+/// position first; NaN counts as the largest).
+fn top_positions<T: Real>(x: &[T], o: usize, i: usize, n: usize, inner: usize, k: usize) -> Vec<usize> {
+    let at = |j: usize| x[(o * n + j) * inner + i];
+    let mut idx: Vec<usize> = (0..n).collect();
+    idx.sort_by(|&a, &b| {
+        let (va, vb) = (at(a), at(b));
+        match (va.is_nan(), vb.is_nan()) {
+            (true, false) => std::cmp::Ordering::Less,
+            (false, true) => std::cmp::Ordering::Greater,
+            _ => vb.partial_cmp(&va).unwrap_or(std::cmp::Ordering::Equal),
+        }
+        .then(a.cmp(&b))
+    });
+    idx.truncate(k);
+    idx
+}
+
+/// The `k` largest values along the axis, largest first: `out` is `[outer, k, inner]`.
+pub fn topk_axis<T: Real>(x: &[T], out: &mut [T], outer: usize, n: usize, inner: usize, k: usize) {
+    assert!(k >= 1 && k <= n && x.len() == outer * n * inner && out.len() == outer * k * inner);
+    for o in 0..outer {
+        for i in 0..inner {
+            for (r, j) in top_positions(x, o, i, n, inner, k).into_iter().enumerate() {
+                out[(o * k + r) * inner + i] = x[(o * n + j) * inner + i];
+            }
+        }
+    }
+}
+
+/// Backward of [`topk_axis`]: each output's gradient goes to the position it came from.
+pub fn topk_axis_backward<T: Real>(
+    x: &[T],
+    dy: &[T],
+    dx: &mut [T],
+    outer: usize,
+    n: usize,
+    inner: usize,
+    k: usize,
+) {
+    assert!(dx.len() == outer * n * inner && dy.len() == outer * k * inner);
+    dx.fill(T::zero());
+    for o in 0..outer {
+        for i in 0..inner {
+            for (r, j) in top_positions(x, o, i, n, inner, k).into_iter().enumerate() {
+                dx[(o * n + j) * inner + i] = dy[(o * k + r) * inner + i];
+            }
+        }
+    }
+}

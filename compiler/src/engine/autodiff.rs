@@ -83,6 +83,17 @@ pub fn backward(graph: &mut Graph, loss: Id) -> Vec<(usize, Id)> {
                     _ => {}
                 }
             }
+            Op::TopK { k, axis } => {
+                let s = graph.shape(x(0)).to_vec();
+                contributions.push((
+                    x(0),
+                    graph.add(
+                        Op::TopKBackward { k: *k, axis: *axis },
+                        vec![x(0), g],
+                        s,
+                    ),
+                ));
+            }
             Op::Where => {
                 let (c, a, b) = (x(0), x(1), x(2));
                 let ga = graph.mul(g, c);

@@ -445,6 +445,14 @@ impl Lowering<'_> {
             ir::Op::Min { axis } => l.g.reduce(Reduce::Min, input(0), *axis),
             ir::Op::Arg { largest, axis } => l.g.arg(input(0), *largest, *axis),
             ir::Op::Reshape => l.g.reshape(input(0), shape),
+            ir::Op::TopK { k, axis } => l.g.add(
+                Op::TopK {
+                    k: *k as usize,
+                    axis: *axis,
+                },
+                vec![input(0)],
+                shape,
+            ),
             ir::Op::Permute(perm) => l.g.permute(input(0), perm.clone()),
             ir::Op::Slice { axis, start, len } => {
                 l.g.slice(input(0), *axis, *start as usize, *len as usize)

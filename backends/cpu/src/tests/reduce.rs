@@ -320,3 +320,30 @@ fn extremes_along_an_axis() {
     extreme_axis_backward(&x, &[2.0], &mut dx, 1, 4, 1, true);
     assert_eq!(dx, [0.0, 2.0, 0.0, 0.0]);
 }
+
+#[test]
+fn top_k_along_an_axis() {
+    use crate::{topk_axis, topk_axis_backward};
+    let mut rng = Rng::new(32);
+    for (outer, n, inner, k) in [(1, 7, 1, 3), (3, 5, 4, 2), (2, 6, 3, 6), (4, 9, 2, 1)] {
+        let x = rng.vec(outer * n * inner, -2.0, 2.0);
+        let dy = rng.vec(outer * k * inner, -1.0, 1.0);
+        let mut out = vec![f64::NAN; outer * k * inner];
+        topk_axis(&x, &mut out, outer, n, inner, k);
+        for o in 0..outer {
+            for i in 0..inner {
+                let mut col: Vec<f64> = (0..n).map(|j| x[(o * n + j) * inner + i]).collect();
+                col.sort_by(|a, b| b.partial_cmp(a).unwrap());
+                let got: Vec<f64> = (0..k).map(|r| out[(o * k + r) * inner + i]).collect();
+                assert_eq!(got, col[..k]);
+            }
+        }
+        let mut dx = vec![f64::NAN; x.len()];
+        topk_axis_backward(&x, &dy, &mut dx, outer, n, inner, k);
+        check_vjp(&format!("topk {outer}x{n}x{inner} k {k}"), &x, &dy, &dx, |x| {
+            let mut o = vec![0.0; outer * k * inner];
+            topk_axis(x, &mut o, outer, n, inner, k);
+            o
+        });
+    }
+}

@@ -67,6 +67,45 @@ impl Checker<'_> {
         self.reduce_with(ctx, b, |axis| Op::Arg { largest, axis }, span)
     }
 
+    /// `topk(x, k, axis? (-1))`: the k largest values along an axis, largest first.
+    pub(in crate::check) fn topk(&mut self, ctx: &mut Ctx, b: &Bound, span: Span) -> Value {
+        let Some((n, s, xspan)) = self.tensor(ctx, b, "x") else {
+            return Value::Error;
+        };
+        if s.is_scalar() {
+            let d = Diagnostic::error(Code::ShapeMismatch, xspan, "`topk` needs a tensor with at least one axis, not a scalar")
+                .primary_label("a scalar");
+            self.bad(ctx, b, d);
+            return Value::Error;
+        }
+        let Some(axis) = self.axis(ctx, b, &s, -1) else {
+            return Value::Error;
+        };
+        let Some(k) = self.count(ctx, b, "k") else {
+            return Value::Error;
+        };
+        match s.0[axis].size {
+            Some(size) if k <= size => {}
+            size => {
+                let d = Diagnostic::error(
+                    Code::OutOfRange,
+                    b.span("k"),
+                    match size {
+                        Some(size) => format!("k = {k} is more than the {size} entries along axis {axis}"),
+                        None => format!("axis {axis} has the size {} known only when data arrives; `topk` needs an axis of known size", s.0[axis].describe()),
+                    },
+                )
+                .primary_label("too many")
+                .label(xspan, format!("this is {s}"));
+                self.bad(ctx, b, d);
+                return Value::Error;
+            }
+        }
+        let mut dims = s.0.clone();
+        dims[axis] = Dim::known(k);
+        self.node(ctx, Op::TopK { k, axis }, vec![n], Shape(dims), span)
+    }
+
     /// A reduction over `axis` (or everything) with `keepdim`.
     pub(in crate::check) fn reduce_with(
         &mut self,

@@ -616,6 +616,12 @@ pub const BUILTINS: &[Builtin] = &[
         "The position of the smallest value along an axis (the first on ties); no gradient.",
     ),
     builtin(
+        "topk",
+        &[req("x"), req("k"), opt("axis")],
+        |c, ctx, b, span| c.topk(ctx, b, span),
+        "The k largest values along an axis (default: the last), largest first; the gradient goes back to their positions.",
+    ),
+    builtin(
         "gt",
         &[req("a"), req("b")],
         |c, ctx, b, span| c.compare(ctx, b, span),
