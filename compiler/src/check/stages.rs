@@ -478,6 +478,29 @@ impl<'p> Checker<'p> {
             }
         }
 
+        // `topk` along the batch: k must fit in the stage's batches.
+        if let Some(d) = &data {
+            for node in &ctx.graph.nodes {
+                if let Op::TopK { k, axis } = node.op {
+                    let along = &ctx.graph.nodes[node.inputs[0]].shape.0[axis];
+                    if along.size.is_none() && k > d.batch {
+                        self.diags.push(
+                            Diagnostic::error(
+                                Code::OutOfRange,
+                                node.span,
+                                format!(
+                                    "`topk` takes {k} along the batch, but {where_} reads batches of {}",
+                                    d.batch
+                                ),
+                            )
+                            .primary_label("k larger than the batch")
+                            .hint("lower k, or raise the data's `batch`"),
+                        );
+                    }
+                }
+            }
+        }
+
         let recipe_ok = loss_ok && data.is_some() && train.is_some();
         recipe_ok.then(|| ir::Stage {
             name: name.to_string(),

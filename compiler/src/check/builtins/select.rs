@@ -85,7 +85,9 @@ impl Checker<'_> {
             return Value::Error;
         };
         match s.0[axis].size {
+            // Along the batch, k is checked against the stage's batch size.
             Some(size) if k <= size => {}
+            None => {}
             size => {
                 let d = Diagnostic::error(
                     Code::OutOfRange,
