@@ -281,23 +281,38 @@ impl MemoryPlan {
     }
 }
 
-/// Whether `j` is `i` seen through reshapes/detaches (or the other way round).
+/// Whether `i` and `j` are one value seen through reshapes/detaches: one is the other's view,
+/// or both are views of the same value (`unsqueeze(x, 0)` and `unsqueeze(x, 1)`).
 fn aliases(g: &Graph, i: Id, j: Id) -> bool {
-    let through = |mut k: Id, target: Id| loop {
-        if k == target {
-            return true;
-        }
+    let root = |mut k: Id| loop {
         match g.nodes[k].op {
             Op::Reshape | Op::Detach => k = g.nodes[k].inputs[0],
-            _ => return false,
+            _ => return k,
         }
     };
-    through(j, i) || through(i, j)
+    root(i) == root(j)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn two_views_of_one_value_share_its_memory_without_conflict() {
+        // x [4, 3] seen as [4, 1, 3] and [1, 4, 3], their difference, and a sum: the two views
+        // alias x's buffer, which the plan's check must accept.
+        let mut g = Graph::default();
+        let x = g.param("x", vec![4, 3], true);
+        let a = g.reshape(x, vec![4, 1, 3]);
+        let b = g.reshape(x, vec![1, 4, 3]);
+        let d = g.binary(crate::engine::graph::Binary::Sub, a, b);
+        let loss = g.reduce(Reduce::Sum, d, None);
+        let grads = backward(&mut g, loss);
+        let mut outputs = vec![loss];
+        outputs.extend(grads.iter().map(|g| g.1));
+        let plan = plan(&g, &outputs, |_| 0);
+        plan.check(&g, &outputs).unwrap();
+    }
     use crate::engine::autodiff::backward;
     use crate::engine::graph::{InputKind, Reduce, Unary};
 
