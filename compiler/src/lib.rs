@@ -41,6 +41,8 @@ pub struct Compiled {
     pub sources: SourceMap,
     pub program: Option<Program>,
     pub recipe: Option<ir::Recipe>,
+    /// The root module's `test` blocks, checked, for `kdc test`.
+    pub tests: Vec<check::tests::TestCase>,
     pub diagnostics: Diagnostics,
 }
 
@@ -99,6 +101,7 @@ pub fn compile_bytes(path: &str, bytes: &[u8], loader: &(dyn Loader + Sync)) -> 
                 sources,
                 program: None,
                 recipe: None,
+                tests: Vec::new(),
                 diagnostics,
             }
         }
@@ -112,20 +115,11 @@ fn compile_here(path: &str, text: &str, loader: &dyn Loader) -> Compiled {
     let mut diagnostics = Diagnostics::default();
     let program = Program::load(path, text, loader, &mut sources, &mut diagnostics);
     let mut recipe = None;
+    let mut tests = Vec::new();
     if let Some(program) = &program {
-        let (checked, check_diags) = check::check(program);
+        let (checked, test_cases, check_diags) = check::check(program);
         diagnostics.extend(check_diags);
-        // `test` blocks are checked too (`kdc test` runs them).
-        let has_tests = program
-            .root()
-            .ast
-            .items
-            .iter()
-            .any(|i| matches!(i, syntax::ast::Item::Test(_)));
-        if has_tests {
-            let (_, test_diags) = check::tests::tests(program);
-            diagnostics.extend(test_diags);
-        }
+        tests = test_cases;
         recipe = if diagnostics.has_errors() {
             None
         } else {
@@ -136,6 +130,7 @@ fn compile_here(path: &str, text: &str, loader: &dyn Loader) -> Compiled {
         sources,
         program,
         recipe,
+        tests,
         diagnostics,
     }
 }

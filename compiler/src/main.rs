@@ -328,7 +328,7 @@ fn run_tests(paths: &[PathBuf]) -> Result<ExitCode> {
         let bytes = read(path)?;
         let compiled = kdc::compile_bytes(&name, &bytes, &FsLoader);
         let Some(program) = &compiled.program else {
-            load(&name, &bytes);
+            eprint!("{}", render_all(&compiled.diagnostics, &compiled.sources, render_options()));
             broken += 1;
             continue;
         };
@@ -341,14 +341,13 @@ fn run_tests(paths: &[PathBuf]) -> Result<ExitCode> {
         if !has_tests {
             continue;
         }
-        let (outcomes, diags) = kdc::testing::run(program);
-        if !diags.is_empty() {
-            eprint!("{}", render_all(&diags, &compiled.sources, render_options()));
+        if !compiled.diagnostics.is_empty() {
+            eprint!("{}", render_all(&compiled.diagnostics, &compiled.sources, render_options()));
         }
-        if diags.has_errors() {
+        if compiled.diagnostics.has_errors() {
             broken += 1;
         }
-        for o in outcomes {
+        for o in kdc::testing::run(&compiled.tests) {
             match o.failure {
                 None => {
                     passed += 1;

@@ -2,8 +2,7 @@
 //! computed by the engine (the same lowering, kernels and executor as training, forward only)
 //! and compared entry by entry: |actual − expected| ≤ tol·(1 + |expected|).
 
-use crate::check::tests::{tests, TestCase};
-use crate::diag::Diagnostics;
+use crate::check::tests::TestCase;
 use crate::engine::{compile, device, exec};
 use crate::engine::lower::{Output, Target};
 use crate::ir;
@@ -15,11 +14,9 @@ pub struct Outcome {
     pub failure: Option<String>,
 }
 
-/// Every `test` block of the program: its outcome, and the diagnostics of checking them.
-pub fn run(program: &crate::check::Program) -> (Vec<Outcome>, Diagnostics) {
-    let (cases, diags) = tests(program);
-    let outcomes = cases.iter().map(run_case).collect();
-    (outcomes, diags)
+/// The outcome of every checked `test` block (`Compiled::tests`).
+pub fn run(cases: &[TestCase]) -> Vec<Outcome> {
+    cases.iter().map(run_case).collect()
 }
 
 fn run_case(case: &TestCase) -> Outcome {

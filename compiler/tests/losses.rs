@@ -10,11 +10,8 @@
 //! Two tests prove the comparison can fail: a 1e-4 relative error in any value or any gradient
 //! tensor is rejected, and so is each of several plausible slips in a formula.
 
-use kdc::engine::compile;
-use kdc::engine::device;
-use kdc::engine::exec::{self, Executable};
-use kdc::engine::graph::InputKind;
-use kdc::engine::lower::{Output, Target};
+mod common;
+
 use kdc::engine::weights::read_safetensors;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -273,14 +270,6 @@ fn evaluate(case: &Case, inputs: &Tensors) -> Evaluation {
         .iter()
         .map(|(t, _)| t.trim_start_matches("tap:").to_string())
         .collect();
-    let options = compile::Options {
-        batch: Some(6),
-        target: Target::Train,
-        tap_params: taps,
-    };
-    let backend = device::cpu();
-    let compiled = compile::compile(&recipe, 0, &options, &**exec::lock(&backend));
-    let mut exec = Executable::new(compiled, backend).unwrap();
     let fixture_name = |kdc_name: &str| -> Option<&'static str> {
         TAPS.iter()
             .chain(case.params)
@@ -291,53 +280,22 @@ fn evaluate(case: &Case, inputs: &Tensors) -> Evaluation {
                 _ => None,
             })
     };
-    let params = exec.compiled().graph.params.clone();
-    for (i, p) in params.iter().enumerate() {
-        let values = match (fixture_name(&p.name), p.name.as_str()) {
-            (Some(f), _) => inputs[f].1.clone(),
-            (None, "student/logit_scale") => vec![50f32.ln()],
-            (None, "teacher/logit_scale") => vec![inputs["sigma_t"].1[0].ln()],
-            (None, "teacher2/logit_scale") => vec![inputs["sigma_t2"].1[0].ln()],
-            (None, name) => {
-                assert!(
-                    !exec.uses_param(i),
-                    "{}: parameter {name} has no fixture value",
-                    case.loss
-                );
-                continue;
-            }
-        };
-        assert_eq!(
-            values.len(),
-            p.shape.iter().product::<usize>(),
-            "{}: {}",
-            case.loss,
-            p.name
-        );
-        exec.set_param(i, &values);
-    }
-    for term in &recipe.stages[0].terms {
-        let kind = InputKind::Weight {
-            term: term.label.clone(),
-        };
-        let index = exec.input_index(&kind).unwrap();
-        exec.set_input(index, &[term.weight.at(0, kdc::ir::Clock::steps(1)) as f32]);
-    }
-    exec.execute();
-    let grads = exec
-        .compiled()
-        .grads()
-        .into_iter()
-        .filter_map(|(p, _)| {
-            let name = params[p].name.clone();
-            let fixture = fixture_name(&name)?;
-            Some((fixture.to_string(), exec.output(&Output::Grad(name))))
-        })
-        .collect();
-    Evaluation {
-        value: exec.output(&Output::Loss)[0],
-        grads,
-    }
+    let value_of = |name: &str| match (fixture_name(name), name) {
+        (Some(f), _) => Some(inputs[f].1.clone()),
+        (None, "student/logit_scale") => Some(vec![50f32.ln()]),
+        (None, "teacher/logit_scale") => Some(vec![inputs["sigma_t"].1[0].ln()]),
+        (None, "teacher2/logit_scale") => Some(vec![inputs["sigma_t2"].1[0].ln()]),
+        (None, _) => None,
+    };
+    let (value, grads) = common::fixed_step(
+        &recipe,
+        6,
+        taps,
+        value_of,
+        |name| fixture_name(name).map(str::to_string),
+        case.loss,
+    );
+    Evaluation { value, grads }
 }
 
 /// `got` within `rel`·|want|; returns the relative error.

@@ -4,11 +4,13 @@
 //! within 1e-5 of its own size (a value relative to itself, a gradient tensor relative to its
 //! largest entry). A test also proves the comparison rejects a slip in a formula.
 
+mod common;
+
 use kdc::engine::compile;
 use kdc::engine::device;
-use kdc::engine::exec::{self, Executable};
+use kdc::engine::exec;
 use kdc::engine::graph::InputKind;
-use kdc::engine::lower::{Output, Target};
+use kdc::engine::lower::Target;
 use kdc::engine::weights::read_safetensors;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -75,53 +77,26 @@ fn evaluate(loss: &str, extra: &str, inputs: &Tensors) -> Evaluation {
     let recipe = compiled
         .recipe
         .unwrap_or_else(|| panic!("{loss}: {:?}", compiled.diagnostics.sorted()));
-    let options = compile::Options {
-        batch: Some(6),
-        target: Target::Train,
-        tap_params: TAPS
-            .iter()
-            .filter_map(|(t, _)| t.strip_prefix("tap:").map(str::to_string))
-            .collect(),
-    };
-    let backend = device::cpu();
-    let compiled = compile::compile(&recipe, 0, &options, &**exec::lock(&backend));
-    let mut exec = Executable::new(compiled, backend).unwrap();
-    let params = exec.compiled().graph.params.clone();
-    let fixture = |name: &str| TAPS.iter().find(|(k, _)| *k == name).map(|(_, f)| *f);
-    for (i, p) in params.iter().enumerate() {
-        let values = match (fixture(&p.name), p.name.as_str()) {
-            (Some(f), _) => inputs[f].1.clone(),
-            (None, "student/logit_scale") => vec![inputs["sigma_s"].1[0].ln()],
-            (None, "teacher/logit_scale") => vec![inputs["sigma_t"].1[0].ln()],
-            (None, name) => {
-                assert!(!exec.uses_param(i), "{loss}: {name} has no fixture value");
-                continue;
-            }
-        };
-        assert_eq!(values.len(), p.shape.iter().product::<usize>(), "{loss}: {}", p.name);
-        exec.set_param(i, &values);
-    }
-    for term in &recipe.stages[0].terms {
-        let index = exec
-            .input_index(&InputKind::Weight { term: term.label.clone() })
-            .unwrap();
-        exec.set_input(index, &[term.weight.at(0, kdc::ir::Clock::steps(1)) as f32]);
-    }
-    exec.execute();
-    let grads = exec
-        .compiled()
-        .grads()
-        .into_iter()
-        .filter_map(|(p, _)| {
-            let name = params[p].name.clone();
-            let f = fixture(&name)?;
-            Some((f.to_string(), exec.output(&Output::Grad(name))))
-        })
+    let taps = TAPS
+        .iter()
+        .filter_map(|(t, _)| t.strip_prefix("tap:").map(str::to_string))
         .collect();
-    Evaluation {
-        value: exec.output(&Output::Loss)[0],
-        grads,
-    }
+    let fixture = |name: &str| TAPS.iter().find(|(k, _)| *k == name).map(|(_, f)| *f);
+    let value_of = |name: &str| match (fixture(name), name) {
+        (Some(f), _) => Some(inputs[f].1.clone()),
+        (None, "student/logit_scale") => Some(vec![inputs["sigma_s"].1[0].ln()]),
+        (None, "teacher/logit_scale") => Some(vec![inputs["sigma_t"].1[0].ln()]),
+        (None, _) => None,
+    };
+    let (value, grads) = common::fixed_step(
+        &recipe,
+        6,
+        taps,
+        value_of,
+        |name| fixture(name).map(str::to_string),
+        loss,
+    );
+    Evaluation { value, grads }
 }
 
 /// The worst relative errors of the value and of any gradient, or what differs.

@@ -66,14 +66,6 @@ impl BinaryOp {
             BinaryOp::Ne => truth(x != y),
         }
     }
-
-    /// Whether the result is a comparison (0 or 1, no gradient).
-    pub fn is_comparison(self) -> bool {
-        matches!(
-            self,
-            BinaryOp::Gt | BinaryOp::Ge | BinaryOp::Lt | BinaryOp::Le | BinaryOp::Eq | BinaryOp::Ne
-        )
-    }
 }
 
 /// The NumPy broadcast of two shapes: align them on the right, pad the shorter with 1s, and take

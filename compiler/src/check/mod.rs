@@ -126,20 +126,28 @@ pub fn describe_function(name: &str) -> Option<String> {
 }
 
 /// Checks a loaded program. The recipe comes back only when there is no error.
-pub fn check(program: &Program) -> (Option<Recipe>, Diagnostics) {
-    let mut checker = Checker {
-        program,
-        diags: Diagnostics::default(),
-        models: Vec::new(),
-        model_sites: HashMap::new(),
-        used: HashSet::new(),
-        used_stage: HashSet::new(),
-        shared_masks: HashMap::new(),
-    };
+/// Its `test` blocks are checked too and come back ready for `kdc test`.
+pub fn check(program: &Program) -> (Option<Recipe>, Vec<tests::TestCase>, Diagnostics) {
+    let mut checker = Checker::new(program);
     let recipe = checker.recipe();
+    let tests = checker.test_cases();
     let diags = checker.diags;
     let recipe = if diags.has_errors() { None } else { recipe };
-    (recipe, diags)
+    (recipe, tests, diags)
+}
+
+impl<'p> Checker<'p> {
+    fn new(program: &'p Program) -> Checker<'p> {
+        Checker {
+            program,
+            diags: Diagnostics::default(),
+            models: Vec::new(),
+            model_sites: HashMap::new(),
+            used: HashSet::new(),
+            used_stage: HashSet::new(),
+            shared_masks: HashMap::new(),
+        }
+    }
 }
 
 /// Names with a meaning of their own at the top level of a recipe or stage.

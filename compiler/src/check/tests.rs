@@ -2,13 +2,13 @@
 //! its expectations come back with the graph that computes them.
 
 use super::value::Value;
-use super::{Checker, Ctx, Env, Program};
+use super::{Checker, Ctx, Env};
 use crate::codes::Code;
-use crate::diag::{Diagnostic, Diagnostics};
+use crate::diag::Diagnostic;
 use crate::ir::{self, NodeId};
 use crate::source::Span;
 use crate::syntax::ast;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 /// One `test` block, checked.
 pub struct TestCase {
@@ -29,24 +29,15 @@ pub struct Check {
     pub span: Span,
 }
 
-/// The `test` blocks of a program's root module, checked (an erroneous block is left out and
-/// its errors are in the diagnostics).
-pub fn tests(program: &Program) -> (Vec<TestCase>, Diagnostics) {
-    let mut checker = Checker {
-        program,
-        diags: Diagnostics::default(),
-        models: Vec::new(),
-        model_sites: HashMap::new(),
-        used: HashSet::new(),
-        used_stage: HashSet::new(),
-        shared_masks: HashMap::new(),
-    };
-    checker.check_fn_signatures();
-    checker.resolve_fn_bodies();
+impl Checker<'_> {
+    /// The `test` blocks of the root module, checked (an erroneous block is left out; its
+    /// errors are in the diagnostics). Names are resolved already, with the recipe's.
+    pub(in crate::check) fn test_cases(&mut self) -> Vec<TestCase> {
     let mut out = Vec::new();
+    let program = self.program;
     for item in &program.root().ast.items {
         let ast::Item::Test(t) = item else { continue };
-        let before = checker.diags.error_count();
+        let before = self.diags.error_count();
         let mut ctx = Ctx::default();
         let mut env = Env {
             module: 0,
@@ -54,10 +45,10 @@ pub fn tests(program: &Program) -> (Vec<TestCase>, Diagnostics) {
             locals: HashMap::new(),
         };
         for l in &t.lets {
-            let v = checker.eval(&mut ctx, &env, &l.value);
+            let v = self.eval(&mut ctx, &env, &l.value);
             env.locals.insert(l.name.name.clone(), v);
         }
-        let value = checker.eval(&mut ctx, &env, &t.body);
+        let value = self.eval(&mut ctx, &env, &t.body);
         let items = match value {
             Value::List(items) => items,
             other => vec![(other, t.body.span)],
@@ -72,7 +63,7 @@ pub fn tests(program: &Program) -> (Vec<TestCase>, Diagnostics) {
                     span: e.span,
                 }),
                 Value::Error => {}
-                other => checker.diags.push(
+                other => self.diags.push(
                     Diagnostic::error(
                         Code::TypeMismatch,
                         span,
@@ -83,7 +74,7 @@ pub fn tests(program: &Program) -> (Vec<TestCase>, Diagnostics) {
                 ),
             }
         }
-        if checker.diags.error_count() > before || checks.is_empty() {
+        if self.diags.error_count() > before || checks.is_empty() {
             continue;
         }
         let unsupported = ctx.graph.nodes.iter().find_map(|n| match &n.op {
@@ -100,5 +91,6 @@ pub fn tests(program: &Program) -> (Vec<TestCase>, Diagnostics) {
             unsupported,
         });
     }
-    (out, checker.diags)
+    out
+    }
 }

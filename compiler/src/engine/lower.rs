@@ -279,11 +279,7 @@ pub fn lower(
             (outputs, terms, loss_params)
         }
         Target::Values(nodes) => {
-            let mut map: Vec<Id> = Vec::with_capacity(stage.graph.nodes.len());
-            for node in &stage.graph.nodes {
-                let id = l.lower_node(node, &map, &[]);
-                map.push(id);
-            }
+            let map = l.lower_graph(&[]);
             let outputs = nodes
                 .iter()
                 .map(|&n| (Output::Tensor(format!("%{n}")), map[n]))
@@ -355,11 +351,7 @@ impl Lowering<'_> {
             param_nodes.push(id);
         }
 
-        let mut map: Vec<Id> = Vec::with_capacity(stage.graph.nodes.len());
-        for node in &stage.graph.nodes {
-            let id = self.lower_node(node, &map, &param_nodes);
-            map.push(id);
-        }
+        let map = self.lower_graph(&param_nodes);
         // Each term's weight is an input set every step (a schedule may change it).
         let mut outputs = Vec::new();
         let mut terms = Vec::new();
@@ -387,6 +379,17 @@ impl Lowering<'_> {
             outputs.push((Output::Grad(self.g.params[param].name.clone()), grad));
         }
         (outputs, terms, loss_params)
+    }
+
+    /// Every node of the stage's IR graph, in order: the engine node of each.
+    fn lower_graph(&mut self, param_nodes: &[Id]) -> Vec<Id> {
+        let stage = self.stage;
+        let mut map: Vec<Id> = Vec::with_capacity(stage.graph.nodes.len());
+        for node in &stage.graph.nodes {
+            let id = self.lower_node(node, &map, param_nodes);
+            map.push(id);
+        }
+        map
     }
 
     /// One IR node on concrete shapes; `map` holds the nodes lowered so far.
