@@ -70,11 +70,21 @@ fn merged(base: &str, fragment: &str) -> String {
                     Some(n) => n.iter().map(|i| i.name.as_str()).collect(),
                     None => vec![path.last().unwrap()],
                 };
-                let module = if u.names.is_some() { &path[..] } else { &path[..path.len() - 1] };
-                let kept: Vec<&str> =
-                    names.into_iter().filter(|n| !imported.iter().any(|i| i == n)).collect();
+                let module = if u.names.is_some() {
+                    &path[..]
+                } else {
+                    &path[..path.len() - 1]
+                };
+                let kept: Vec<&str> = names
+                    .into_iter()
+                    .filter(|n| !imported.iter().any(|i| i == n))
+                    .collect();
                 if !kept.is_empty() {
-                    out.push_str(&format!("use {}.{{{}}}\n", module.join("."), kept.join(", ")));
+                    out.push_str(&format!(
+                        "use {}.{{{}}}\n",
+                        module.join("."),
+                        kept.join(", ")
+                    ));
                 }
                 continue;
             }
@@ -96,7 +106,9 @@ fn check(text: &str) -> kdc::Compiled {
 fn every_example_in_the_language_reference_checks() {
     let doc = std::fs::read_to_string(root().join("docs/language.md")).unwrap();
     let blocks = blocks(&doc);
-    let kd: Vec<usize> = (0..blocks.len()).filter(|&i| blocks[i].lang == "kd").collect();
+    let kd: Vec<usize> = (0..blocks.len())
+        .filter(|&i| blocks[i].lang == "kd")
+        .collect();
     assert!(kd.len() >= 10, "only {} examples found", kd.len());
     let base = &blocks[kd[0]].text;
     let mut checked = 0;
@@ -120,7 +132,11 @@ fn every_example_in_the_language_reference_checks() {
                 );
             }
             None => {
-                let text = if i == kd[0] { block.text.clone() } else { merged(base, &block.text) };
+                let text = if i == kd[0] {
+                    block.text.clone()
+                } else {
+                    merged(base, &block.text)
+                };
                 let compiled = check(&text);
                 assert!(
                     compiled.recipe.is_some() && !compiled.diagnostics.has_errors(),

@@ -24,7 +24,12 @@ fn every_recipe_checks_and_explains() {
                 kdc::explain::ast(&program.root().ast, &compiled.sources)
             );
             let formatted = kdc::format::format(&program.root().ast, &text);
-            assert_eq!(formatted, text, "{} is not in canonical format", path.display());
+            assert_eq!(
+                formatted,
+                text,
+                "{} is not in canonical format",
+                path.display()
+            );
             return;
         }
         let recipe = compiled

@@ -73,7 +73,12 @@ fn parameter_counts(spec: &crate::model::ModelSpec) -> (u64, u64) {
 
 /// Image embeddings of a batch, timed: the first batch runs once untimed first (it touches
 /// fresh memory), so `seconds` covers steady-state batches only.
-fn timed_images(encoder: &mut Encoder, pixels: &[f32], n: usize, seconds: &mut f64) -> Vec<Vec<f32>> {
+fn timed_images(
+    encoder: &mut Encoder,
+    pixels: &[f32],
+    n: usize,
+    seconds: &mut f64,
+) -> Vec<Vec<f32>> {
     if *seconds == 0.0 {
         encoder.images(pixels, n);
     }
@@ -130,10 +135,21 @@ impl Encoder {
         let build = |tap: Tap| -> Result<Executable, EvalError> {
             let compiled = {
                 let b = exec::lock(&backend);
-                compile::compile(recipe, 0, &Options::forward(vec![(model, tap)], batch), &**b)
+                compile::compile(
+                    recipe,
+                    0,
+                    &Options::forward(vec![(model, tap)], batch),
+                    &**b,
+                )
             };
             let mut e = Executable::new(compiled, backend.clone())?;
-            let names: Vec<String> = e.compiled().graph.params.iter().map(|p| p.name.clone()).collect();
+            let names: Vec<String> = e
+                .compiled()
+                .graph
+                .params
+                .iter()
+                .map(|p| p.name.clone())
+                .collect();
             for (i, name) in names.iter().enumerate() {
                 if !e.uses_param(i) {
                     continue;
@@ -146,7 +162,13 @@ impl Encoder {
             }
             Ok(e)
         };
-        let name = |tap: Tap| Output::Tensor(format!("{}.{}", spec.name, crate::engine::lower::tap_name(tap)));
+        let name = |tap: Tap| {
+            Output::Tensor(format!(
+                "{}.{}",
+                spec.name,
+                crate::engine::lower::tap_name(tap)
+            ))
+        };
         Ok(Encoder {
             image: build(Tap::Image)?,
             text: build(Tap::Text)?,
@@ -163,9 +185,13 @@ impl Encoder {
         let mut padded = pixels.to_vec();
         padded.resize(per * self.batch, 0.0);
         let index = (0..self.image.compiled().graph.inputs.len()).find(|&i| {
-            matches!(self.image.compiled().graph.inputs[i].kind, InputKind::Pixels { .. })
+            matches!(
+                self.image.compiled().graph.inputs[i].kind,
+                InputKind::Pixels { .. }
+            )
         });
-        self.image.set_input(index.expect("an image graph reads pixels"), &padded);
+        self.image
+            .set_input(index.expect("an image graph reads pixels"), &padded);
         self.image.execute();
         rows(self.image.output(&self.image_out), self.batch, n)
     }
@@ -177,12 +203,22 @@ impl Encoder {
         let inputs = self.text.compiled().graph.inputs.clone();
         for (i, input) in inputs.iter().enumerate() {
             let mut values: Vec<f32> = match input.kind {
-                InputKind::Ids { .. } => encoded.iter().flat_map(|e| e.ids.iter().map(|&x| x as f32)).collect(),
+                InputKind::Ids { .. } => encoded
+                    .iter()
+                    .flat_map(|e| e.ids.iter().map(|&x| x as f32))
+                    .collect(),
                 InputKind::Eot { .. } => encoded.iter().map(|e| e.eot as f32).collect(),
-                InputKind::Mask { .. } => encoded.iter().flat_map(|e| e.mask.iter().map(|&x| x as f32)).collect(),
+                InputKind::Mask { .. } => encoded
+                    .iter()
+                    .flat_map(|e| e.mask.iter().map(|&x| x as f32))
+                    .collect(),
                 _ => continue,
             };
-            let per = if matches!(input.kind, InputKind::Eot { .. }) { 1 } else { context };
+            let per = if matches!(input.kind, InputKind::Eot { .. }) {
+                1
+            } else {
+                context
+            };
             // Padding rows: a caption of just the end mark at position 0 (any valid row).
             values.resize(per * self.batch, 0.0);
             self.text.set_input(i, &values);
@@ -212,7 +248,9 @@ pub fn reference_embeddings(
     let mut encoder = Encoder::new(recipe, model, params, N, base, backend)?;
     let size = spec.vision.image_size as usize;
     let mut rng = crate::engine::rng::Rng::derive(0, "export reference");
-    let pixels: Vec<f32> = (0..N * 3 * size * size).map(|_| rng.normal() as f32).collect();
+    let pixels: Vec<f32> = (0..N * 3 * size * size)
+        .map(|_| rng.normal() as f32)
+        .collect();
     let captions: Vec<String> = [
         "a photo of a sneaker.",
         "an image of a bag.",
@@ -224,7 +262,14 @@ pub fn reference_embeddings(
     let context = encoder.tokenizer.context();
     let ids: Vec<f32> = captions
         .iter()
-        .flat_map(|c| encoder.tokenizer.encode(c).ids.into_iter().map(|x| x as f32))
+        .flat_map(|c| {
+            encoder
+                .tokenizer
+                .encode(c)
+                .ids
+                .into_iter()
+                .map(|x| x as f32)
+        })
         .collect();
     let images: Vec<f32> = encoder.images(&pixels, N).concat();
     let texts: Vec<f32> = encoder.texts(&captions).concat();
@@ -268,7 +313,9 @@ pub fn run(
             templates,
             ..
         } => zero_shot(recipe, *model, data, templates, params, base, backend),
-        EvalSpec::Retrieval { model, data, k, .. } => retrieval(recipe, *model, data, k, params, base, backend),
+        EvalSpec::Retrieval { model, data, k, .. } => {
+            retrieval(recipe, *model, data, k, params, base, backend)
+        }
     }
 }
 
@@ -284,7 +331,16 @@ fn images_of(
     let mut options = LoaderOptions::new(data.batch as usize, data.seed, false, None);
     options.keep_last = true;
     let views = vec![recipe.models[model].preprocess.clone()];
-    let loader = Loader::new(dataset, views, Vec::new(), options, Position { epoch: 0, cursor: 0 })?;
+    let loader = Loader::new(
+        dataset,
+        views,
+        Vec::new(),
+        options,
+        Position {
+            epoch: 0,
+            cursor: 0,
+        },
+    )?;
     Ok((loader, what))
 }
 
@@ -380,7 +436,12 @@ fn retrieval(
     while let Some(b) = loader.next_in_epoch()? {
         encoded += b.labels.len();
         let embeddings = timed_images(&mut encoder, &b.pixels[0], b.labels.len(), &mut seconds);
-        for (((e, label), caption), id) in embeddings.into_iter().zip(&b.labels).zip(&b.captions).zip(&b.image_ids) {
+        for (((e, label), caption), id) in embeddings
+            .into_iter()
+            .zip(&b.labels)
+            .zip(&b.captions)
+            .zip(&b.image_ids)
+        {
             let image = match id {
                 Some(id) => *image_index.entry(id.clone()).or_insert_with(|| {
                     images.push(e.clone());
@@ -415,8 +476,15 @@ fn retrieval(
     };
     // A query's rank: how many non-matching items score above its best matching one.
     let rank = |scores: &[f32], matches: &dyn Fn(usize) -> bool| {
-        let best = (0..scores.len()).filter(|&j| matches(j)).map(|j| scores[j]).fold(f32::MIN, f32::max);
-        scores.iter().enumerate().filter(|&(j, &s)| s > best && !matches(j)).count()
+        let best = (0..scores.len())
+            .filter(|&j| matches(j))
+            .map(|j| scores[j])
+            .fold(f32::MIN, f32::max);
+        scores
+            .iter()
+            .enumerate()
+            .filter(|&(j, &s)| s > best && !matches(j))
+            .count()
     };
     let i2t: Vec<usize> = (0..images.len())
         .into_par_iter()
@@ -436,14 +504,21 @@ fn retrieval(
     for (name, ranks) in [("image_to_text", &i2t), ("text_to_image", &t2i)] {
         for &kk in k {
             let hits = ranks.iter().filter(|&&r| (r as u64) < kk).count();
-            metrics.push((format!("{name}_R@{kk}"), hits as f64 / ranks.len().max(1) as f64));
+            metrics.push((
+                format!("{name}_R@{kk}"),
+                hits as f64 / ranks.len().max(1) as f64,
+            ));
         }
     }
     let (parameters, image_parameters) = parameter_counts(&recipe.models[model]);
     Ok(Report {
         kind: "retrieval",
         model: recipe.models[model].name.clone(),
-        data: format!("{what}; {} images, {} captions", images.len(), captions.len()),
+        data: format!(
+            "{what}; {} images, {} captions",
+            images.len(),
+            captions.len()
+        ),
         samples: images.len(),
         metrics,
         parameters,

@@ -209,9 +209,7 @@ impl Printer<'_> {
             }));
             previous = Some(l.span.end);
         }
-        body.push(self.line_in_block(f.body.span, previous, || {
-            self.expr(&f.body).group()
-        }));
+        body.push(self.line_in_block(f.body.span, previous, || self.expr(&f.body).group()));
         let closing = self.closing(f.span.end - 1).unwrap_or(Doc::nil());
         let inner = Doc::concat(body).append(closing).nest(INDENT);
         head.append(Doc::text(" {"))

@@ -6,10 +6,10 @@
 //! into the models (`student.image`, a layer's tokens), learnable parts of the loss (`Param`s)
 //! and constants. Each loss term is one node with its weight beside it.
 
-pub use kdc_backend::op::LossKind;
 use crate::model::{ModelSpec, ParamClass, Part};
 use crate::shape::Shape;
 use crate::source::Span;
+pub use kdc_backend::op::LossKind;
 use serde::Serialize;
 use std::hash::Hash;
 
@@ -89,11 +89,7 @@ pub enum Tap {
     TextAttention(u64),
     /// Block k's projected queries, keys or values, before the head split and the 1/√d
     /// scaling: [B, N+1, vision width] (image) or [B, context, text width] (text).
-    Projection {
-        image: bool,
-        which: Qkv,
-        block: u64,
-    },
+    Projection { image: bool, which: Qkv, block: u64 },
     /// 1 for each real token of a caption (end of text included), 0 for padding: [B, context].
     TextMask,
 }
@@ -289,9 +285,10 @@ impl std::hash::Hash for Op {
                 values.iter().for_each(|v| hash_f64(*v, state));
             }
             Op::Scheduled(s) => s.hash(state),
-            Op::Size { axis } | Op::Softmax { axis } | Op::LogSoftmax { axis } | Op::Concat { axis } => {
-                axis.hash(state)
-            }
+            Op::Size { axis }
+            | Op::Softmax { axis }
+            | Op::LogSoftmax { axis }
+            | Op::Concat { axis } => axis.hash(state),
             Op::Normalize { axis, eps } => {
                 axis.hash(state);
                 hash_f64(*eps, state);
@@ -408,7 +405,9 @@ impl Op {
             Op::Softmax { axis } => format!("softmax[axis {axis}]"),
             Op::LogSoftmax { axis } => format!("log_softmax[axis {axis}]"),
             Op::Normalize { axis, eps } if *eps == NORM_EPS => format!("norm[axis {axis}]"),
-            Op::Normalize { axis, eps } => format!("norm[axis {axis}, eps {}]", crate::fmt_num(*eps)),
+            Op::Normalize { axis, eps } => {
+                format!("norm[axis {axis}, eps {}]", crate::fmt_num(*eps))
+            }
             Op::Relu => "relu".into(),
             Op::Sigmoid => "sigmoid".into(),
             Op::Tanh => "tanh".into(),
@@ -429,7 +428,10 @@ impl Op {
             Op::TopK { k, axis } => format!("topk[k {k}, axis {axis}]"),
             Op::Permute(p) => format!(
                 "permute[{}]",
-                p.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ")
+                p.iter()
+                    .map(|a| a.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
             Op::Slice { axis, start, len } => {
                 format!("slice[axis {axis}, {start}..{}]", start + len)
@@ -636,26 +638,24 @@ impl std::fmt::Display for Schedule {
                 to,
                 start,
                 steps,
-            } => {
-                match (start, steps) {
-                    (Duration::Steps(a), Duration::Steps(b)) => write!(
-                        f,
-                        "ramp({} → {} over steps {}..{})",
-                        n(*from),
-                        n(*to),
-                        a,
-                        a + b
-                    ),
-                    _ => write!(
-                        f,
-                        "ramp({} → {} over {} from {})",
-                        n(*from),
-                        n(*to),
-                        steps,
-                        start
-                    ),
-                }
-            }
+            } => match (start, steps) {
+                (Duration::Steps(a), Duration::Steps(b)) => write!(
+                    f,
+                    "ramp({} → {} over steps {}..{})",
+                    n(*from),
+                    n(*to),
+                    a,
+                    a + b
+                ),
+                _ => write!(
+                    f,
+                    "ramp({} → {} over {} from {})",
+                    n(*from),
+                    n(*to),
+                    steps,
+                    start
+                ),
+            },
             Schedule::Cosine {
                 peak,
                 warmup,
@@ -870,13 +870,19 @@ mod schedule_tests {
             values: vec![1.0, 2.0, 3.0],
             at: vec![Duration::Epochs(1), Duration::Fraction(0.75)],
         };
-        assert_eq!((s.at(249, clock), s.at(250, clock), s.at(750, clock)), (1.0, 2.0, 3.0));
+        assert_eq!(
+            (s.at(249, clock), s.at(250, clock), s.at(750, clock)),
+            (1.0, 2.0, 3.0)
+        );
         let r = Schedule::Ramp {
             from: 0.0,
             to: 1.0,
             start: Duration::Epochs(1),
             steps: Duration::Fraction(0.5),
         };
-        assert_eq!((r.at(250, clock), r.at(500, clock), r.at(750, clock)), (0.0, 0.5, 1.0));
+        assert_eq!(
+            (r.at(250, clock), r.at(500, clock), r.at(750, clock)),
+            (0.0, 0.5, 1.0)
+        );
     }
 }

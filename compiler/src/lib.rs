@@ -90,8 +90,7 @@ pub fn compile_bytes(path: &str, bytes: &[u8], loader: &(dyn Loader + Sync)) -> 
                     source::Span::new(file, at, end),
                     format!(
                         "a recipe must be UTF-8 text; byte {} (0x{:02x}) is not",
-                        valid,
-                        bytes[valid]
+                        valid, bytes[valid]
                     ),
                 )
                 .primary_label("not UTF-8")

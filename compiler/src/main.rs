@@ -201,7 +201,6 @@ fn peak_rss_mib() -> Option<f64> {
     Some(kib / 1024.0)
 }
 
-
 fn read(path: &Path) -> Result<Vec<u8>> {
     std::fs::read(path).with_context(|| format!("cannot read recipe {}", path.display()))
 }
@@ -328,7 +327,10 @@ fn run_tests(paths: &[PathBuf]) -> Result<ExitCode> {
         let bytes = read(path)?;
         let compiled = kdc::compile_bytes(&name, &bytes, &FsLoader);
         let Some(program) = &compiled.program else {
-            eprint!("{}", render_all(&compiled.diagnostics, &compiled.sources, render_options()));
+            eprint!(
+                "{}",
+                render_all(&compiled.diagnostics, &compiled.sources, render_options())
+            );
             broken += 1;
             continue;
         };
@@ -342,7 +344,10 @@ fn run_tests(paths: &[PathBuf]) -> Result<ExitCode> {
             continue;
         }
         if !compiled.diagnostics.is_empty() {
-            eprint!("{}", render_all(&compiled.diagnostics, &compiled.sources, render_options()));
+            eprint!(
+                "{}",
+                render_all(&compiled.diagnostics, &compiled.sources, render_options())
+            );
         }
         if compiled.diagnostics.has_errors() {
             broken += 1;
@@ -405,7 +410,8 @@ fn fmt(recipes: &[PathBuf], check: bool) -> Result<ExitCode> {
                     if check {
                         eprintln!("would reformat {name}");
                     } else {
-                        std::fs::write(path, formatted).with_context(|| format!("writing {name}"))?;
+                        std::fs::write(path, formatted)
+                            .with_context(|| format!("writing {name}"))?;
                         eprintln!("formatted {name}");
                     }
                 }
@@ -444,7 +450,12 @@ fn explain(target: &str, stage: ExplainStage, within: Option<&Path>) -> Result<E
         };
     }
     if let Some(code) = Code::parse(target) {
-        print(&format!("{}: {}\n\n{}\n", code, code.title(), code.explanation()))?;
+        print(&format!(
+            "{}: {}\n\n{}\n",
+            code,
+            code.title(),
+            code.explanation()
+        ))?;
         return Ok(ExitCode::SUCCESS);
     }
     let is_file = Path::new(target).exists();
@@ -526,10 +537,20 @@ fn train(
     let mut per_epoch = 1u64;
     let stages = recipe.stages.len();
     let summary = kdc::run::run(&recipe, &options, |event| match event {
-        kdc::run::Event::Stage { index, name, steps, steps_per_epoch, operations, seconds, .. } => {
+        kdc::run::Event::Stage {
+            index,
+            name,
+            steps,
+            steps_per_epoch,
+            operations,
+            seconds,
+            ..
+        } => {
             per_epoch = steps_per_epoch;
             stage_name = name.to_string();
-            samples_per_step = (recipe.stages[index].data.batch * recipe.stages[index].train.accumulate.max(1)) as usize;
+            samples_per_step = (recipe.stages[index].data.batch
+                * recipe.stages[index].train.accumulate.max(1))
+                as usize;
             eprintln!(
                 "stage {name} ({} of {stages}): {steps} steps, graph of {operations} operations, compiled in {seconds:.2} s",
                 index + 1
@@ -551,13 +572,21 @@ fn train(
             eprintln!("resuming stage {stage} after step {steps}")
         }
         kdc::run::Event::Step { log: entry, total } => {
-            let terms: Vec<String> = entry.terms.iter().map(|(k, v)| format!("{k} {v:.4}")).collect();
+            let terms: Vec<String> = entry
+                .terms
+                .iter()
+                .map(|(k, v)| format!("{k} {v:.4}"))
+                .collect();
             let rate = samples_per_step as f64 / entry.seconds.max(1e-9);
             let epoch = (entry.step - 1) / per_epoch.max(1) + 1;
             match &bar {
                 Some(b) => {
                     b.set_position(entry.step);
-                    b.set_message(format!("epoch {epoch} loss {:.4} [{}] {rate:.0} samples/s", entry.loss, terms.join(", ")));
+                    b.set_message(format!(
+                        "epoch {epoch} loss {:.4} [{}] {rate:.0} samples/s",
+                        entry.loss,
+                        terms.join(", ")
+                    ));
                 }
                 None => {
                     if entry.step == 1 || entry.step % every.max(1) == 0 || entry.step == total {
@@ -584,7 +613,11 @@ fn train(
                 eprintln!("checkpoint: {}", path.display());
             }
         }
-        kdc::run::Event::Skipped { skipped, read, examples } => {
+        kdc::run::Event::Skipped {
+            skipped,
+            read,
+            examples,
+        } => {
             eprintln!("note: {skipped} of {read} samples could not be read and were skipped, for example:");
             for e in examples {
                 eprintln!("  {e}");
@@ -595,27 +628,42 @@ fn train(
             None => eprintln!("{report}"),
         },
         kdc::run::Event::Exported { model, dir } => {
-            eprintln!("exported {model}: {} (Hugging Face CLIPModel)", dir.display())
+            eprintln!(
+                "exported {model}: {} (Hugging Face CLIPModel)",
+                dir.display()
+            )
         }
         kdc::run::Event::Plotted(path) => eprintln!("plot: {}", path.display()),
         kdc::run::Event::Note(note) => eprintln!("note: {note}"),
     })?;
     let _ = summary;
-    eprintln!("run folder: {} (log.jsonl, checkpoints{})", dir.display(), if recipe.eval.is_empty() { "" } else { ", eval.json" });
+    eprintln!(
+        "run folder: {} (log.jsonl, checkpoints{})",
+        dir.display(),
+        if recipe.eval.is_empty() {
+            ""
+        } else {
+            ", eval.json"
+        }
+    );
     Ok(ExitCode::SUCCESS)
 }
 
 /// `kdc eval`: a recipe's evaluations on its run folder's models.
 fn eval(target: &Path, dir: Option<PathBuf>) -> Result<ExitCode> {
     // A checkpoint file of a run folder: that checkpoint's parameters, the folder's recipe.
-    let checkpoint = (target.extension().is_some_and(|e| e == "safetensors")).then(|| target.to_path_buf());
+    let checkpoint =
+        (target.extension().is_some_and(|e| e == "safetensors")).then(|| target.to_path_buf());
     let folder = match &checkpoint {
         Some(file) => Some(file.parent().map(Path::to_path_buf).unwrap_or_default()),
         None => target.is_dir().then(|| target.to_path_buf()),
     };
     let (name, text, base, dir) = if let Some(folder) = folder {
         let source = kdc::run::recipe_of(&folder).with_context(|| {
-            format!("{} is not a run folder (no run.json naming its recipe)", folder.display())
+            format!(
+                "{} is not a run folder (no run.json naming its recipe)",
+                folder.display()
+            )
         })?;
         let dir = dir.unwrap_or(folder);
         match source {
@@ -633,7 +681,10 @@ fn eval(target: &Path, dir: Option<PathBuf>) -> Result<ExitCode> {
             ),
         }
     } else {
-        let stem = target.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        let stem = target
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
         (
             target.display().to_string(),
             read(target)?,
@@ -647,11 +698,17 @@ fn eval(target: &Path, dir: Option<PathBuf>) -> Result<ExitCode> {
     if recipe.eval.is_empty() {
         bail!("{name} has no `eval = [...]`; add for example `eval = [zero_shot(model: student, data: fashion_mnist(split: \"test\", batch: 256))]`");
     }
-    kdc::run::evaluate_saved(&recipe, &base, &dir, checkpoint.as_deref(), |event| match event {
-        kdc::run::Event::Eval(report) => eprintln!("{report}"),
-        kdc::run::Event::Note(note) => eprintln!("note: {note}"),
-        _ => {}
-    })?;
+    kdc::run::evaluate_saved(
+        &recipe,
+        &base,
+        &dir,
+        checkpoint.as_deref(),
+        |event| match event {
+            kdc::run::Event::Eval(report) => eprintln!("{report}"),
+            kdc::run::Event::Note(note) => eprintln!("note: {note}"),
+            _ => {}
+        },
+    )?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -660,14 +717,22 @@ fn tokenize(recipe_path: &Path, model: Option<&str>, texts: Vec<String>) -> Resu
     let Some(recipe) = load_recipe(&recipe_path.display().to_string(), &read(recipe_path)?) else {
         return Ok(ExitCode::from(1));
     };
-    let base = recipe_path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let base = recipe_path
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
     let models: Vec<&kdc::model::ModelSpec> = match model {
         Some(name) => match recipe.models.iter().find(|m| m.name == name) {
             Some(m) => vec![m],
             None => bail!(
                 "{} has no model `{name}`; its models are {}",
                 recipe_path.display(),
-                recipe.models.iter().map(|m| format!("`{}`", m.name)).collect::<Vec<_>>().join(", ")
+                recipe
+                    .models
+                    .iter()
+                    .map(|m| format!("`{}`", m.name))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         },
         None => recipe.models.iter().collect(),
@@ -683,12 +748,17 @@ fn tokenize(recipe_path: &Path, model: Option<&str>, texts: Vec<String>) -> Resu
     let tokenizers = groups
         .iter()
         .map(|(names, spec)| {
-            kdc::tokenize::Tokenizer::load(spec, &base).with_context(|| format!("model `{}`", names[0]))
+            kdc::tokenize::Tokenizer::load(spec, &base)
+                .with_context(|| format!("model `{}`", names[0]))
         })
         .collect::<Result<Vec<_>>>()?;
     let texts: Vec<String> = if texts.is_empty() {
         use std::io::BufRead;
-        std::io::stdin().lock().lines().collect::<std::io::Result<_>>().context("reading standard input")?
+        std::io::stdin()
+            .lock()
+            .lines()
+            .collect::<std::io::Result<_>>()
+            .context("reading standard input")?
     } else {
         texts
     };
@@ -723,9 +793,12 @@ fn bench_data(path: &Path, steps: u64, warmup: u64) -> Result<ExitCode> {
     let inputs = {
         let b = kdc::engine::exec::lock(&backend);
         let options = kdc::engine::compile::Options::train();
-        kdc::engine::compile::compile(&recipe, 0, &options, &**b).graph.inputs
+        kdc::engine::compile::compile(&recipe, 0, &options, &**b)
+            .graph
+            .inputs
     };
-    let mut batches = kdc::engine::batches::Batches::open(&recipe, 0, &inputs, &base, Default::default(), true)?;
+    let mut batches =
+        kdc::engine::batches::Batches::open(&recipe, 0, &inputs, &base, Default::default(), true)?;
     if let kdc::engine::batches::Batches::Synthetic { .. } = batches {
         bail!("{name}: the first stage reads synthetic data, which has no loader to time");
     }
@@ -796,7 +869,10 @@ fn bench(path: &Path, steps: u64, warmup: u64) -> Result<ExitCode> {
     print(&format!("{result}\n"))?;
     for (op, seconds, calls) in trainer.executable().profile() {
         let per_step = seconds / steps as f64;
-        eprintln!("{op:<24} {per_step:>9.4} s/step {:>7} calls/step", calls / steps);
+        eprintln!(
+            "{op:<24} {per_step:>9.4} s/step {:>7} calls/step",
+            calls / steps
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

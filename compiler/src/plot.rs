@@ -83,7 +83,10 @@ const PALETTE: [RGBColor; 10] = [
 #[derive(Debug, thiserror::Error)]
 pub enum PlotError {
     #[error("cannot read {}: {source}", path.display())]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     /// A line of the log that is not a step or an evaluation.
     #[error("{}, line {line}: {message}", path.display())]
     Line {
@@ -99,7 +102,10 @@ pub enum PlotError {
     #[error("cannot draw the plot: {0}")]
     Draw(String),
     #[error("cannot write {}: {source}", path.display())]
-    Write { path: PathBuf, source: std::io::Error },
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// Reads `run_dir/log.jsonl` (and `run_dir/eval.json` when there is one) and writes
@@ -290,7 +296,10 @@ impl Run {
                         // serde's position is within the line: keep only its column.
                         let message = e.to_string();
                         let message = message.split(" at line ").next().unwrap_or(&message);
-                        bad(format!("not valid JSON at column {}: {message}", e.column()))
+                        bad(format!(
+                            "not valid JSON at column {}: {message}",
+                            e.column()
+                        ))
                     })?,
             };
             let Value::Object(object) = value else {
@@ -308,7 +317,9 @@ impl Run {
             let field = |name: &str| -> Result<Option<f64>, PlotError> {
                 match object.get(name) {
                     None => Ok(None),
-                    Some(v) => number(v).map_err(|()| bad(format!("`{name}` is not a number: {v}"))),
+                    Some(v) => {
+                        number(v).map_err(|()| bad(format!("`{name}` is not a number: {v}")))
+                    }
                 }
             };
             if let Some(loss) = field("loss")? {
@@ -321,8 +332,8 @@ impl Run {
                 None | Some(Value::Null) => {}
                 Some(Value::Object(map)) => {
                     for (name, v) in map {
-                        let value =
-                            number(v).map_err(|()| bad(format!("the term `{name}` is not a number: {v}")))?;
+                        let value = number(v)
+                            .map_err(|()| bad(format!("the term `{name}` is not a number: {v}")))?;
                         let index = *terms.entry(name.clone()).or_insert_with(|| {
                             self.loss.push(Series {
                                 name: name.clone(),
@@ -335,7 +346,9 @@ impl Run {
                         }
                     }
                 }
-                Some(other) => return Err(bad(format!("`terms` is not an object of numbers: {other}"))),
+                Some(other) => {
+                    return Err(bad(format!("`terms` is not an object of numbers: {other}")))
+                }
             }
             if let Some(eval) = object.get("eval") {
                 let reports: Vec<ReportIn> = serde_json::from_value(eval.clone())
@@ -363,10 +376,15 @@ impl Run {
         self.add_reports(reports, None).map_err(bad)
     }
 
-    fn add_reports(&mut self, reports: Vec<ReportIn>, at: Option<(usize, u64)>) -> Result<(), String> {
+    fn add_reports(
+        &mut self,
+        reports: Vec<ReportIn>,
+        at: Option<(usize, u64)>,
+    ) -> Result<(), String> {
         for r in reports {
             for (metric, v) in r.metrics {
-                let value = number(&v).map_err(|()| format!("the metric `{metric}` is not a number: {v}"))?;
+                let value = number(&v)
+                    .map_err(|()| format!("the metric `{metric}` is not a number: {v}"))?;
                 let index = match self.evals.iter().position(|e| {
                     e.kind == r.kind && e.model == r.model && e.data == r.data && e.metric == metric
                 }) {
@@ -606,7 +624,11 @@ fn fmt_sig(v: f64) -> String {
 fn trim_scientific(text: &str) -> String {
     match text.split_once('e') {
         Some((mantissa, exp)) if mantissa.contains('.') => {
-            format!("{}e{}", mantissa.trim_end_matches('0').trim_end_matches('.'), exp)
+            format!(
+                "{}e{}",
+                mantissa.trim_end_matches('0').trim_end_matches('.'),
+                exp
+            )
         }
         _ => text.to_string(),
     }
@@ -705,8 +727,8 @@ fn font(size: u32) -> FontDesc<'static> {
 
 fn register_font() -> Result<(), PlotError> {
     static REGISTERED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    let ok =
-        *REGISTERED.get_or_init(|| plotters::style::register_font(FAMILY, FontStyle::Normal, FONT).is_ok());
+    let ok = *REGISTERED
+        .get_or_init(|| plotters::style::register_font(FAMILY, FontStyle::Normal, FONT).is_ok());
     if ok {
         Ok(())
     } else {
@@ -809,13 +831,25 @@ fn render(run: &Run, panels: &[Panel], name: &str) -> Result<image::RgbImage, Pl
     Ok(out)
 }
 
-fn draw_panel(root: &Root, run: &Run, panel: &Panel, top: u32, height: u32) -> Result<(), PlotError> {
+fn draw_panel(
+    root: &Root,
+    run: &Run,
+    panel: &Panel,
+    top: u32,
+    height: u32,
+) -> Result<(), PlotError> {
     let offsets = run.offsets();
     let total = run.total_steps();
     let area = root
         .clone()
         .shrink((0, px(top)), (px(WIDTH - LEGEND_WIDTH), px(height)));
-    let transform = |v: f64| if panel.scale == Scale::Log { v.log10() } else { v };
+    let transform = |v: f64| {
+        if panel.scale == Scale::Log {
+            v.log10()
+        } else {
+            v
+        }
+    };
 
     // The axes.
     let x_hi = total + (total * 0.015).max(0.5);
@@ -841,7 +875,11 @@ fn draw_panel(root: &Root, run: &Run, panel: &Panel, top: u32, height: u32) -> R
                 _ => &[],
             };
             let minor: Vec<f64> = (y_lo.floor() as i32..=y_hi.ceil() as i32)
-                .flat_map(|k| multiples.iter().map(move |&m| k as f64 + (m as f64).log10()))
+                .flat_map(|k| {
+                    multiples
+                        .iter()
+                        .map(move |&m| k as f64 + (m as f64).log10())
+                })
                 .filter(|v| (y_lo..=y_hi).contains(v))
                 .collect();
             (y_lo, y_hi, ticks, minor)
@@ -858,7 +896,12 @@ fn draw_panel(root: &Root, run: &Run, panel: &Panel, top: u32, height: u32) -> R
                 let mid = (lo + hi) / 2.0;
                 (lo, hi, span) = (mid - 5.0, mid + 5.0, 10.0);
             }
-            let pad = span * if panel.scale == Scale::Percent { 0.1 } else { 0.06 };
+            let pad = span
+                * if panel.scale == Scale::Percent {
+                    0.1
+                } else {
+                    0.06
+                };
             let (mut y_lo, mut y_hi) = (lo - pad, hi + pad);
             if panel.scale == Scale::Percent {
                 y_lo = y_lo.max(-2.0);
@@ -909,7 +952,8 @@ fn draw_panel(root: &Root, run: &Run, panel: &Panel, top: u32, height: u32) -> R
         .map(|(o, (_, s))| (*o, o + *s as f64))
         .collect();
     // The last stage's ground reaches the right edge.
-    let ground = |i: usize, (a, b): (f64, f64)| (a, if i + 1 == stage_spans.len() { x_hi } else { b });
+    let ground =
+        |i: usize, (a, b): (f64, f64)| (a, if i + 1 == stage_spans.len() { x_hi } else { b });
     if run.stages.len() > 1 {
         chart
             .draw_series(
@@ -998,7 +1042,8 @@ fn draw_panel(root: &Root, run: &Run, panel: &Panel, top: u32, height: u32) -> R
             if let Some(shape) = line.marker {
                 for p in &points {
                     let at = chart.backend_coord(p);
-                    root.draw(&marker(at, shape, px(5), &WHITE)).map_err(draw_error)?;
+                    root.draw(&marker(at, shape, px(5), &WHITE))
+                        .map_err(draw_error)?;
                     root.draw(&marker(at, shape, px(4), &line.colour))
                         .map_err(draw_error)?;
                 }
@@ -1013,7 +1058,15 @@ fn draw_panel(root: &Root, run: &Run, panel: &Panel, top: u32, height: u32) -> R
     // The title, the stages' names over their spans.
     let left = plot_x.start;
     let mut title_end = left;
-    text(root, &panel.title, left, px(top + 26), 16, &TEXT, HPos::Left)?;
+    text(
+        root,
+        &panel.title,
+        left,
+        px(top + 26),
+        16,
+        &TEXT,
+        HPos::Left,
+    )?;
     title_end += text_width(root, &panel.title, 16);
     if !panel.note.is_empty() {
         let room = px(WIDTH - LEGEND_WIDTH - 20) - title_end - px(12);
@@ -1064,7 +1117,15 @@ fn draw_panel(root: &Root, run: &Run, panel: &Panel, top: u32, height: u32) -> R
                 .map_err(draw_error)?;
         }
         let value_width = text_width(root, &line.value, 13);
-        text(root, &line.value, right, cy + px(5), 13, &MUTED, HPos::Right)?;
+        text(
+            root,
+            &line.value,
+            right,
+            cy + px(5),
+            13,
+            &MUTED,
+            HPos::Right,
+        )?;
         let label = fit(
             root,
             &line.label,
@@ -1085,7 +1146,12 @@ fn blend(colour: RGBColor, alpha: f64) -> RGBAColor {
 /// A line through `points` (drawing pixels) `width` wide, drawn segment by segment with round
 /// joins: plotters joins the segments of a wide path with unbounded mitres, which shoot far out
 /// where a noisy series turns back.
-fn polyline(root: &Root, points: &[(i32, i32)], colour: RGBAColor, width: u32) -> Result<(), PlotError> {
+fn polyline(
+    root: &Root,
+    points: &[(i32, i32)],
+    colour: RGBAColor,
+    width: u32,
+) -> Result<(), PlotError> {
     for pair in points.windows(2) {
         root.draw(&PathElement::new(
             vec![pair[0], pair[1]],
@@ -1253,7 +1319,8 @@ mod tests {
     #[test]
     fn python_nonfinite_literals_become_null() {
         assert_eq!(
-            null_nonfinite_literals(r#"{"a": NaN, "b": [Infinity, -Infinity], "c": "NaN"}"#).as_deref(),
+            null_nonfinite_literals(r#"{"a": NaN, "b": [Infinity, -Infinity], "c": "NaN"}"#)
+                .as_deref(),
             Some(r#"{"a": null, "b": [null, null], "c": "NaN"}"#)
         );
         assert_eq!(null_nonfinite_literals(r#"{"a": 1}"#), None);

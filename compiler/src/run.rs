@@ -7,9 +7,9 @@
 //! `eval.json` and `models/<model>/` (each trained model).
 
 use crate::engine::checkpoint::{fingerprint, Checkpoint, CheckpointError};
+use crate::engine::device;
 use crate::engine::export::{self, ExportError};
 use crate::engine::train::{Options, StepLog, TrainError, Trainer};
-use crate::engine::device;
 use crate::evaluate::{self, EvalError, Report};
 use crate::ir::Recipe;
 use std::collections::HashMap;
@@ -47,14 +47,27 @@ pub enum Event<'a> {
         seconds: f64,
         data: Option<String>,
     },
-    Resumed { stage: &'a str, steps: u64 },
-    Step { log: &'a StepLog, total: u64 },
+    Resumed {
+        stage: &'a str,
+        steps: u64,
+    },
+    Step {
+        log: &'a StepLog,
+        total: u64,
+    },
     Checkpoint(&'a Path),
     /// The training plot was written here.
     Plotted(&'a Path),
-    Skipped { skipped: usize, read: usize, examples: &'a [String] },
+    Skipped {
+        skipped: usize,
+        read: usize,
+        examples: &'a [String],
+    },
     Eval(&'a Report),
-    Exported { model: &'a str, dir: &'a Path },
+    Exported {
+        model: &'a str,
+        dir: &'a Path,
+    },
     Note(String),
 }
 
@@ -69,7 +82,10 @@ pub enum RunError {
     #[error(transparent)]
     Export(#[from] ExportError),
     #[error("cannot write {path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Resume(String),
 }
@@ -98,7 +114,10 @@ fn truncate_log(path: &Path, recipe: &Recipe, stage: usize, steps: u64) -> Resul
     let Ok(text) = std::fs::read_to_string(path) else {
         return Ok(());
     };
-    let earlier: Vec<&str> = recipe.stages[..stage].iter().map(|s| s.name.as_str()).collect();
+    let earlier: Vec<&str> = recipe.stages[..stage]
+        .iter()
+        .map(|s| s.name.as_str())
+        .collect();
     let kept: Vec<&str> = text
         .lines()
         .filter(|line| {
@@ -127,7 +146,11 @@ fn log_line(log: &StepLog) -> String {
 }
 
 /// Runs every stage of `recipe`, then its evaluations.
-pub fn run(recipe: &Recipe, options: &RunOptions, mut event: impl FnMut(Event)) -> Result<Summary, RunError> {
+pub fn run(
+    recipe: &Recipe,
+    options: &RunOptions,
+    mut event: impl FnMut(Event),
+) -> Result<Summary, RunError> {
     let dir = &options.dir;
     std::fs::create_dir_all(dir).map_err(io(dir))?;
     let print = crate::explain::ir(recipe);
@@ -151,9 +174,19 @@ pub fn run(recipe: &Recipe, options: &RunOptions, mut event: impl FnMut(Event)) 
             )));
         }
         if ck.stage > recipe.stages.len() {
-            return Err(RunError::Resume(format!("{} names stage {} of a {}-stage recipe", checkpoint_path.display(), ck.stage + 1, recipe.stages.len())));
+            return Err(RunError::Resume(format!(
+                "{} names stage {} of a {}-stage recipe",
+                checkpoint_path.display(),
+                ck.stage + 1,
+                recipe.stages.len()
+            )));
         }
-        truncate_log(&log_path, recipe, ck.stage.min(recipe.stages.len() - 1), ck.steps)?;
+        truncate_log(
+            &log_path,
+            recipe,
+            ck.stage.min(recipe.stages.len() - 1),
+            ck.steps,
+        )?;
         resume = Some(ck);
     } else if log_path.exists() {
         std::fs::remove_file(&log_path).map_err(io(&log_path))?;
@@ -166,7 +199,11 @@ pub fn run(recipe: &Recipe, options: &RunOptions, mut event: impl FnMut(Event)) 
             .map(|p| std::fs::canonicalize(p).unwrap_or(p.clone()));
         let info = serde_json::json!({ "recipe": recipe_file, "fingerprint": fp });
         let file = dir.join("run.json");
-        std::fs::write(&file, serde_json::to_string_pretty(&info).expect("json") + "\n").map_err(io(&file))?;
+        std::fs::write(
+            &file,
+            serde_json::to_string_pretty(&info).expect("json") + "\n",
+        )
+        .map_err(io(&file))?;
     }
     let first = resume.as_ref().map_or(0, |c| c.stage);
     let mut finals: Vec<Option<HashMap<String, Vec<f32>>>> = vec![None; recipe.stages.len()];
@@ -199,13 +236,17 @@ pub fn run(recipe: &Recipe, options: &RunOptions, mut event: impl FnMut(Event)) 
         let backend = device::cpu();
         let mut trainer = Trainer::on(recipe, index, &train_options, backend)?;
         if let Some(c) = &continuing {
-            trainer.restore(c.steps, &c.moments).map_err(RunError::Resume)?;
+            trainer
+                .restore(c.steps, &c.moments)
+                .map_err(RunError::Resume)?;
             event(Event::Resumed {
                 stage: &stage.name,
                 steps: c.steps,
             });
         }
-        let total = options.steps.map_or(trainer.total_steps, |s| s.min(trainer.total_steps));
+        let total = options
+            .steps
+            .map_or(trainer.total_steps, |s| s.min(trainer.total_steps));
         event(Event::Stage {
             index,
             name: &stage.name,
@@ -243,7 +284,8 @@ pub fn run(recipe: &Recipe, options: &RunOptions, mut event: impl FnMut(Event)) 
                 params.extend(trainer.parameters());
                 let mut reports = Vec::new();
                 for spec in periodic {
-                    let report = evaluate::run(recipe, spec, &params, &options.base, device::cpu())?;
+                    let report =
+                        evaluate::run(recipe, spec, &params, &options.base, device::cpu())?;
                     event(Event::Eval(&report));
                     reports.push(report);
                 }
@@ -381,7 +423,8 @@ pub fn evaluate_saved(
             continue;
         }
         if spec.weights.is_some() {
-            let values = crate::engine::weights::model_values(spec, base).map_err(TrainError::from)?;
+            let values =
+                crate::engine::weights::model_values(spec, base).map_err(TrainError::from)?;
             params.extend(values.into_iter().map(|(k, v)| (format!("{prefix}{k}"), v)));
         }
     }

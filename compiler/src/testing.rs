@@ -3,8 +3,8 @@
 //! and compared entry by entry: |actual − expected| ≤ tol·(1 + |expected|).
 
 use crate::check::tests::TestCase;
-use crate::engine::{compile, device, exec};
 use crate::engine::lower::{Output, Target};
+use crate::engine::{compile, device, exec};
 use crate::ir;
 
 /// How one test went.
@@ -25,7 +25,9 @@ fn run_case(case: &TestCase) -> Outcome {
         failure: Some(why),
     };
     if let Some(what) = &case.unsupported {
-        return fail(format!("a test runs on literal tensors, but this one reads {what}"));
+        return fail(format!(
+            "a test runs on literal tensors, but this one reads {what}"
+        ));
     }
     let recipe = ir::Recipe {
         models: Vec::new(),
@@ -76,7 +78,11 @@ fn run_case(case: &TestCase) -> Outcome {
 
 /// `[i, j, …]` of flat position `j` in a shape of known sizes.
 fn index(mut flat: usize, shape: &crate::shape::Shape) -> String {
-    let sizes: Vec<usize> = shape.0.iter().map(|d| d.size.unwrap_or(1) as usize).collect();
+    let sizes: Vec<usize> = shape
+        .0
+        .iter()
+        .map(|d| d.size.unwrap_or(1) as usize)
+        .collect();
     let mut idx = vec![0; sizes.len()];
     for (k, &s) in sizes.iter().enumerate().rev() {
         idx[k] = flat % s.max(1);
@@ -84,7 +90,10 @@ fn index(mut flat: usize, shape: &crate::shape::Shape) -> String {
     }
     format!(
         "[{}]",
-        idx.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(", ")
+        idx.iter()
+            .map(|i| i.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
     )
 }
 

@@ -135,15 +135,24 @@ fn binary_operators_with_broadcasting() {
 #[test]
 fn selection_operators() {
     for f in [Binary::Max, Binary::Min] {
-        check(&format!("{f:?} same"), &[vec![3, 4], vec![3, 4]], false, |g, x| {
-            g.binary(f, x[0], x[1])
-        });
-        check(&format!("{f:?} row"), &[vec![2, 3, 4], vec![4]], false, |g, x| {
-            g.binary(f, x[0], x[1])
-        });
-        check(&format!("{f:?} scalar"), &[vec![3, 4], vec![]], false, |g, x| {
-            g.binary(f, x[0], x[1])
-        });
+        check(
+            &format!("{f:?} same"),
+            &[vec![3, 4], vec![3, 4]],
+            false,
+            |g, x| g.binary(f, x[0], x[1]),
+        );
+        check(
+            &format!("{f:?} row"),
+            &[vec![2, 3, 4], vec![4]],
+            false,
+            |g, x| g.binary(f, x[0], x[1]),
+        );
+        check(
+            &format!("{f:?} scalar"),
+            &[vec![3, 4], vec![]],
+            false,
+            |g, x| g.binary(f, x[0], x[1]),
+        );
     }
     // where(x0 > x1, x0, 2·x1), with the condition broadcast against both branches; the
     // comparison itself has no gradient.
@@ -154,14 +163,19 @@ fn selection_operators() {
         g.select(c, x[0], b)
     });
     // The branch not taken may be non-finite (√ of a negative) without reaching the gradient.
-    check("where guards the other branch", &[vec![3, 4]], false, |g, x| {
-        let zero = g.scalar(0.0);
-        let c = g.binary(Binary::Gt, x[0], zero);
-        let one = g.scalar(1.0);
-        let safe = g.select(c, x[0], one);
-        let root = g.unary(Unary::Sqrt, safe);
-        g.select(c, root, zero)
-    });
+    check(
+        "where guards the other branch",
+        &[vec![3, 4]],
+        false,
+        |g, x| {
+            let zero = g.scalar(0.0);
+            let c = g.binary(Binary::Gt, x[0], zero);
+            let one = g.scalar(1.0);
+            let safe = g.select(c, x[0], one);
+            let root = g.unary(Unary::Sqrt, safe);
+            g.select(c, root, zero)
+        },
+    );
     // The extreme of each lane is set apart by ±5 (an identity pattern), so that the finite
     // differences' steps never change which entry it is.
     for kind in [Reduce::Max, Reduce::Min] {
@@ -171,10 +185,15 @@ fn selection_operators() {
             let offset = g.mul(eye, five);
             g.add2(x, offset)
         };
-        check(&format!("{kind:?} axis"), &[vec![3, 4, 2]], false, |g, x| {
-            let y = apart(g, x[0], vec![4, 2]);
-            g.reduce(kind, y, Some(1))
-        });
+        check(
+            &format!("{kind:?} axis"),
+            &[vec![3, 4, 2]],
+            false,
+            |g, x| {
+                let y = apart(g, x[0], vec![4, 2]);
+                g.reduce(kind, y, Some(1))
+            },
+        );
         check(&format!("{kind:?} all"), &[vec![3, 4]], false, |g, x| {
             let y = apart(g, x[0], vec![3, 4]);
             g.reduce(kind, y, None)

@@ -309,8 +309,16 @@ fn terms(s: &Clip, t: &Clip, loss: &HashMap<String, Tensor>) -> Result<Vec<Tenso
         + kl(&log_softmax(&lt.t()?)?, &log_softmax(&ls.t()?)?)?)?
         / 2.0)?;
     // The student's raw embeddings mapped into the teacher's space: norm(W·x + b).
-    let image_to = normalize(&linear(&s.image, p("w_image.weight"), Some(p("w_image.bias")))?)?;
-    let text_to = normalize(&linear(&s.text, p("w_text.weight"), Some(p("w_text.bias")))?)?;
+    let image_to = normalize(&linear(
+        &s.image,
+        p("w_image.weight"),
+        Some(p("w_image.bias")),
+    )?)?;
+    let text_to = normalize(&linear(
+        &s.text,
+        p("w_text.weight"),
+        Some(p("w_text.bias")),
+    )?)?;
     let (t_image, t_text) = (normalize(&t.image)?.detach(), normalize(&t.text)?.detach());
     // FD: element-wise MSE of the mapped student embeddings to the teacher's.
     let fd = (mse(&image_to, &t_image)? + mse(&text_to, &t_text)?)?;

@@ -41,7 +41,10 @@ fn check_accepts_the_whole_recipe_library() {
     // The standard library's modules check as libraries.
     let out = kdc(&["check", "compiler/std"]);
     let err = text(&out.stderr);
-    assert!(out.status.success() && err.contains("libraries: ok"), "{err}");
+    assert!(
+        out.status.success() && err.contains("libraries: ok"),
+        "{err}"
+    );
     // A library is not a recipe to run.
     let out = kdc(&["run", "recipes/research/methods.kd"]);
     let err = text(&out.stderr);
@@ -132,13 +135,28 @@ fn explain_prints_codes_and_recipes() {
 fn run_without_a_recipe_trains_the_quickstart_evaluates_and_logs_each_step() {
     let dir = std::env::temp_dir().join(format!("kdc-cli-{}-run", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let out = kdc(&["run", "--steps", "3", "--every", "1", "--dir", dir.to_str().unwrap()]);
+    let out = kdc(&[
+        "run",
+        "--steps",
+        "3",
+        "--every",
+        "1",
+        "--dir",
+        dir.to_str().unwrap(),
+    ]);
     let err = text(&out.stderr);
     assert!(out.status.success(), "{err}");
     assert!(err.contains("distillation epoch 1 step     3/3"), "{err}");
     for model in ["teacher", "student", "baseline"] {
-        assert!(err.contains(&format!("zero_shot {model} on Fashion-MNIST test")), "{err}");
-        assert!(dir.join("models").join(model).join("model.safetensors").exists());
+        assert!(
+            err.contains(&format!("zero_shot {model} on Fashion-MNIST test")),
+            "{err}"
+        );
+        assert!(dir
+            .join("models")
+            .join(model)
+            .join("model.safetensors")
+            .exists());
     }
     let lines: Vec<serde_json::Value> = std::fs::read_to_string(dir.join("log.jsonl"))
         .unwrap()
@@ -181,18 +199,36 @@ fn run_without_a_recipe_trains_the_quickstart_evaluates_and_logs_each_step() {
     let stage1 = dir.join("stage-teacher_training.safetensors");
     let data = root().join("recipes/demo/data/fashion-mnist-mini");
     let recipe = quickstart
-        .replace("teacher = clip(", &format!("teacher = clip(\n  weights: {:?},", stage1.to_str().unwrap()))
-        .replace("fashion = \"data/fashion-mnist-mini\"", &format!("fashion = {:?}", data.to_str().unwrap()));
+        .replace(
+            "teacher = clip(",
+            &format!(
+                "teacher = clip(\n  weights: {:?},",
+                stage1.to_str().unwrap()
+            ),
+        )
+        .replace(
+            "fashion = \"data/fashion-mnist-mini\"",
+            &format!("fashion = {:?}", data.to_str().unwrap()),
+        );
     let recipe = &recipe[..recipe.find("eval = [").unwrap()];
-    let recipe = format!("{recipe}eval = [zero_shot(model: teacher, data: test, templates: templates)]\n");
+    let recipe =
+        format!("{recipe}eval = [zero_shot(model: teacher, data: test, templates: templates)]\n");
     let path = dir.join("from_checkpoint.kd");
     std::fs::write(&path, recipe).unwrap();
     let fresh = dir.join("fresh");
-    let out = kdc(&["eval", path.to_str().unwrap(), "--dir", fresh.to_str().unwrap()]);
+    let out = kdc(&[
+        "eval",
+        path.to_str().unwrap(),
+        "--dir",
+        fresh.to_str().unwrap(),
+    ]);
     let err = text(&out.stderr);
     assert!(out.status.success(), "{err}");
     assert_eq!(eval[0]["model"], "teacher");
-    let (top1, top5) = (eval[0]["metrics"][0][1].as_f64().unwrap(), eval[0]["metrics"][1][1].as_f64().unwrap());
+    let (top1, top5) = (
+        eval[0]["metrics"][0][1].as_f64().unwrap(),
+        eval[0]["metrics"][1][1].as_f64().unwrap(),
+    );
     let want = format!("top1 {:.2} %, top5 {:.2} %", 100.0 * top1, 100.0 * top5);
     assert!(err.contains(&want), "want {want}: {err}");
     // `kdc eval CHECKPOINT`: the stage-1 checkpoint holds the teacher only.
@@ -201,22 +237,42 @@ fn run_without_a_recipe_trains_the_quickstart_evaluates_and_logs_each_step() {
     assert!(out.status.success(), "{err}");
     assert!(err.contains(&want), "want {want}: {err}");
     assert!(err.contains("model `student` is not evaluated"), "{err}");
-    assert!(eval[0]["parameters"].as_u64().unwrap() > eval[0]["image_parameters"].as_u64().unwrap());
+    assert!(
+        eval[0]["parameters"].as_u64().unwrap() > eval[0]["image_parameters"].as_u64().unwrap()
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn tokenize_prints_the_ids_a_model_reads() {
-    let out = kdc(&["tokenize", "recipes/demo/quickstart.kd", "a photo of a Sneaker", "T-shirt/top"]);
+    let out = kdc(&[
+        "tokenize",
+        "recipes/demo/quickstart.kd",
+        "a photo of a Sneaker",
+        "T-shirt/top",
+    ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let lines: Vec<Vec<u32>> = text(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<Vec<u32>> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     // <start> a photo of a sneaker <end>, in OpenAI CLIP's vocabulary.
     assert_eq!(lines[0], [49406, 320, 1125, 539, 320, 24781, 49407]);
     assert_eq!(lines.len(), 2);
     assert_eq!((lines[1][0], *lines[1].last().unwrap()), (49406, 49407));
-    let out = kdc(&["tokenize", "recipes/demo/quickstart.kd", "--model", "nobody", "x"]);
+    let out = kdc(&[
+        "tokenize",
+        "recipes/demo/quickstart.kd",
+        "--model",
+        "nobody",
+        "x",
+    ]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out.stderr).contains("no model `nobody`"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("no model `nobody`"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 #[test]
@@ -236,7 +292,11 @@ fn a_recipe_that_is_not_utf8_or_holds_a_nul_gets_a_located_syntax_error() {
     let dir = std::env::temp_dir().join(format!("kdc-cli-{}-bytes", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let latin1 = dir.join("latin1.kd");
-    std::fs::write(&latin1, b"student = clip(preset: \"ViT-T-16\")\n# caf\xe9\n").unwrap();
+    std::fs::write(
+        &latin1,
+        b"student = clip(preset: \"ViT-T-16\")\n# caf\xe9\n",
+    )
+    .unwrap();
     let nul = dir.join("nul.kd");
     std::fs::write(&nul, b"student = clip(preset: \"ViT-T-16\")\nloss\0 = 1\n").unwrap();
     for (path, place, what) in [(&latin1, ":2:6", "not UTF-8"), (&nul, ":2:5", "NUL")] {
@@ -256,7 +316,10 @@ fn a_recipe_that_is_not_utf8_or_holds_a_nul_gets_a_located_syntax_error() {
 #[test]
 fn a_closed_pipe_ends_the_output_quietly() {
     use std::process::Stdio;
-    for args in [&["explain", "recipes/clip_kd/best.kd"][..], &["explain", "KD0009"][..]] {
+    for args in [
+        &["explain", "recipes/clip_kd/best.kd"][..],
+        &["explain", "KD0009"][..],
+    ] {
         let mut child = Command::new(env!("CARGO_BIN_EXE_kdc"))
             .args(args)
             .current_dir(root())
@@ -292,13 +355,25 @@ loss = {loss}
 fn a_loss_that_goes_non_finite_stops_the_run_with_the_step_and_the_term() {
     let recipe = temp_recipe(
         "nan",
-        &tiny_recipe("clip_loss(student) + mean(log(student.image - student.image))", 5),
+        &tiny_recipe(
+            "clip_loss(student) + mean(log(student.image - student.image))",
+            5,
+        ),
     );
     let dir = recipe.with_extension("run");
-    let out = kdc(&["run", recipe.to_str().unwrap(), "--dir", dir.to_str().unwrap(), "--no-export"]);
+    let out = kdc(&[
+        "run",
+        recipe.to_str().unwrap(),
+        "--dir",
+        dir.to_str().unwrap(),
+        "--no-export",
+    ]);
     let err = text(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("step 1") && err.contains("the term `mean`") && err.contains("-inf"), "{err}");
+    assert!(
+        err.contains("step 1") && err.contains("the term `mean`") && err.contains("-inf"),
+        "{err}"
+    );
     assert!(!err.contains("panicked"), "{err}");
 }
 
@@ -356,8 +431,10 @@ fn every_research_recipe_trains_with_finite_losses() {
         let err = text(&out.stderr);
         assert!(out.status.success(), "{}: {err}", recipe.display());
         let log = std::fs::read_to_string(run.join("log.jsonl")).unwrap();
-        let steps: Vec<serde_json::Value> =
-            log.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let steps: Vec<serde_json::Value> = log
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
         assert_eq!(steps.len(), 4, "{}", recipe.display());
         for step in &steps {
             let terms = step["terms"].as_object().expect("terms by name");
@@ -375,13 +452,23 @@ fn explain_finds_a_user_function_through_the_recipe_that_imports_it() {
     let out = kdc(&["explain", "rkd_angle", "--in", "recipes/research/rkd.kd"]);
     let text_out = text(&out.stdout);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert!(text_out.starts_with("fn rkd_angle(s: Tensor, t: Tensor) -> Scalar"), "{text_out}");
-    assert!(text_out.contains("recipes/research/methods.kd:"), "{text_out}");
+    assert!(
+        text_out.starts_with("fn rkd_angle(s: Tensor, t: Tensor) -> Scalar"),
+        "{text_out}"
+    );
+    assert!(
+        text_out.contains("recipes/research/methods.kd:"),
+        "{text_out}"
+    );
     assert!(text_out.contains("RKD angle"), "{text_out}");
     // Without the recipe, the error says how to ask.
     let out = kdc(&["explain", "rkd_angle"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out.stderr).contains("--in RECIPE"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("--in RECIPE"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 #[test]
@@ -398,12 +485,22 @@ fn schedules_read_epochs_and_fractions_of_the_stage() {
             ),
     );
     let dir = recipe.with_extension("run");
-    let out = kdc(&["run", recipe.to_str().unwrap(), "--dir", dir.to_str().unwrap(), "--no-export"]);
+    let out = kdc(&[
+        "run",
+        recipe.to_str().unwrap(),
+        "--dir",
+        dir.to_str().unwrap(),
+        "--no-export",
+    ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let log = std::fs::read_to_string(dir.join("log.jsonl")).unwrap();
     let lrs: Vec<f64> = log
         .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["lr"].as_f64().unwrap())
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["lr"]
+                .as_f64()
+                .unwrap()
+        })
         .collect();
     assert_eq!(lrs, [1e-3, 1e-3, 1e-3, 1e-3, 1e-4, 1e-4, 1e-5, 1e-5]);
 }
@@ -412,8 +509,12 @@ fn schedules_read_epochs_and_fractions_of_the_stage() {
 fn query_and_key_taps_give_back_the_attention_probabilities() {
     // softmax(q kᵀ/√d) per head from the query and key taps equals the attention tap (image
     // tower, 2 heads of 8).
-    let q = |t: &str| format!("permute(reshape(student.{t}_query(1), shape: [rows(student.image), -1, 2, 8]), axes: [0, 2, 1, 3])");
-    let k = |t: &str| format!("permute(reshape(student.{t}_key(1), shape: [rows(student.image), -1, 2, 8]), axes: [0, 2, 1, 3])");
+    let q = |t: &str| {
+        format!("permute(reshape(student.{t}_query(1), shape: [rows(student.image), -1, 2, 8]), axes: [0, 2, 1, 3])")
+    };
+    let k = |t: &str| {
+        format!("permute(reshape(student.{t}_key(1), shape: [rows(student.image), -1, 2, 8]), axes: [0, 2, 1, 3])")
+    };
     let loss = format!(
         "clip_loss(student) + 1e6 * mse(softmax({} @ {}.T / sqrt(8), axis: 3), student.image_attention(1))",
         q("image"),
@@ -421,17 +522,32 @@ fn query_and_key_taps_give_back_the_attention_probabilities() {
     );
     let recipe = temp_recipe("qkv", &tiny_recipe(&loss, 1));
     let dir = recipe.with_extension("run");
-    let out = kdc(&["run", recipe.to_str().unwrap(), "--dir", dir.to_str().unwrap(), "--no-export"]);
+    let out = kdc(&[
+        "run",
+        recipe.to_str().unwrap(),
+        "--dir",
+        dir.to_str().unwrap(),
+        "--no-export",
+    ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let log = std::fs::read_to_string(dir.join("log.jsonl")).unwrap();
     let step: serde_json::Value = serde_json::from_str(log.lines().next().unwrap()).unwrap();
     let gap = step["terms"]["mse"].as_f64().unwrap();
-    assert!(gap < 1e-10, "queries and keys do not give the attention: mse {gap}");
+    assert!(
+        gap < 1e-10,
+        "queries and keys do not give the attention: mse {gap}"
+    );
     // And a wrong pairing (keys against keys) does not.
     let wrong = loss.replace("image_query(1)", "image_key(1)");
     let recipe = temp_recipe("qkv_wrong", &tiny_recipe(&wrong, 1));
     let dir = recipe.with_extension("run");
-    let out = kdc(&["run", recipe.to_str().unwrap(), "--dir", dir.to_str().unwrap(), "--no-export"]);
+    let out = kdc(&[
+        "run",
+        recipe.to_str().unwrap(),
+        "--dir",
+        dir.to_str().unwrap(),
+        "--no-export",
+    ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let log = std::fs::read_to_string(dir.join("log.jsonl")).unwrap();
     let step: serde_json::Value = serde_json::from_str(log.lines().next().unwrap()).unwrap();
@@ -472,6 +588,9 @@ test reads_a_model {
     assert!(stdout.contains("off_by_one ... FAILED"), "{stdout}");
     assert!(stdout.contains("entry [1] is 4, expected 5"), "{stdout}");
     assert!(stdout.contains("reads_a_model ... FAILED"), "{stdout}");
-    assert!(stdout.contains("a test runs on literal tensors, but this one reads a model's output"), "{stdout}");
+    assert!(
+        stdout.contains("a test runs on literal tensors, but this one reads a model's output"),
+        "{stdout}"
+    );
     assert!(stdout.contains("1 passed, 2 failed"), "{stdout}");
 }

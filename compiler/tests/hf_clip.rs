@@ -122,11 +122,18 @@ fn a_forward_only_graph_encodes_like_hugging_face() {
     let recipe = kdc::compile(path.to_str().unwrap(), &text, &kdc::FsLoader)
         .recipe
         .unwrap();
-    let teacher = recipe.models.iter().position(|m| m.name == "teacher").unwrap();
+    let teacher = recipe
+        .models
+        .iter()
+        .position(|m| m.name == "teacher")
+        .unwrap();
     let backend = kdc::engine::device::cpu();
     let options = Options::forward(vec![(teacher, Tap::Image), (teacher, Tap::Text)], 3);
     let compiled = compile::compile(&recipe, 0, &options, &**exec::lock(&backend));
-    assert_eq!(compiled.built.backward, 0, "a forward graph has no backward pass");
+    assert_eq!(
+        compiled.built.backward, 0,
+        "a forward graph has no backward pass"
+    );
     assert!(compiled.grads().is_empty());
     assert!(compiled.graph.params.iter().all(|p| !p.trainable));
     assert!(compiled.terms.is_empty());

@@ -130,8 +130,18 @@ const EDU: &[(&str, &str)] = &[
     ("loss/comkd.edu_alpha", "edu_alpha"),
 ];
 
-fn case(fixture: &'static str, loss: &'static str, params: &'static [(&'static str, &'static str)]) -> Case {
-    Case { fixture, loss, student_scale: "", extra: "", params }
+fn case(
+    fixture: &'static str,
+    loss: &'static str,
+    params: &'static [(&'static str, &'static str)],
+) -> Case {
+    Case {
+        fixture,
+        loss,
+        student_scale: "",
+        extra: "",
+        params,
+    }
 }
 
 /// The standard library, one case per fixture loss.
@@ -396,15 +406,22 @@ fn every_library_loss_matches_pytorch_and_rejects_a_small_error() {
             case.fixture
         );
         let prefix = format!("{}.grad.", case.fixture);
-        let keys: Vec<String> = expected.keys().filter(|k| k.starts_with(&prefix)).cloned().collect();
+        let keys: Vec<String> = expected
+            .keys()
+            .filter(|k| k.starts_with(&prefix))
+            .cloned()
+            .collect();
         assert_eq!(keys.len(), checked);
         for key in keys {
             let mut off = expected.clone();
             let values = &mut off.get_mut(&key).unwrap().1;
-            let (at, largest) = values
-                .iter()
-                .enumerate()
-                .fold((0, 0f32), |(i, m), (j, v)| if v.abs() > m { (j, v.abs()) } else { (i, m) });
+            let (at, largest) = values.iter().enumerate().fold((0, 0f32), |(i, m), (j, v)| {
+                if v.abs() > m {
+                    (j, v.abs())
+                } else {
+                    (i, m)
+                }
+            });
             values[at] += 1e-4 * largest;
             assert!(
                 compare(case.fixture, &got, &off, REL).is_err(),

@@ -117,7 +117,10 @@ fn plots_a_two_stage_run() {
         (plot::WIDTH, plot::TITLE_HEIGHT + 4 * plot::PANEL_HEIGHT)
     );
     let first = *image.get_pixel(0, 0);
-    assert!(image.pixels().any(|p| *p != first), "the plot is a single colour");
+    assert!(
+        image.pixels().any(|p| *p != first),
+        "the plot is a single colour"
+    );
     let colours: std::collections::HashSet<[u8; 3]> = image.pixels().map(|p| p.0).collect();
     assert!(colours.len() > 50, "only {} colours", colours.len());
     // The title band holds nothing but text: dark pixels there mean the embedded font drew.
@@ -164,7 +167,9 @@ fn a_malformed_line_names_the_file_and_line() {
     }
     let message = err.to_string();
     assert!(
-        message.contains("log.jsonl") && message.contains("line 3") && message.contains("not valid JSON"),
+        message.contains("log.jsonl")
+            && message.contains("line 3")
+            && message.contains("not valid JSON"),
         "{message}"
     );
     assert!(!dir.0.join("plot.png").exists());

@@ -9,7 +9,10 @@ use kdc::model::{PreprocessSpec, CLIP_MEAN, CLIP_STD};
 use std::path::{Path, PathBuf};
 
 fn dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().join("tests/fixtures/preprocess")
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .join("tests/fixtures/preprocess")
 }
 
 #[test]
@@ -18,16 +21,30 @@ fn the_evaluation_transform_matches_open_clip() {
     let mut worst = 0f32;
     let mut compared = 0;
     for name in ["chelsea", "coffee", "camera"] {
-        let image = Rgb::decode(&std::fs::read(dir().join(format!("{name}.png"))).unwrap()).unwrap();
-        for (key, resize, crop) in [("eval64", 64, 64), ("eval37", 37, 37), ("resize72crop64", 72, 64)] {
-            let spec = PreprocessSpec { resize, crop, mean: CLIP_MEAN, std: CLIP_STD };
+        let image =
+            Rgb::decode(&std::fs::read(dir().join(format!("{name}.png"))).unwrap()).unwrap();
+        for (key, resize, crop) in [
+            ("eval64", 64, 64),
+            ("eval37", 37, 37),
+            ("resize72crop64", 72, 64),
+        ] {
+            let spec = PreprocessSpec {
+                resize,
+                crop,
+                mean: CLIP_MEAN,
+                std: CLIP_STD,
+            };
             let mut got = vec![0f32; (3 * crop * crop) as usize];
             eval_transform(&image, &spec, &mut got);
             let (shape, want) = &expected[&format!("{name}.{key}")];
             assert_eq!(shape, &vec![3, crop as usize, crop as usize]);
             // The resampling is Pillow's to the bit, so only the float normalisation may
             // differ (one 8-bit level would be 1/255/0.2613 ≈ 0.015).
-            let d = got.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            let d = got
+                .iter()
+                .zip(want)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
             assert!(d <= 1e-6, "{name}.{key}: largest difference {d}");
             worst = worst.max(d);
             compared += 1;

@@ -21,7 +21,10 @@ const REL: f32 = 1e-5;
 type Tensors = HashMap<String, (Vec<usize>, Vec<f32>)>;
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 /// Batch 6; student embeddings 8 wide and a 1-block ViT 8 wide with 2 heads; teacher
@@ -104,7 +107,10 @@ fn compare(name: &str, got: &Evaluation, expected: &Tensors) -> Result<(f32, f32
     let want = expected[&format!("{name}.value")].1[0];
     let value_error = (got.value - want).abs() / want.abs();
     if !(value_error <= REL) {
-        return Err(format!("{name}: value {} vs {want} (relative {value_error:.2e})", got.value));
+        return Err(format!(
+            "{name}: value {} vs {want} (relative {value_error:.2e})",
+            got.value
+        ));
     }
     let prefix = format!("{name}.grad.");
     let mut grad_error = 0f32;
@@ -116,7 +122,11 @@ fn compare(name: &str, got: &Evaluation, expected: &Tensors) -> Result<(f32, f32
             .get(input)
             .ok_or_else(|| format!("{name}: no gradient for {input}"))?;
         let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let worst = grad.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        let worst = grad
+            .iter()
+            .zip(want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
         if !(scale > 0.0 && worst <= REL * scale) {
             return Err(format!(
                 "{name}: gradient for {input} off by {worst:.3e} where its largest entry is {scale:.3e}"
@@ -144,12 +154,27 @@ const CASES: &[(&str, &str)] = &[
     ("rkd_distance", "rkd_distance(student.image, teacher.image)"),
     ("rkd_angle", "rkd_angle(student.image, teacher.image)"),
     ("dist", "dist(logits(student), logits(teacher))"),
-    ("dist_tau4", "dist(logits(student), logits(teacher), tau: 4, beta: 2, gamma: 0.5)"),
+    (
+        "dist_tau4",
+        "dist(logits(student), logits(teacher), tau: 4, beta: 2, gamma: 0.5)",
+    ),
     ("pkt", "pkt(student.image, teacher.image)"),
-    ("cls_token", "cls_token(student, teacher, s_layer: 1, t_layer: 2)"),
-    ("attention_transfer", "attention_transfer(student, teacher, k: 1)"),
-    ("conditional_kd", "conditional_kd(logits(student), logits(teacher))"),
-    ("conditional_kd_t2i", "conditional_kd(logits(student).T, logits(teacher).T)"),
+    (
+        "cls_token",
+        "cls_token(student, teacher, s_layer: 1, t_layer: 2)",
+    ),
+    (
+        "attention_transfer",
+        "attention_transfer(student, teacher, k: 1)",
+    ),
+    (
+        "conditional_kd",
+        "conditional_kd(logits(student), logits(teacher))",
+    ),
+    (
+        "conditional_kd_t2i",
+        "conditional_kd(logits(student).T, logits(teacher).T)",
+    ),
 ];
 
 #[test]
@@ -234,7 +259,9 @@ fn a_leading_constant_joins_the_term_after_it() {
     let grad = &got.grads["v_s"];
     let want_grad = &expected["pkt.grad.v_s"].1;
     for (g, w) in grad.iter().zip(want_grad) {
-        assert!((g + 2.0 * w).abs() <= 1e-5 * want_grad.iter().fold(0f32, |m, v| m.max(v.abs())) * 2.0);
+        assert!(
+            (g + 2.0 * w).abs() <= 1e-5 * want_grad.iter().fold(0f32, |m, v| m.max(v.abs())) * 2.0
+        );
     }
 }
 
@@ -283,7 +310,8 @@ loss = clip_loss(s) + mse(proj(s.patches, to: teacher.image_width), t.patches)
 fn masked_views_share_a_mask_only_when_asked() {
     let own = keep_inputs("s = student.masked(0.5)\nt = teacher.masked(0.5)");
     assert_eq!(own, ["keep:student:0.5", "keep:teacher:0.5"]);
-    let shared =
-        keep_inputs("s = student.masked(0.5, shared: \"m\")\nt = teacher.masked(0.5, shared: \"m\")");
+    let shared = keep_inputs(
+        "s = student.masked(0.5, shared: \"m\")\nt = teacher.masked(0.5, shared: \"m\")",
+    );
     assert_eq!(shared, ["keep:shared m:0.5"]);
 }

@@ -8,7 +8,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 fn write_recipe(dir: &Path, steps: u64) -> PathBuf {
@@ -87,8 +90,20 @@ fn a_killed_run_resumes_to_exactly_the_uninterrupted_losses() {
     let recipe = path.to_str().unwrap();
 
     let whole = base.join("whole");
-    let out = kdc(&["run", recipe, "--dir", whole.to_str().unwrap(), "--no-export"]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = kdc(&[
+        "run",
+        recipe,
+        "--dir",
+        whole.to_str().unwrap(),
+        "--no-export",
+    ])
+    .output()
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let reference = lines(&whole.join("log.jsonl"));
     assert_eq!(reference.len(), 48);
 
@@ -97,24 +112,45 @@ fn a_killed_run_resumes_to_exactly_the_uninterrupted_losses() {
     let log = parts.join("log.jsonl");
     let mut kills = 0;
     for (resume, at) in [(false, 9), (true, 30)] {
-        let mut args = vec!["run", recipe, "--dir", parts.to_str().unwrap(), "--no-export"];
+        let mut args = vec![
+            "run",
+            recipe,
+            "--dir",
+            parts.to_str().unwrap(),
+            "--no-export",
+        ];
         if resume {
             args.push("--resume");
         }
-        let child = kdc(&args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        let child = kdc(&args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
         if kill_at(child, &log, at) {
             kills += 1;
         }
     }
     assert_eq!(kills, 2, "both runs were killed before they finished");
-    let out = kdc(&["run", recipe, "--dir", parts.to_str().unwrap(), "--no-export", "--resume"])
-        .output()
-        .unwrap();
+    let out = kdc(&[
+        "run",
+        recipe,
+        "--dir",
+        parts.to_str().unwrap(),
+        "--no-export",
+        "--resume",
+    ])
+    .output()
+    .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
     assert!(err.contains("resuming stage"), "{err}");
     let resumed = lines(&log);
-    assert_eq!(resumed.len(), reference.len(), "one line per step, none lost or repeated");
+    assert_eq!(
+        resumed.len(),
+        reference.len(),
+        "one line per step, none lost or repeated"
+    );
     for (a, b) in reference.iter().zip(&resumed) {
         assert_eq!(a["stage"], b["stage"]);
         assert_eq!(a["step"], b["step"]);
@@ -126,7 +162,15 @@ fn a_killed_run_resumes_to_exactly_the_uninterrupted_losses() {
     // The same folder, another recipe: refused, with a reason.
     std::fs::create_dir_all(base.join("other")).unwrap();
     let other = write_recipe(&base.join("other"), 25);
-    let out = kdc(&["run", other.to_str().unwrap(), "--dir", parts.to_str().unwrap(), "--resume"]).output().unwrap();
+    let out = kdc(&[
+        "run",
+        other.to_str().unwrap(),
+        "--dir",
+        parts.to_str().unwrap(),
+        "--resume",
+    ])
+    .output()
+    .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("another recipe"), "{err}");

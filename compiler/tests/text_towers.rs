@@ -34,7 +34,11 @@ train = adamw(lr: 1e-3) | steps(1)
 "#
     );
     let compiled = kdc::compile("towers.kd", &text, &kdc::FsLoader);
-    assert!(!compiled.diagnostics.has_errors(), "{:?}", compiled.diagnostics);
+    assert!(
+        !compiled.diagnostics.has_errors(),
+        "{:?}",
+        compiled.diagnostics
+    );
     compiled.recipe.unwrap().models.remove(0)
 }
 
@@ -102,9 +106,13 @@ fn check_tower(spec: &ModelSpec, prefix: &str) {
     for (p, v) in &set {
         exec.set_param(*p, v);
     }
-    let index = exec.input_index(&InputKind::Ids { model: owner() }).unwrap();
+    let index = exec
+        .input_index(&InputKind::Ids { model: owner() })
+        .unwrap();
     exec.set_input(index, &get("input_ids").1);
-    let index = exec.input_index(&InputKind::Mask { model: owner() }).unwrap();
+    let index = exec
+        .input_index(&InputKind::Mask { model: owner() })
+        .unwrap();
     exec.set_input(index, mask);
     let results = exec.run();
 
@@ -129,7 +137,10 @@ fn check_tower(spec: &ModelSpec, prefix: &str) {
             for (x, y) in got[row.clone()].iter().zip(&want[row]) {
                 let d = (x - y).abs() / scale;
                 worst = worst.max(d);
-                assert!(d < 1e-5, "{prefix}.{name}: relative difference {d} at token {t}");
+                assert!(
+                    d < 1e-5,
+                    "{prefix}.{name}: relative difference {d} at token {t}"
+                );
             }
         }
     }
@@ -167,6 +178,8 @@ fn the_wrong_family_is_caught() {
     // Reading XLM-R's weights as a BERT: its one-row token-type table does not fit, and the
     // error names it.
     let spec = spec("xlmr_tiny", "bert", 66, 939, 16);
-    let err = weights::model_values(&spec, &fixtures()).unwrap_err().to_string();
+    let err = weights::model_values(&spec, &fixtures())
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("token_type_embeddings"), "{err}");
 }

@@ -9,7 +9,10 @@ use kdc::tokenize::Tokenizer;
 use std::path::{Path, PathBuf};
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 struct Golden {
@@ -19,12 +22,17 @@ struct Golden {
 }
 
 fn golden() -> Vec<Golden> {
-    let text = std::fs::read_to_string(root().join("tests/fixtures/tokenizer/golden.jsonl")).unwrap();
+    let text =
+        std::fs::read_to_string(root().join("tests/fixtures/tokenizer/golden.jsonl")).unwrap();
     text.lines()
         .map(|line| {
             let v: serde_json::Value = serde_json::from_str(line).unwrap();
             let ids = |k: &str| -> Vec<u32> {
-                v[k].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+                v[k].as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.as_u64().unwrap() as u32)
+                    .collect()
             };
             Golden {
                 text: v["text"].as_str().unwrap().to_string(),
@@ -45,14 +53,21 @@ fn report(failures: &[(String, Vec<u32>, Vec<u32>)], total: usize, what: &str) {
         .take(10)
         .map(|(t, want, got)| format!("{t:?}\n  want {want:?}\n  got  {got:?}"))
         .collect();
-    panic!("{what}: {} of {total} strings differ:\n{}", failures.len(), shown.join("\n"));
+    panic!(
+        "{what}: {} of {total} strings differ:\n{}",
+        failures.len(),
+        shown.join("\n")
+    );
 }
 
 #[test]
 fn clip_bpe_matches_open_clip_on_the_golden_set() {
     let golden = golden();
     assert!(golden.len() >= 2000, "{} golden strings", golden.len());
-    assert!(golden.iter().filter(|g| g.clip.len() == 77).count() >= 100, "long texts are covered");
+    assert!(
+        golden.iter().filter(|g| g.clip.len() == 77).count() >= 100,
+        "long texts are covered"
+    );
     let bpe = ClipBpe::default_vocab();
     assert_eq!(bpe.vocab_size(), 49408);
     let mut failures = Vec::new();
@@ -71,14 +86,19 @@ fn clip_bpe_matches_open_clip_on_the_golden_set() {
 #[test]
 fn wordpiece_matches_transformers_on_the_golden_set() {
     let golden = golden();
-    let inner = tokenizers::Tokenizer::from_file(root().join("tests/fixtures/minilm/tokenizer.json")).unwrap();
+    let inner =
+        tokenizers::Tokenizer::from_file(root().join("tests/fixtures/minilm/tokenizer.json"))
+            .unwrap();
     let tokenizer = Tokenizer::from_hf(inner, 32);
     let mut failures = Vec::new();
     for g in &golden {
         let encoded = tokenizer.encode(&g.text);
         let n = encoded.mask.iter().filter(|&&m| m == 1).count();
         let got = encoded.ids[..n].to_vec();
-        assert!(encoded.ids[n..].iter().all(|&i| i == 0), "padding with [PAD] (0)");
+        assert!(
+            encoded.ids[n..].iter().all(|&i| i == 0),
+            "padding with [PAD] (0)"
+        );
         if got != g.minilm {
             failures.push((g.text.clone(), g.minilm.clone(), got));
         }
@@ -94,7 +114,10 @@ fn a_clip_caption_pools_at_its_end_of_text() {
     assert_eq!(e.ids, vec![49406, 320, 1125, 539, 320, 1929, 269, 49407]);
     assert_eq!(e.eot, 7);
     let long = t.encode("one two three four five six seven eight nine ten");
-    assert_eq!(long.ids[7], 49407, "the end mark is kept when a caption is cut");
+    assert_eq!(
+        long.ids[7], 49407,
+        "the end mark is kept when a caption is cut"
+    );
     assert_eq!(long.eot, 7);
     let short = t.encode("cat");
     assert_eq!(short.eot, 2);

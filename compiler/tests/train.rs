@@ -120,7 +120,10 @@ train = adamw(lr: 1e-3) | steps(20)
     for (step, want) in [(0, 1.0), (5, 2.0), (10, 3.0), (15, 3.0)] {
         let ev = trainer.evaluate(step).unwrap();
         let (_, got) = ev.terms.iter().find(|(l, _)| l == "mean").unwrap();
-        assert!((got - want).abs() < 1e-6, "step {step}: {got}, expected {want}");
+        assert!(
+            (got - want).abs() < 1e-6,
+            "step {step}: {got}, expected {want}"
+        );
     }
 }
 
@@ -174,11 +177,20 @@ fn parameter_groups_scale_the_step_and_frozen_names_do_not_move() {
     // AdamW's first step moves each entry by lr·g/(|g| + ε) ≈ lr (plus lr·λ·w with decay).
     let lr = 1e-3f32;
     let w = largest_step("loss/clip_kd.w_image.weight");
-    assert!((w - 10.0 * lr).abs() < 0.02 * lr * 10.0, "loss group moved {w}");
+    assert!(
+        (w - 10.0 * lr).abs() < 0.02 * lr * 10.0,
+        "loss group moved {w}"
+    );
     let p = largest_step("student/visual_projection.weight");
-    assert!(p > 0.45 * lr && p < 0.55 * lr, "visual projection moved {p}");
+    assert!(
+        p > 0.45 * lr && p < 0.55 * lr,
+        "visual projection moved {p}"
+    );
     let other = largest_step("student/text_model.encoder.layers.0.mlp.fc1.weight");
-    assert!(other > 0.9 * lr && other < 1.1 * lr, "an ordinary weight moved {other}");
+    assert!(
+        other > 0.9 * lr && other < 1.1 * lr,
+        "an ordinary weight moved {other}"
+    );
     for name in [
         "student/vision_model.encoder.layers.0.mlp.fc1.weight",
         "student/vision_model.encoder.layers.0.layer_norm1.bias",
@@ -221,7 +233,11 @@ train = adamw(lr: 1e-3) | steps(3) | seed(0)
         let after = values(&trainer);
         for (i, (tp, sp)) in before[&t].iter().zip(&after[&s]).enumerate() {
             let want = 0.9 * tp + 0.1 * sp;
-            assert!((after[&t][i] - want).abs() <= 1e-6, "{i}: {} vs {want}", after[&t][i]);
+            assert!(
+                (after[&t][i] - want).abs() <= 1e-6,
+                "{i}: {} vs {want}",
+                after[&t][i]
+            );
         }
         assert_ne!(after[&t], before[&t], "the average moves");
         assert_ne!(after[&t], after[&s], "and lags the student");
@@ -229,5 +245,8 @@ train = adamw(lr: 1e-3) | steps(3) | seed(0)
     }
     assert!(first_loss.unwrap().abs() < 1e-12, "{first_loss:?}");
     // No optimiser state for the average.
-    assert!(trainer.moments().iter().all(|(n, _, _)| !n.starts_with("teacher/")));
+    assert!(trainer
+        .moments()
+        .iter()
+        .all(|(n, _, _)| !n.starts_with("teacher/")));
 }

@@ -29,7 +29,11 @@ pub struct View {
 impl View {
     /// The whole of a buffer of `len` floats.
     pub fn whole(buffer: BufferId, len: usize) -> View {
-        View { buffer, offset: 0, len }
+        View {
+            buffer,
+            offset: 0,
+            len,
+        }
     }
 
     /// Whether two views share memory.

@@ -185,11 +185,17 @@ pub enum Op {
     Binary(Binary),
     /// Batched matrix product of the last two axes; `ta`/`tb` read an operand transposed.
     /// An operand of rank 2 is shared by every batch item of the other.
-    MatMul { ta: bool, tb: bool },
+    MatMul {
+        ta: bool,
+        tb: bool,
+    },
     /// `MatMul { ta, tb }` of the first two inputs plus the third broadcast to the product's
     /// shape (a bias, a residual): made by the fusion pass, one pass over the output instead of
     /// two.
-    MatMulAdd { ta: bool, tb: bool },
+    MatMulAdd {
+        ta: bool,
+        tb: bool,
+    },
     /// Reorders axes (a copy).
     Permute(Vec<usize>),
     /// The same data seen with another shape.
@@ -199,35 +205,70 @@ pub enum Op {
     /// Sums the input down to the output shape (the gradient of `Broadcast` and of
     /// broadcasting binary operations).
     SumTo,
-    Reduce { kind: Reduce, axis: Option<usize> },
+    Reduce {
+        kind: Reduce,
+        axis: Option<usize>,
+    },
     /// The gradient of a reduction: inputs (x, dy) → dx.
-    ReduceBackward { kind: Reduce, axis: Option<usize> },
-    Softmax { axis: usize },
-    LogSoftmax { axis: usize },
+    ReduceBackward {
+        kind: Reduce,
+        axis: Option<usize>,
+    },
+    Softmax {
+        axis: usize,
+    },
+    LogSoftmax {
+        axis: usize,
+    },
     /// Inputs (y, dy) → dx, y the softmax output.
-    SoftmaxBackward { axis: usize },
+    SoftmaxBackward {
+        axis: usize,
+    },
     /// Inputs (y, dy) → dx, y the log-softmax output.
-    LogSoftmaxBackward { axis: usize },
+    LogSoftmaxBackward {
+        axis: usize,
+    },
     /// x / max(‖x‖₂, ε) along an axis.
-    Normalize { axis: usize, eps: F32 },
+    Normalize {
+        axis: usize,
+        eps: F32,
+    },
     /// Inputs (x, dy) → dx.
-    NormalizeBackward { axis: usize, eps: F32 },
+    NormalizeBackward {
+        axis: usize,
+        eps: F32,
+    },
     /// The position of the largest (or smallest) value along an axis, or over everything, as
     /// an exact f32 integer; the first on ties. No gradient.
-    Arg { largest: bool, axis: Option<usize> },
+    Arg {
+        largest: bool,
+        axis: Option<usize>,
+    },
     /// Inputs (c, a, b), all of the output's shape: a where c ≠ 0, else b. The gradient of a
     /// is dy·c and of b dy·(1 − c), written as products.
     Where,
     /// The k largest values along an axis, largest first (the axis becomes k long).
-    TopK { k: usize, axis: usize },
+    TopK {
+        k: usize,
+        axis: usize,
+    },
     /// Inputs (x, dy) → dx: each value's gradient back at its position.
-    TopKBackward { k: usize, axis: usize },
+    TopKBackward {
+        k: usize,
+        axis: usize,
+    },
     /// Layer norm over the last axis: inputs (x, gain, bias).
-    LayerNorm { eps: F32 },
+    LayerNorm {
+        eps: F32,
+    },
     /// Inputs (x, gain, dy) → dx.
-    LayerNormBackward { eps: F32 },
+    LayerNormBackward {
+        eps: F32,
+    },
     /// Inputs (x, dy) → [2, n]: row 0 the gain's gradient, row 1 the bias's.
-    LayerNormParamGrads { eps: F32 },
+    LayerNormParamGrads {
+        eps: F32,
+    },
     /// Rows of a table: inputs (table [v, w], ids [..]) → [.., w].
     Embedding,
     /// Inputs (ids, dy) → the table's gradient (scatter-add), shape of the table.
@@ -236,15 +277,26 @@ pub enum Op {
     GatherRows,
     /// Inputs (index [b, k], dy [b, k, w]) → dx [b, t, w] (scatter-add).
     ScatterRows,
-    Concat { axis: usize },
+    Concat {
+        axis: usize,
+    },
     /// A contiguous range along an axis.
-    Slice { axis: usize, start: usize },
+    Slice {
+        axis: usize,
+        start: usize,
+    },
     /// Inputs (dy) → dx zero outside the slice: the gradient of `Slice`.
-    SliceBackward { axis: usize, start: usize },
+    SliceBackward {
+        axis: usize,
+        start: usize,
+    },
     /// A loss primitive's value, a scalar.
     Loss(LossKind),
     /// The gradient of a loss with respect to its input `which`: inputs (loss inputs…, dloss).
-    LossBackward { loss: LossKind, which: usize },
+    LossBackward {
+        loss: LossKind,
+        which: usize,
+    },
     /// Blocks gradients.
     Detach,
 }
@@ -322,8 +374,16 @@ pub fn broadcast_shapes(a: &[usize], b: &[usize]) -> Option<Vec<usize>> {
     let rank = a.len().max(b.len());
     let mut out = vec![0; rank];
     for (i, o) in out.iter_mut().enumerate() {
-        let x = if i + a.len() >= rank { a[i + a.len() - rank] } else { 1 };
-        let y = if i + b.len() >= rank { b[i + b.len() - rank] } else { 1 };
+        let x = if i + a.len() >= rank {
+            a[i + a.len() - rank]
+        } else {
+            1
+        };
+        let y = if i + b.len() >= rank {
+            b[i + b.len() - rank]
+        } else {
+            1
+        };
         *o = match (x, y) {
             (x, y) if x == y => x,
             (1, y) => y,

@@ -78,7 +78,9 @@ impl Backend for CpuBackend {
     fn scratch_len(&self, op: &Op, input_shapes: &[Vec<usize>], _shape: &[usize]) -> usize {
         match op {
             // Each row's mean and reciprocal standard deviation.
-            Op::LayerNorm { .. } | Op::LayerNormBackward { .. } | Op::LayerNormParamGrads { .. } => {
+            Op::LayerNorm { .. }
+            | Op::LayerNormBackward { .. }
+            | Op::LayerNormParamGrads { .. } => {
                 let x = &input_shapes[0];
                 2 * numel(x) / x.last().copied().unwrap_or(1).max(1)
             }
@@ -88,7 +90,10 @@ impl Backend for CpuBackend {
 
     fn alloc(&mut self, len: usize) -> Result<BufferId, BackendError> {
         let bytes = len * std::mem::size_of::<f32>();
-        let oom = || BackendError::OutOfMemory { device: "cpu", bytes };
+        let oom = || BackendError::OutOfMemory {
+            device: "cpu",
+            bytes,
+        };
         let data = if len == 0 {
             Vec::new()
         } else {
@@ -124,8 +129,16 @@ impl Backend for CpuBackend {
     fn launch(&mut self, l: &Launch<'_>) {
         debug_assert_eq!(l.output.len, numel(l.shape));
         for input in l.inputs {
-            debug_assert!(!input.overlaps(&l.output), "{:?}: output overlaps an input", l.op);
-            debug_assert!(!input.overlaps(&l.scratch), "{:?}: scratch overlaps an input", l.op);
+            debug_assert!(
+                !input.overlaps(&l.output),
+                "{:?}: output overlaps an input",
+                l.op
+            );
+            debug_assert!(
+                !input.overlaps(&l.scratch),
+                "{:?}: scratch overlaps an input",
+                l.op
+            );
         }
         let inputs: Vec<*mut f32> = l.inputs.iter().map(|&v| self.raw(v)).collect();
         let out = self.raw(l.output);
@@ -162,11 +175,15 @@ impl Backend for CpuBackend {
 
     fn lerp(&mut self, dst: View, src: View, weight: f32) {
         let (s, d) = self.pair(src, dst);
-        d.iter_mut().zip(s).for_each(|(d, s)| *d += weight * (s - *d));
+        d.iter_mut()
+            .zip(s)
+            .for_each(|(d, s)| *d += weight * (s - *d));
     }
 
     fn clamp(&mut self, x: View, lo: f32, hi: f32) {
-        self.slice_mut(x).iter_mut().for_each(|v| *v = v.clamp(lo, hi));
+        self.slice_mut(x)
+            .iter_mut()
+            .for_each(|v| *v = v.clamp(lo, hi));
     }
 
     fn l2_norm(&mut self, xs: &[View]) -> f64 {
@@ -177,7 +194,10 @@ impl Backend for CpuBackend {
     fn adamw(&mut self, param: View, grad: View, m: View, v: View, h: &AdamW) {
         let views = [param, grad, m, v];
         for (i, a) in views.iter().enumerate() {
-            assert_eq!(a.len, param.len, "kdc-cpu: AdamW views of different lengths");
+            assert_eq!(
+                a.len, param.len,
+                "kdc-cpu: AdamW views of different lengths"
+            );
             for b in &views[i + 1..] {
                 assert!(!a.overlaps(b), "kdc-cpu: AdamW views overlap");
             }
@@ -382,9 +402,7 @@ fn run(
             }
         }
         Op::Loss(kind) => out[0] = loss(*kind, inputs, shapes),
-        Op::LossBackward { loss: kind, which } => {
-            loss_backward(*kind, *which, inputs, shapes, out)
-        }
+        Op::LossBackward { loss: kind, which } => loss_backward(*kind, *which, inputs, shapes, out),
         Op::Param(_) | Op::Input(_) => unreachable!("sources are set, not run"),
     }
 }
@@ -444,14 +462,30 @@ fn matmul_into(
 ) {
     let r = out_shape.len();
     let (m, n) = (out_shape[r - 2], out_shape[r - 1]);
-    let k = if ta { sa[sa.len() - 2] } else { sa[sa.len() - 1] };
+    let k = if ta {
+        sa[sa.len() - 2]
+    } else {
+        sa[sa.len() - 1]
+    };
     let batch: usize = out_shape[..r - 2].iter().product();
     let product = if accumulate {
         crate::matmul_acc::<f32>
     } else {
         crate::matmul::<f32>
     };
-    product(a, b, out, batch, m, k, n, ta, tb, sa.len() > 2, sb.len() > 2);
+    product(
+        a,
+        b,
+        out,
+        batch,
+        m,
+        k,
+        n,
+        ta,
+        tb,
+        sa.len() > 2,
+        sb.len() > 2,
+    );
 }
 
 /// `[rows, cols]` of a tensor seen as rows of its last axis.
@@ -484,7 +518,11 @@ fn loss_backward(
     let g = inputs.last().unwrap()[0];
     let a = inputs[0];
     let (rows, cols) = rows_cols(&shapes[0]);
-    let (da, db) = if which == 0 { (Some(d), None) } else { (None, Some(d)) };
+    let (da, db) = if which == 0 {
+        (Some(d), None)
+    } else {
+        (None, Some(d))
+    };
     match kind {
         LossKind::Mse => crate::mse_backward(a, inputs[1], g, da, db),
         LossKind::L1 => crate::l1_backward(a, inputs[1], g, da, db),

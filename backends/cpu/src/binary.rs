@@ -495,22 +495,42 @@ pub fn binary_backward<T: Real>(
                 }
             };
             if let Some(da) = da {
-                grad_into(dy, a, a_shape, b, b_shape, out_shape, da, a_shape, move |g, x, y| {
-                    if first(x, y) {
-                        g
-                    } else {
-                        T::zero()
-                    }
-                });
+                grad_into(
+                    dy,
+                    a,
+                    a_shape,
+                    b,
+                    b_shape,
+                    out_shape,
+                    da,
+                    a_shape,
+                    move |g, x, y| {
+                        if first(x, y) {
+                            g
+                        } else {
+                            T::zero()
+                        }
+                    },
+                );
             }
             if let Some(db) = db {
-                grad_into(dy, a, a_shape, b, b_shape, out_shape, db, b_shape, move |g, x, y| {
-                    if first(x, y) {
-                        T::zero()
-                    } else {
-                        g
-                    }
-                });
+                grad_into(
+                    dy,
+                    a,
+                    a_shape,
+                    b,
+                    b_shape,
+                    out_shape,
+                    db,
+                    b_shape,
+                    move |g, x, y| {
+                        if first(x, y) {
+                            T::zero()
+                        } else {
+                            g
+                        }
+                    },
+                );
             }
         }
         _ => {

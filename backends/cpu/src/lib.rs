@@ -70,10 +70,10 @@ pub use movement::{
 };
 pub use optim::{adamw_step, clip_grad_norm, grad_norm, CLIP_GRAD_NORM_EPS};
 pub use reduce::{
-    arg_extreme_axis, axis_dims, extreme_axis, extreme_axis_backward, l2_normalize, topk_axis,
-    topk_axis_backward, l2_normalize_backward, log_softmax, log_softmax_backward, mean_axis,
-    mean_axis_backward, softmax, softmax_backward, sum_axis, sum_axis_backward, var_axis,
-    var_axis_backward, NORMALIZE_EPS,
+    arg_extreme_axis, axis_dims, extreme_axis, extreme_axis_backward, l2_normalize,
+    l2_normalize_backward, log_softmax, log_softmax_backward, mean_axis, mean_axis_backward,
+    softmax, softmax_backward, sum_axis, sum_axis_backward, topk_axis, topk_axis_backward,
+    var_axis, var_axis_backward, NORMALIZE_EPS,
 };
 pub use tensor::{numel, Tensor};
 pub use unary::{

@@ -614,7 +614,14 @@ fn broadcast_axis<T: Real>(dy: &[T], dx: &mut [T], outer: usize, n: usize, inner
 /// The index `j` of the extreme of `x[o, ·, i]` (the first one on ties; a NaN counts as the
 /// extreme, as in PyTorch): the largest when `largest`, else the smallest.
 #[inline]
-fn extreme_index<T: Real>(x: &[T], o: usize, i: usize, n: usize, inner: usize, largest: bool) -> usize {
+fn extreme_index<T: Real>(
+    x: &[T],
+    o: usize,
+    i: usize,
+    n: usize,
+    inner: usize,
+    largest: bool,
+) -> usize {
     let at = |j: usize| x[(o * n + j) * inner + i];
     let mut best = 0;
     let mut v = at(0);
@@ -689,7 +696,14 @@ pub fn extreme_axis_backward<T: Real>(
 
 /// The positions of the `k` largest values of lane (o, i), largest first (ties: the earlier
 /// position first; NaN counts as the largest).
-fn top_positions<T: Real>(x: &[T], o: usize, i: usize, n: usize, inner: usize, k: usize) -> Vec<usize> {
+fn top_positions<T: Real>(
+    x: &[T],
+    o: usize,
+    i: usize,
+    n: usize,
+    inner: usize,
+    k: usize,
+) -> Vec<usize> {
     let at = |j: usize| x[(o * n + j) * inner + i];
     let mut idx: Vec<usize> = (0..n).collect();
     idx.sort_by(|&a, &b| {

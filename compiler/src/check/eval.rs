@@ -134,31 +134,39 @@ impl Checker<'_> {
                 let value = self.eval(ctx, env, base);
                 let mut evaluated = Vec::new();
                 for item in items {
-                    let mut position = |e: &Option<&crate::syntax::ast::Expr>| -> Result<Option<i64>, ()> {
-                        let Some(e) = e else { return Ok(None) };
-                        match self.eval(ctx, env, e) {
-                            Value::Num(v) if v.fract() == 0.0 && v.abs() <= 1e9 => Ok(Some(v as i64)),
-                            Value::Dim(d, _) if d.size.is_some() => Ok(Some(d.size.unwrap() as i64)),
-                            Value::Error => Err(()),
-                            other => {
-                                let d = Diagnostic::error(
-                                    Code::BadIndex,
-                                    e.span,
-                                    format!("an index is a whole number, not {}", match other {
-                                        Value::Num(v) => crate::fmt_num(v),
-                                        o => o.kind().to_string(),
-                                    }),
-                                )
-                                .primary_label("not a position");
-                                self.error(ctx, d);
-                                Err(())
+                    let mut position =
+                        |e: &Option<&crate::syntax::ast::Expr>| -> Result<Option<i64>, ()> {
+                            let Some(e) = e else { return Ok(None) };
+                            match self.eval(ctx, env, e) {
+                                Value::Num(v) if v.fract() == 0.0 && v.abs() <= 1e9 => {
+                                    Ok(Some(v as i64))
+                                }
+                                Value::Dim(d, _) if d.size.is_some() => {
+                                    Ok(Some(d.size.unwrap() as i64))
+                                }
+                                Value::Error => Err(()),
+                                other => {
+                                    let d = Diagnostic::error(
+                                        Code::BadIndex,
+                                        e.span,
+                                        format!(
+                                            "an index is a whole number, not {}",
+                                            match other {
+                                                Value::Num(v) => crate::fmt_num(v),
+                                                o => o.kind().to_string(),
+                                            }
+                                        ),
+                                    )
+                                    .primary_label("not a position");
+                                    self.error(ctx, d);
+                                    Err(())
+                                }
                             }
-                        }
-                    };
+                        };
                     let item = match item {
-                        crate::syntax::ast::IndexItem::At(e) => position(&Some(e)).map(|p| {
-                            builtins::IndexItem::At(p.unwrap(), e.span)
-                        }),
+                        crate::syntax::ast::IndexItem::At(e) => {
+                            position(&Some(e)).map(|p| builtins::IndexItem::At(p.unwrap(), e.span))
+                        }
                         crate::syntax::ast::IndexItem::Range { start, end, span } => {
                             match (position(&start.as_ref()), position(&end.as_ref())) {
                                 (Ok(a), Ok(b)) => Ok(builtins::IndexItem::Range(a, b, *span)),

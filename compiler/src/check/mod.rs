@@ -62,7 +62,9 @@ pub fn describe_in_program(
     name: &str,
 ) -> Option<String> {
     for module in &program.modules {
-        let Some(f) = module.fn_def(name) else { continue };
+        let Some(f) = module.fn_def(name) else {
+            continue;
+        };
         let source = sources.get(f.name.span.file);
         let (line, _) = source.line_col(f.name.span.start as usize);
         let file = &source.name;
@@ -199,7 +201,6 @@ pub(crate) struct Env {
     stage: Option<usize>,
     locals: HashMap<String, Value>,
 }
-
 
 impl Checker<'_> {
     pub(in crate::check) fn error(&mut self, ctx: &Ctx, mut d: Diagnostic) {

@@ -112,13 +112,14 @@ impl Checker<'_> {
             }
         };
         let sig: &[ParamSig] = match method.name.as_str() {
-            "image_layer" | "text_layer" | "image_attention" | "text_attention"
-            | "image_query" | "image_key" | "image_value" | "text_query" | "text_key"
-            | "text_value" => &[ParamSig {
-                name: "k",
-                kind: ParamKind::Required,
-                default: None,
-            }],
+            "image_layer" | "text_layer" | "image_attention" | "text_attention" | "image_query"
+            | "image_key" | "image_value" | "text_query" | "text_key" | "text_value" => {
+                &[ParamSig {
+                    name: "k",
+                    kind: ParamKind::Required,
+                    default: None,
+                }]
+            }
             "masked" => &[
                 ParamSig {
                     name: "ratio",
@@ -219,7 +220,10 @@ impl Checker<'_> {
                     }
                     Some((Value::Error, _)) => return Value::Error,
                     Some((other, sspan)) => {
-                        self.error(ctx, type_error(sspan, "shared", &other, "a name such as \"mfd\""));
+                        self.error(
+                            ctx,
+                            type_error(sspan, "shared", &other, "a name such as \"mfd\""),
+                        );
                         return Value::Error;
                     }
                 };
@@ -245,9 +249,17 @@ impl Checker<'_> {
                 if attention && (x.fract() != 0.0 || x < 1.0 || x > layers as f64) {
                     self.error(
                         ctx,
-                        Diagnostic::error(Code::LayerOutOfRange, vspan, format!("`{}` has attention in blocks 1 to {layers}, not {}", m.name, crate::fmt_num(x)))
-                            .primary_label("no such block")
-                            .note("block k's attention is the softmax of its queries against its keys"),
+                        Diagnostic::error(
+                            Code::LayerOutOfRange,
+                            vspan,
+                            format!(
+                                "`{}` has attention in blocks 1 to {layers}, not {}",
+                                m.name,
+                                crate::fmt_num(x)
+                            ),
+                        )
+                        .primary_label("no such block")
+                        .note("block k's attention is the softmax of its queries against its keys"),
                     );
                     return Value::Error;
                 }

@@ -398,9 +398,9 @@ impl<'p> Checker<'p> {
                     Op::Tap { model, tap, .. } => {
                         let parts: &[Part] = match tap {
                             ir::Tap::Image => &[Part::Vision, Part::VisionProjection],
-                            ir::Tap::Patches | ir::Tap::ImageLayer(_) | ir::Tap::ImageAttention(_) => {
-                                &[Part::Vision]
-                            }
+                            ir::Tap::Patches
+                            | ir::Tap::ImageLayer(_)
+                            | ir::Tap::ImageAttention(_) => &[Part::Vision],
                             ir::Tap::Text => &[Part::Text, Part::TextProjection],
                             ir::Tap::TextLayer(_) | ir::Tap::TextAttention(_) => &[Part::Text],
                             ir::Tap::Scale => &[Part::Scale],
@@ -447,7 +447,11 @@ impl<'p> Checker<'p> {
         let names: Vec<String> = self
             .models
             .iter()
-            .flat_map(|m| m.parameters().into_iter().map(move |p| format!("{}/{}", m.name, p.name)))
+            .flat_map(|m| {
+                m.parameters()
+                    .into_iter()
+                    .map(move |p| format!("{}/{}", m.name, p.name))
+            })
             .chain(ctx.params.iter().map(|p| format!("loss/{}", p.name)))
             .collect();
         let mut frozen_names = Vec::new();
@@ -544,7 +548,12 @@ impl<'p> Checker<'p> {
             )
             .primary_label("matches nothing");
             let plain = pattern.replace('*', "");
-            let shared = |n: &String| n.chars().zip(plain.chars()).take_while(|(a, b)| a == b).count();
+            let shared = |n: &String| {
+                n.chars()
+                    .zip(plain.chars())
+                    .take_while(|(a, b)| a == b)
+                    .count()
+            };
             let close = crate::suggest::closest(&plain, names.iter().map(String::as_str))
                 .map(str::to_string)
                 .or_else(|| names.iter().max_by_key(|n| shared(n)).cloned());

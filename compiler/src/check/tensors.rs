@@ -373,8 +373,7 @@ pub(super) fn width_hint(d: Diagnostic, a: &Shape, b: &Shape) -> Diagnostic {
 
 /// Suggests pooling or selecting tokens when two token sequences differ only in length.
 pub(crate) fn token_hint(d: Diagnostic, a: &Shape, b: &Shape) -> Diagnostic {
-    if a.rank() == 3 && b.rank() == 3 && a.0[0] == b.0[0] && a.0[2] == b.0[2] && a.0[1] != b.0[1]
-    {
+    if a.rank() == 3 && b.rank() == 3 && a.0[0] == b.0[0] && a.0[2] == b.0[2] && a.0[1] != b.0[1] {
         d.hint(format!(
             "the token counts differ ({} and {}); compare pooled tokens, `mean(x, axis: 1)`, or one token such as the class token, `x[:, 0]`",
             a.0[1].describe(),

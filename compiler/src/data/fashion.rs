@@ -52,7 +52,10 @@ pub fn find_root(root: Option<PathBuf>) -> Result<PathBuf, DataError> {
 
 /// The contents of `name` or `name.gz` in `dir`.
 fn read_idx(dir: &Path, name: &str) -> Result<(PathBuf, Vec<u8>), DataError> {
-    for (path, gz) in [(dir.join(name), false), (dir.join(format!("{name}.gz")), true)] {
+    for (path, gz) in [
+        (dir.join(name), false),
+        (dir.join(format!("{name}.gz")), true),
+    ] {
         if !path.exists() {
             continue;
         }
@@ -79,7 +82,11 @@ fn read_idx(dir: &Path, name: &str) -> Result<(PathBuf, Vec<u8>), DataError> {
 }
 
 /// The payload of an idx file after checking its magic number and dimensions.
-fn idx_payload(path: &Path, bytes: &[u8], dims: &[Option<u32>]) -> Result<(Vec<u32>, Vec<u8>), DataError> {
+fn idx_payload(
+    path: &Path,
+    bytes: &[u8],
+    dims: &[Option<u32>],
+) -> Result<(Vec<u32>, Vec<u8>), DataError> {
     let bad = |message: String| DataError::Format {
         path: shown(path),
         message,
@@ -104,13 +111,21 @@ fn idx_payload(path: &Path, bytes: &[u8], dims: &[Option<u32>]) -> Result<(Vec<u
     let n: usize = sizes.iter().map(|&s| s as usize).product();
     let payload = &bytes[4 + 4 * rank..];
     if payload.len() != n {
-        return Err(bad(format!("{} bytes of data for dimensions {sizes:?}", payload.len())));
+        return Err(bad(format!(
+            "{} bytes of data for dimensions {sizes:?}",
+            payload.len()
+        )));
     }
     Ok((sizes, payload.to_vec()))
 }
 
 impl FashionMnist {
-    pub fn open(root: &Path, train: bool, templates: Vec<String>, seed: u64) -> Result<FashionMnist, DataError> {
+    pub fn open(
+        root: &Path,
+        train: bool,
+        templates: Vec<String>,
+        seed: u64,
+    ) -> Result<FashionMnist, DataError> {
         let prefix = if train { "train" } else { "t10k" };
         let (ipath, ibytes) = read_idx(root, &format!("{prefix}-images-idx3-ubyte"))?;
         let (lpath, lbytes) = read_idx(root, &format!("{prefix}-labels-idx1-ubyte"))?;
@@ -134,7 +149,12 @@ impl FashionMnist {
             templates,
             classes: CLASSES.iter().map(|c| c.to_string()).collect(),
             seed,
-            what: format!("Fashion-MNIST {} ({}, {} images)", if train { "train" } else { "test" }, shown(root), isizes[0]),
+            what: format!(
+                "Fashion-MNIST {} ({}, {} images)",
+                if train { "train" } else { "test" },
+                shown(root),
+                isizes[0]
+            ),
         })
     }
 }
@@ -151,7 +171,10 @@ impl Dataset for FashionMnist {
         let template = if self.templates.len() == 1 {
             &self.templates[0]
         } else {
-            let mut rng = Rng::derive(self.seed ^ epoch.wrapping_mul(0x2545_F491), &format!("template:{index}"));
+            let mut rng = Rng::derive(
+                self.seed ^ epoch.wrapping_mul(0x2545_F491),
+                &format!("template:{index}"),
+            );
             &self.templates[rng.below(self.templates.len())]
         };
         Ok(Sample {

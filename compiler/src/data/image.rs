@@ -57,9 +57,17 @@ fn round_half_even(x: f64) -> f64 {
 /// torchvision's `Resize(resize)` then `CenterCrop(crop)`: the size the image is resized to
 /// (shorter side `resize`, longer side truncated), and the centre crop in that image.
 fn eval_geometry(width: u32, height: u32, resize: u32, crop: u32) -> ((u32, u32), Crop) {
-    let (short, long) = if width <= height { (width, height) } else { (height, width) };
+    let (short, long) = if width <= height {
+        (width, height)
+    } else {
+        (height, width)
+    };
     let new_long = (resize as u64 * long as u64 / short as u64) as u32;
-    let (rw, rh) = if width <= height { (resize, new_long) } else { (new_long, resize) };
+    let (rw, rh) = if width <= height {
+        (resize, new_long)
+    } else {
+        (new_long, resize)
+    };
     let top = round_half_even((rh as f64 - crop as f64) / 2.0).max(0.0) as u32;
     let left = round_half_even((rw as f64 - crop as f64) / 2.0).max(0.0) as u32;
     ((rw, rh), (left, top, crop.min(rw), crop.min(rh)))
@@ -103,7 +111,13 @@ fn resize(image: &Rgb, crop: Crop, out_w: u32, out_h: u32) -> Vec<u8> {
         let row = ((y * image.width + left) * 3) as usize;
         region.extend_from_slice(&image.data[row..row + (w * 3) as usize]);
     }
-    pillow_bicubic(&region, w as usize, h as usize, out_w as usize, out_h as usize)
+    pillow_bicubic(
+        &region,
+        w as usize,
+        h as usize,
+        out_w as usize,
+        out_h as usize,
+    )
 }
 
 const PRECISION_BITS: u32 = 32 - 8 - 2;
@@ -144,7 +158,13 @@ fn coefficients(in_size: usize, out_size: usize) -> (Vec<(usize, usize)>, Vec<Ve
         let one = (1u64 << PRECISION_BITS) as f64;
         let fixed = k
             .iter()
-            .map(|&w| if w < 0.0 { (-0.5 + w * one) as i32 } else { (0.5 + w * one) as i32 })
+            .map(|&w| {
+                if w < 0.0 {
+                    (-0.5 + w * one) as i32
+                } else {
+                    (0.5 + w * one) as i32
+                }
+            })
             .collect();
         bounds.push((xmin, xmax));
         weights.push(fixed);
@@ -237,7 +257,13 @@ pub fn eval_transform(image: &Rgb, spec: &PreprocessSpec, out: &mut [f32]) {
 }
 
 /// open_clip's training transform (`RandomResizedCrop` with `scale`) into `out`.
-pub fn train_transform(image: &Rgb, spec: &PreprocessSpec, scale: (f64, f64), rng: &mut Rng, out: &mut [f32]) {
+pub fn train_transform(
+    image: &Rgb,
+    spec: &PreprocessSpec,
+    scale: (f64, f64),
+    rng: &mut Rng,
+    out: &mut [f32],
+) {
     let crop = random_resized_crop(image.width, image.height, scale, rng);
     let size = spec.crop as u32;
     let pixels = resize(image, crop, size, size);
@@ -272,7 +298,10 @@ mod tests {
         // Too wide for any 90 % crop within the ratios: torchvision's fallback, the centre
         // crop at ratio 4/3.
         for _ in 0..20 {
-            assert_eq!(random_resized_crop(100, 60, (0.9, 1.0), &mut rng), (10, 0, 80, 60));
+            assert_eq!(
+                random_resized_crop(100, 60, (0.9, 1.0), &mut rng),
+                (10, 0, 80, 60)
+            );
         }
     }
 }

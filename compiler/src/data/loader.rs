@@ -144,7 +144,10 @@ impl Shared {
 
     fn prepare(&self, index: usize, epoch: u64) -> Result<Prepared, String> {
         let sample = self.dataset.sample(index, epoch)?;
-        let mut rng = Rng::derive(self.options.seed ^ epoch.wrapping_mul(0x9E37_79B9), &format!("augment:{index}"));
+        let mut rng = Rng::derive(
+            self.options.seed ^ epoch.wrapping_mul(0x9E37_79B9),
+            &format!("augment:{index}"),
+        );
         let pixels = self
             .views
             .iter()
@@ -157,7 +160,11 @@ impl Shared {
                 out
             })
             .collect();
-        let tokens = self.tokenizers.iter().map(|t| t.encode(&sample.caption)).collect();
+        let tokens = self
+            .tokenizers
+            .iter()
+            .map(|t| t.encode(&sample.caption))
+            .collect();
         Ok(Prepared {
             pixels,
             tokens,
@@ -220,9 +227,13 @@ impl Loader {
                         }
                         let s = shared.next.fetch_add(1, Ordering::Relaxed);
                         {
-                            let mut consumed = shared.consumed.lock().unwrap_or_else(|e| e.into_inner());
+                            let mut consumed =
+                                shared.consumed.lock().unwrap_or_else(|e| e.into_inner());
                             while s >= *consumed + window && !shared.stop.load(Ordering::Relaxed) {
-                                consumed = shared.moved.wait(consumed).unwrap_or_else(|e| e.into_inner());
+                                consumed = shared
+                                    .moved
+                                    .wait(consumed)
+                                    .unwrap_or_else(|e| e.into_inner());
                             }
                         }
                         if shared.stop.load(Ordering::Relaxed) {
@@ -285,14 +296,19 @@ impl Loader {
             self.pending.insert(item.0, item);
         };
         self.taken += 1;
-        *self.shared.consumed.lock().unwrap_or_else(|e| e.into_inner()) = self.taken;
+        *self
+            .shared
+            .consumed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = self.taken;
         self.shared.moved.notify_all();
         item
     }
 
     /// The next full batch.
     pub fn next_batch(&mut self) -> Result<Batch, DataError> {
-        self.read(false).map(|b| b.expect("a full batch always comes"))
+        self.read(false)
+            .map(|b| b.expect("a full batch always comes"))
     }
 
     /// The next batch of the current epoch, the last one possibly partial (with `keep_last`),
@@ -324,7 +340,10 @@ impl Loader {
                 cursor: cursor + 1,
             };
             if self.position.cursor == self.shared.dataset.len() {
-                self.position = Position { epoch: e + 1, cursor: 0 };
+                self.position = Position {
+                    epoch: e + 1,
+                    cursor: 0,
+                };
             }
             self.stats.read += 1;
             match result {
@@ -340,8 +359,18 @@ impl Loader {
                         return Err(DataError::TooManyBad {
                             skipped: self.stats.skipped,
                             read: self.stats.read,
-                            limit: format!("{} % of those read, and {}", o.max_bad_fraction * 100.0, o.min_bad),
-                            examples: self.stats.examples.iter().map(|e| format!("  {e}")).collect::<Vec<_>>().join("\n"),
+                            limit: format!(
+                                "{} % of those read, and {}",
+                                o.max_bad_fraction * 100.0,
+                                o.min_bad
+                            ),
+                            examples: self
+                                .stats
+                                .examples
+                                .iter()
+                                .map(|e| format!("  {e}"))
+                                .collect::<Vec<_>>()
+                                .join("\n"),
                         });
                     }
                 }

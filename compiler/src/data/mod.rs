@@ -103,10 +103,9 @@ pub fn open(spec: &DataSpec, base: &Path) -> Result<Box<dyn Dataset>, DataError>
             caption,
             sep.chars().next().unwrap_or('\t'),
         )?)),
-        DataSource::Folders { root, template } => Ok(Box::new(pairs::Folders::open(
-            &base.join(root),
-            template,
-        )?)),
+        DataSource::Folders { root, template } => {
+            Ok(Box::new(pairs::Folders::open(&base.join(root), template)?))
+        }
         DataSource::WebDataset { shards } => {
             Ok(Box::new(webdataset::WebDataset::open(shards, base)?))
         }

@@ -17,7 +17,12 @@ pub struct Pairs {
 
 impl Pairs {
     /// Reads the file's header and rows; image paths are relative to the file's folder.
-    pub fn open(csv: &Path, image_key: &str, caption_key: &str, sep: char) -> Result<Pairs, DataError> {
+    pub fn open(
+        csv: &Path,
+        image_key: &str,
+        caption_key: &str,
+        sep: char,
+    ) -> Result<Pairs, DataError> {
         let bytes = std::fs::read(csv).map_err(|e| DataError::Read {
             path: shown(csv),
             message: e.to_string(),
@@ -34,13 +39,20 @@ impl Pairs {
             })?
             .clone();
         let column = |key: &str| {
-            header.iter().position(|h| h == key).ok_or_else(|| DataError::Format {
-                path: shown(csv),
-                message: format!(
-                    "no column `{key}`; the columns are {}",
-                    header.iter().map(|h| format!("`{h}`")).collect::<Vec<_>>().join(", ")
-                ),
-            })
+            header
+                .iter()
+                .position(|h| h == key)
+                .ok_or_else(|| DataError::Format {
+                    path: shown(csv),
+                    message: format!(
+                        "no column `{key}`; the columns are {}",
+                        header
+                            .iter()
+                            .map(|h| format!("`{h}`"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                })
         };
         let (ic, cc) = (column(image_key)?, column(caption_key)?);
         let dir = csv.parent().unwrap_or(Path::new("."));
@@ -82,7 +94,11 @@ impl Pairs {
             format!(", {} malformed rows", malformed.len())
         };
         Ok(Pairs {
-            what: format!("{} ({} pairs{bad})", shown(csv), rows.len() - malformed.len()),
+            what: format!(
+                "{} ({} pairs{bad})",
+                shown(csv),
+                rows.len() - malformed.len()
+            ),
             rows,
             malformed,
         })
@@ -149,7 +165,12 @@ impl Folders {
                 path: shown(&names_file),
                 message: e.to_string(),
             })?;
-            let names: Vec<String> = text.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect();
+            let names: Vec<String> = text
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .map(String::from)
+                .collect();
             if names.len() != dirs.len() {
                 return Err(DataError::Format {
                     path: shown(&names_file),
@@ -167,16 +188,24 @@ impl Folders {
             let mut in_class: Vec<PathBuf> = read(dir)?
                 .filter_map(|e| e.ok().map(|e| e.path()))
                 .filter(|p| {
-                    p.extension()
-                        .and_then(|e| e.to_str())
-                        .is_some_and(|e| matches!(e.to_ascii_lowercase().as_str(), "jpg" | "jpeg" | "png" | "webp"))
+                    p.extension().and_then(|e| e.to_str()).is_some_and(|e| {
+                        matches!(
+                            e.to_ascii_lowercase().as_str(),
+                            "jpg" | "jpeg" | "png" | "webp"
+                        )
+                    })
                 })
                 .collect();
             in_class.sort();
             files.extend(in_class.into_iter().map(|p| (p, label)));
         }
         Ok(Folders {
-            what: format!("{} ({} images, {} classes)", shown(root), files.len(), classes.len()),
+            what: format!(
+                "{} ({} images, {} classes)",
+                shown(root),
+                files.len(),
+                classes.len()
+            ),
             files,
             classes,
             template: template.to_string(),

@@ -68,7 +68,11 @@ pub fn backward(graph: &mut Graph, loss: Id) -> Vec<(usize, Id)> {
                     }
                     Binary::Max | Binary::Min => {
                         // The first operand takes the gradient where it is chosen (ties too).
-                        let pick = if *f == Binary::Max { Binary::Ge } else { Binary::Le };
+                        let pick = if *f == Binary::Max {
+                            Binary::Ge
+                        } else {
+                            Binary::Le
+                        };
                         let first = graph.binary(pick, a, b);
                         let ga = graph.mul(g, first);
                         if graph.nodes[a].grad {
@@ -87,11 +91,7 @@ pub fn backward(graph: &mut Graph, loss: Id) -> Vec<(usize, Id)> {
                 let s = graph.shape(x(0)).to_vec();
                 contributions.push((
                     x(0),
-                    graph.add(
-                        Op::TopKBackward { k: *k, axis: *axis },
-                        vec![x(0), g],
-                        s,
-                    ),
+                    graph.add(Op::TopKBackward { k: *k, axis: *axis }, vec![x(0), g], s),
                 ));
             }
             Op::Where => {
@@ -234,11 +234,7 @@ pub fn backward(graph: &mut Graph, loss: Id) -> Vec<(usize, Id)> {
                         let s = graph.shape(input).to_vec();
                         contributions.push((
                             input,
-                            graph.add(
-                                Op::LossBackward { loss: *kind, which },
-                                inputs,
-                                s,
-                            ),
+                            graph.add(Op::LossBackward { loss: *kind, which }, inputs, s),
                         ));
                     }
                 }

@@ -25,7 +25,11 @@ pub enum BatchError {
         "model `{model}`: its tokenizer makes ids up to {ids} but its text tower has a vocabulary of {vocab}; \
          with `clip_bpe` the transformer needs `vocab: 49408`"
     )]
-    Vocabulary { model: String, ids: usize, vocab: u64 },
+    Vocabulary {
+        model: String,
+        ids: usize,
+        vocab: u64,
+    },
 }
 
 /// The batch inputs of a compiled step, filled each step.
@@ -68,7 +72,11 @@ impl Batches {
             let mut out: Vec<&ModelSpec> = Vec::new();
             for i in inputs {
                 if let Some(name) = pick(&i.kind) {
-                    let m = recipe.models.iter().find(|m| m.name == name).expect("a recipe model");
+                    let m = recipe
+                        .models
+                        .iter()
+                        .find(|m| m.name == name)
+                        .expect("a recipe model");
                     if !out.iter().any(|o| o.name == m.name) {
                         out.push(m);
                     }
@@ -102,9 +110,11 @@ impl Batches {
             let i = match token_specs.iter().position(|(s, _)| *s == m.tokenizer) {
                 Some(i) => i,
                 None => {
-                    let t = Tokenizer::load(&m.tokenizer, base).map_err(|source| BatchError::Tokenizer {
-                        model: m.name.clone(),
-                        source,
+                    let t = Tokenizer::load(&m.tokenizer, base).map_err(|source| {
+                        BatchError::Tokenizer {
+                            model: m.name.clone(),
+                            source,
+                        }
                     })?;
                     token_specs.push((m.tokenizer.clone(), Arc::new(t)));
                     token_specs.len() - 1
@@ -190,7 +200,13 @@ impl Batches {
     }
 
     /// The batch inputs of micro-batch `step` (its index counted over the whole stage).
-    pub fn next(&mut self, recipe: &Recipe, inputs: &[Input], batch: usize, step: u64) -> Result<Filled, BatchError> {
+    pub fn next(
+        &mut self,
+        recipe: &Recipe,
+        inputs: &[Input],
+        batch: usize,
+        step: u64,
+    ) -> Result<Filled, BatchError> {
         match self {
             Batches::Synthetic { seed } => Ok(synthetic(recipe, inputs, batch, *seed, step)),
             Batches::Real(r) => r.next(inputs, batch, step),
@@ -202,7 +218,11 @@ impl Real {
     fn next(&mut self, inputs: &[Input], batch: usize, step: u64) -> Result<Filled, BatchError> {
         let b = self.loader.next_batch()?;
         let index_of = |table: &[(String, usize)], model: &str| {
-            table.iter().find(|(m, _)| m == model).map(|x| x.1).expect("every model has its entry")
+            table
+                .iter()
+                .find(|(m, _)| m == model)
+                .map(|x| x.1)
+                .expect("every model has its entry")
         };
         let mut out = Vec::new();
         for (index, input) in inputs.iter().enumerate() {
@@ -237,7 +257,14 @@ fn step_seed(seed: u64, step: u64) -> u64 {
 
 /// The kept patches of a masked view: `k` sorted indices per row, fresh every step (the same
 /// stream as for synthetic data).
-fn keep(kind: &InputKind, patches: usize, shape: &[usize], batch: usize, seed: u64, step: u64) -> Vec<f32> {
+fn keep(
+    kind: &InputKind,
+    patches: usize,
+    shape: &[usize],
+    batch: usize,
+    seed: u64,
+    step: u64,
+) -> Vec<f32> {
     let mut rng = Rng::derive(step_seed(seed, step), &kind.to_string());
     (0..batch)
         .flat_map(|_| rng.choose_sorted(patches, shape[1]))
@@ -268,14 +295,18 @@ fn synthetic(recipe: &Recipe, inputs: &[Input], b: usize, seed: u64, step: u64) 
             // Every model sees the same images (a teacher must judge what the student sees):
             // the stream depends on the image size, not on the model.
             InputKind::Pixels { .. } => {
-                let mut images = Rng::derive(step_seed(seed, step), &format!("pixels:{:?}", &shape[1..]));
+                let mut images =
+                    Rng::derive(step_seed(seed, step), &format!("pixels:{:?}", &shape[1..]));
                 (0..n).map(|_| images.normal() as f32).collect()
             }
             InputKind::Ids { .. } | InputKind::Eot { .. } | InputKind::Mask { .. } => {
                 // One caption per row, shared by the ids, eot and mask inputs of a model.
                 let spec = spec.expect("text inputs belong to a model");
                 let l = spec.tokenizer.context as usize;
-                let mut caption = Rng::derive(step_seed(seed, step), &format!("caption:{}", spec.tokenizer.kind));
+                let mut caption = Rng::derive(
+                    step_seed(seed, step),
+                    &format!("caption:{}", spec.tokenizer.kind),
+                );
                 let vocab = spec.text.vocab as usize;
                 let mut ids = vec![0f32; b * l];
                 let mut eot = vec![0f32; b];

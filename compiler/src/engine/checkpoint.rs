@@ -31,9 +31,15 @@ pub struct Checkpoint {
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
     #[error("cannot write {path}: {source}")]
-    Write { path: String, source: std::io::Error },
+    Write {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("cannot read the checkpoint {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("{path} is not a kdc checkpoint: {message}")]
     Format { path: String, message: String },
 }
@@ -68,11 +74,19 @@ pub fn write_safetensors(
         .collect();
     let views: Vec<(String, TensorView)> = data
         .iter()
-        .map(|(n, s, b)| (n.clone(), TensorView::new(Dtype::F32, s.clone(), b).expect("shape matches data")))
+        .map(|(n, s, b)| {
+            (
+                n.clone(),
+                TensorView::new(Dtype::F32, s.clone(), b).expect("shape matches data"),
+            )
+        })
         .collect();
     let serialized = safetensors::tensor::serialize(views, Some(metadata))
         .map_err(|e| err(std::io::Error::other(e.to_string())))?;
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(err)?;
     let tmp = dir.join(format!(
         ".{}.tmp{}",
@@ -163,7 +177,9 @@ impl Checkpoint {
         }
         let mut moments = HashMap::new();
         for (n, mm) in m {
-            let vv = v.remove(&n).ok_or_else(|| bad(format!("{n} has adam.m but no adam.v")))?;
+            let vv = v
+                .remove(&n)
+                .ok_or_else(|| bad(format!("{n} has adam.m but no adam.v")))?;
             moments.insert(n, (mm, vv));
         }
         let data = match (meta.get("data_epoch"), meta.get("data_cursor")) {

@@ -432,13 +432,22 @@ pub fn text(g: &mut Graph, spec: &ModelSpec, p: &ModelParams, inputs: &TextInput
         }
         TextKind::Bert | TextKind::Roberta => {
             let e = "text_model.embeddings";
-            let eps = if t.kind == TextKind::Roberta { ROBERTA_LN_EPS } else { BERT_LN_EPS };
+            let eps = if t.kind == TextKind::Roberta {
+                ROBERTA_LN_EPS
+            } else {
+                BERT_LN_EPS
+            };
             // Token i takes position offset + i. RoBERTa gives padding the padding index
             // instead; padding is masked out of attention and pooling, so the pooled output is
             // the same.
             let offset = t.kind.position_offset() as usize;
             let words = g.embedding(p.get(&format!("{e}.word_embeddings.weight")), inputs.ids);
-            let positions = g.slice(p.get(&format!("{e}.position_embeddings.weight")), 0, offset, l);
+            let positions = g.slice(
+                p.get(&format!("{e}.position_embeddings.weight")),
+                0,
+                offset,
+                l,
+            );
             let token_type = g.slice(p.get(&format!("{e}.token_type_embeddings.weight")), 0, 0, 1);
             let x = g.add2(words, positions);
             let x = g.add2(x, token_type);

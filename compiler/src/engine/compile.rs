@@ -75,7 +75,10 @@ pub struct Compiled {
 impl Compiled {
     /// The node of a named output.
     pub fn output(&self, name: &Output) -> Option<Id> {
-        self.outputs.iter().find(|(o, _)| o == name).map(|&(_, id)| id)
+        self.outputs
+            .iter()
+            .find(|(o, _)| o == name)
+            .map(|&(_, id)| id)
     }
 
     /// Every gradient: (parameter index, the gradient's node), in the order of the outputs.
@@ -110,12 +113,7 @@ pub fn compile(
         &options.target,
         &options.tap_params,
     );
-    let mut compiled = compile_graph(
-        lowered.graph,
-        lowered.outputs,
-        lowered.forward_len,
-        backend,
-    );
+    let mut compiled = compile_graph(lowered.graph, lowered.outputs, lowered.forward_len, backend);
     compiled.terms = lowered.terms;
     compiled.model_params = lowered.model_params;
     compiled.loss_params = lowered.loss_params;

@@ -129,7 +129,11 @@ impl Operator for Kernel {
             } else {
                 self.op.kind().to_string()
             };
-            let mut times = self.shared.profile.lock().unwrap_or_else(|e| e.into_inner());
+            let mut times = self
+                .shared
+                .profile
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
             let entry = times.entry(name).or_insert((0.0, 0));
             entry.0 += started.elapsed().as_secs_f64();
             entry.1 += 1;
@@ -306,7 +310,11 @@ impl Executable {
 
     /// The index of the input holding `kind`, if the graph reads it.
     pub fn input_index(&self, kind: &InputKind) -> Option<usize> {
-        self.compiled.graph.inputs.iter().position(|i| &i.kind == kind)
+        self.compiled
+            .graph
+            .inputs
+            .iter()
+            .position(|i| &i.kind == kind)
     }
 
     /// Copies values into input `i`.
@@ -353,7 +361,11 @@ impl Executable {
             Profiling::ByShape => 2,
         };
         self.shared.profiling.store(code, Ordering::Relaxed);
-        self.shared.profile.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.shared
+            .profile
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
     }
 
     /// Seconds and calls per operation since profiling was turned on, slowest first.

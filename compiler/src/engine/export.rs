@@ -12,7 +12,9 @@ use std::path::Path;
 pub enum ExportError {
     #[error(transparent)]
     Write(#[from] CheckpointError),
-    #[error("model `{0}` has a BERT-family text tower, which a Hugging Face CLIPModel cannot hold")]
+    #[error(
+        "model `{0}` has a BERT-family text tower, which a Hugging Face CLIPModel cannot hold"
+    )]
     NotClip(String),
     #[error("model `{model}` has no value for its parameter {name}")]
     Missing { model: String, name: String },
@@ -71,7 +73,11 @@ pub fn config(spec: &ModelSpec) -> serde_json::Value {
 
 /// Writes `spec`'s parameters (from `values`, named `<model>/<Hugging Face name>`) as a
 /// Hugging Face CLIP folder in `dir`.
-pub fn hf_folder(spec: &ModelSpec, values: &HashMap<String, Vec<f32>>, dir: &Path) -> Result<(), ExportError> {
+pub fn hf_folder(
+    spec: &ModelSpec,
+    values: &HashMap<String, Vec<f32>>,
+    dir: &Path,
+) -> Result<(), ExportError> {
     if spec.text.kind.is_encoder() {
         return Err(ExportError::NotClip(spec.name.clone()));
     }
@@ -82,7 +88,11 @@ pub fn hf_folder(spec: &ModelSpec, values: &HashMap<String, Vec<f32>>, dir: &Pat
             model: spec.name.clone(),
             name: p.name.clone(),
         })?;
-        tensors.push((p.name.clone(), p.shape.iter().map(|&d| d as usize).collect(), v.as_slice()));
+        tensors.push((
+            p.name.clone(),
+            p.shape.iter().map(|&d| d as usize).collect(),
+            v.as_slice(),
+        ));
     }
     let mut meta = HashMap::new();
     meta.insert("format".into(), "pt".into());
@@ -122,8 +132,17 @@ fn write_json(path: &Path, value: &serde_json::Value) -> Result<(), CheckpointEr
 
 /// Writes the reference inputs and embeddings ([`crate::evaluate::reference_embeddings`]) as
 /// `kdc_reference.safetensors` in an exported folder.
-pub fn reference(dir: &Path, tensors: &[(String, Vec<usize>, Vec<f32>)]) -> Result<(), CheckpointError> {
-    let views: Vec<(String, Vec<usize>, &[f32])> =
-        tensors.iter().map(|(n, s, v)| (n.clone(), s.clone(), v.as_slice())).collect();
-    write_safetensors(&dir.join("kdc_reference.safetensors"), &views, HashMap::new())
+pub fn reference(
+    dir: &Path,
+    tensors: &[(String, Vec<usize>, Vec<f32>)],
+) -> Result<(), CheckpointError> {
+    let views: Vec<(String, Vec<usize>, &[f32])> = tensors
+        .iter()
+        .map(|(n, s, v)| (n.clone(), s.clone(), v.as_slice()))
+        .collect();
+    write_safetensors(
+        &dir.join("kdc_reference.safetensors"),
+        &views,
+        HashMap::new(),
+    )
 }

@@ -133,7 +133,9 @@ impl Lowering<'_> {
             let size = spec.vision.image_size as usize;
             let model_name = spec.name.clone();
             let pixels = self.g.input(
-                InputKind::Pixels { model: model_name.clone() },
+                InputKind::Pixels {
+                    model: model_name.clone(),
+                },
                 vec![self.batch, 3, size, size],
             );
             let keep = mask.map(|m| {
@@ -166,17 +168,28 @@ impl Lowering<'_> {
             let spec = self.recipe.models[model].clone();
             let l = spec.tokenizer.context as usize;
             let name = spec.name.clone();
-            let ids = self.g.input(InputKind::Ids { model: name.clone() }, vec![self.batch, l]);
+            let ids = self.g.input(
+                InputKind::Ids {
+                    model: name.clone(),
+                },
+                vec![self.batch, l],
+            );
             let inputs = match spec.text.kind {
                 TextKind::Clip => TextInputs {
                     ids,
-                    eot: Some(self.g.input(InputKind::Eot { model: name }, vec![self.batch, 1])),
+                    eot: Some(
+                        self.g
+                            .input(InputKind::Eot { model: name }, vec![self.batch, 1]),
+                    ),
                     mask: None,
                 },
                 TextKind::Bert | TextKind::Roberta => TextInputs {
                     ids,
                     eot: None,
-                    mask: Some(self.g.input(InputKind::Mask { model: name }, vec![self.batch, l])),
+                    mask: Some(
+                        self.g
+                            .input(InputKind::Mask { model: name }, vec![self.batch, l]),
+                    ),
                 },
             };
             self.model_params(model);
@@ -188,7 +201,13 @@ impl Lowering<'_> {
     }
 
     /// A model's tap; `shape` is the tap's concrete shape, for a tap given directly.
-    fn tap(&mut self, model: ir::ModelId, tap: Tap, mask: Option<ir::Mask>, shape: Vec<usize>) -> Id {
+    fn tap(
+        &mut self,
+        model: ir::ModelId,
+        tap: Tap,
+        mask: Option<ir::Mask>,
+        shape: Vec<usize>,
+    ) -> Id {
         let name = format!("{}.{}", self.recipe.models[model].name, tap_name(tap));
         if self.tap_params.contains(&name) {
             if let Some(&id) = self.tap_nodes.get(&name) {
@@ -235,7 +254,8 @@ impl Lowering<'_> {
                 let spec = &self.recipe.models[model];
                 let context = spec.text.context as usize;
                 let name = spec.name.clone();
-                self.g.input(InputKind::Mask { model: name }, vec![self.batch, context])
+                self.g
+                    .input(InputKind::Mask { model: name }, vec![self.batch, context])
             }
         }
     }
@@ -330,7 +350,11 @@ pub fn lower(
     }
 }
 
-type TrainingParts = (Vec<(Output, Id)>, Vec<(String, Schedule)>, Vec<(usize, usize)>);
+type TrainingParts = (
+    Vec<(Output, Id)>,
+    Vec<(String, Schedule)>,
+    Vec<(usize, usize)>,
+);
 
 impl Lowering<'_> {
     /// The loss terms, their weighted sum, and the backward pass.

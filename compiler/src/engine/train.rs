@@ -4,13 +4,13 @@
 
 use super::batches::{BatchError, Batches, Filled};
 use super::compile::{self, Compiled};
-use crate::data::loader::Position;
 use super::device;
 use super::exec::{self, Executable, SharedBackend};
 use super::graph::{numel, InputKind};
 use super::lower::Output;
 use super::rng::Rng;
 use super::weights;
+use crate::data::loader::Position;
 use crate::ir::{self, Length, Recipe};
 use crate::model::ParamClass;
 use kdc_backend::backend::CLIP_GRAD_NORM_EPS;
@@ -200,10 +200,14 @@ impl<'r> Trainer<'r> {
             stage_index,
             &exec.compiled().graph.inputs,
             &options.base,
-            options.data_start.unwrap_or(Position { epoch: 0, cursor: 0 }),
+            options.data_start.unwrap_or(Position {
+                epoch: 0,
+                cursor: 0,
+            }),
             true,
         )?;
-        let per_epoch = batches.steps_per_epoch(recipe, stage_index) / stage.train.accumulate.max(1);
+        let per_epoch =
+            batches.steps_per_epoch(recipe, stage_index) / stage.train.accumulate.max(1);
         let total_steps = match stage.train.length {
             Length::Steps(n) => n,
             Length::Epochs(e) => e * per_epoch.max(1),
@@ -214,9 +218,15 @@ impl<'r> Trainer<'r> {
                 continue;
             };
             let follows = &recipe.models[spec.source].name;
-            let in_graph = exec.compiled().model_params.iter().any(|(m, _)| *m == spec.source);
+            let in_graph = exec
+                .compiled()
+                .model_params
+                .iter()
+                .any(|(m, _)| *m == spec.source);
             let given = options.initial.as_ref().is_some_and(|v| {
-                by_name.keys().all(|n| v.contains_key(&format!("{}/{n}", recipe.models[*model_id].name)))
+                by_name
+                    .keys()
+                    .all(|n| v.contains_key(&format!("{}/{n}", recipe.models[*model_id].name)))
             });
             if !in_graph && !given {
                 return Err(TrainError::Model {
@@ -277,10 +287,17 @@ impl<'r> Trainer<'r> {
 
     /// Continues from a checkpoint: `steps` optimiser steps already taken, with these moments
     /// (every parameter the optimiser updates must have them).
-    pub fn restore(&mut self, steps: u64, moments: &HashMap<String, (Vec<f32>, Vec<f32>)>) -> Result<(), String> {
+    pub fn restore(
+        &mut self,
+        steps: u64,
+        moments: &HashMap<String, (Vec<f32>, Vec<f32>)>,
+    ) -> Result<(), String> {
         let names: Vec<String> = {
             let g = &self.exec.compiled().graph;
-            self.slots.iter().map(|s| g.params[s.param].name.clone()).collect()
+            self.slots
+                .iter()
+                .map(|s| g.params[s.param].name.clone())
+                .collect()
         };
         let mut b = exec::lock(self.exec.backend());
         for (slot, name) in self.slots.iter().zip(&names) {
@@ -288,7 +305,9 @@ impl<'r> Trainer<'r> {
                 .get(name)
                 .ok_or_else(|| format!("the checkpoint has no optimiser state for {name}"))?;
             if m.len() != slot.m.len || v.len() != slot.v.len {
-                return Err(format!("the checkpoint's optimiser state for {name} has another size"));
+                return Err(format!(
+                    "the checkpoint's optimiser state for {name} has another size"
+                ));
             }
             b.upload(slot.m, m);
             b.upload(slot.v, v);
@@ -326,9 +345,12 @@ impl<'r> Trainer<'r> {
     /// weight and scheduled scalar at optimiser step `t`. Shared by training and evaluation.
     fn prepare(&mut self, batch_step: u64, t: u64) -> Result<Filled, TrainError> {
         let compiled = self.exec.compiled();
-        let batch = self
-            .batches
-            .next(self.recipe, &compiled.graph.inputs, compiled.batch, batch_step)?;
+        let batch = self.batches.next(
+            self.recipe,
+            &compiled.graph.inputs,
+            compiled.batch,
+            batch_step,
+        )?;
         for (index, values) in &batch {
             self.exec.set_input(*index, values);
         }
@@ -374,7 +396,12 @@ impl<'r> Trainer<'r> {
             terms: compiled
                 .terms
                 .iter()
-                .map(|(label, _)| (label.clone(), self.exec.scalar(&Output::Term(label.clone()))))
+                .map(|(label, _)| {
+                    (
+                        label.clone(),
+                        self.exec.scalar(&Output::Term(label.clone())),
+                    )
+                })
                 .collect(),
             params: g
                 .params
@@ -407,7 +434,13 @@ impl<'r> Trainer<'r> {
         let stage = &self.recipe.stages[self.stage_index];
         let t = self.done;
         let accumulate = stage.train.accumulate.max(1);
-        let labels: Vec<String> = self.exec.compiled().terms.iter().map(|t| t.0.clone()).collect();
+        let labels: Vec<String> = self
+            .exec
+            .compiled()
+            .terms
+            .iter()
+            .map(|t| t.0.clone())
+            .collect();
         let grad_views: Vec<View> = self
             .slots
             .iter()
@@ -651,8 +684,7 @@ fn ema_pairs(recipe: &Recipe, compiled: &Compiled) -> Vec<(usize, usize, f64)> {
         let Some(ema) = &recipe.models[*model_id].ema else {
             continue;
         };
-        let Some((_, source)) = compiled.model_params.iter().find(|(m, _)| *m == ema.source)
-        else {
+        let Some((_, source)) = compiled.model_params.iter().find(|(m, _)| *m == ema.source) else {
             continue;
         };
         for (name, &index) in by_name {
@@ -676,7 +708,11 @@ struct ParamSettings {
 
 /// Per parameter of the graph: its weight decay (0 for the `no_decay` classes; a group's own
 /// for the rest of a group), its learning-rate scale (the first group naming it), its clamp.
-fn optimiser_groups(recipe: &Recipe, stage_index: usize, compiled: &Compiled) -> Vec<ParamSettings> {
+fn optimiser_groups(
+    recipe: &Recipe,
+    stage_index: usize,
+    compiled: &Compiled,
+) -> Vec<ParamSettings> {
     let stage = &recipe.stages[stage_index];
     let o = &stage.train.optimizer;
     let graph_params = &compiled.graph.params;

@@ -55,7 +55,11 @@ pub type Tensors = HashMap<String, (Vec<usize>, Vec<f32>)>;
 pub fn load(path: &Path) -> Result<Tensors, WeightsError> {
     let shown = path.display().to_string();
     let file = if path.is_dir() {
-        let candidates = ["model.safetensors", "open_clip_model.safetensors", "pytorch_model.bin"];
+        let candidates = [
+            "model.safetensors",
+            "open_clip_model.safetensors",
+            "pytorch_model.bin",
+        ];
         match candidates.iter().map(|c| path.join(c)).find(|p| p.exists()) {
             Some(f) => f,
             None => {
@@ -68,7 +72,10 @@ pub fn load(path: &Path) -> Result<Tensors, WeightsError> {
     } else {
         path.to_path_buf()
     };
-    let ext = file.extension().and_then(|e| e.to_str()).unwrap_or_default();
+    let ext = file
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or_default();
     let raw = if matches!(ext, "pt" | "pth" | "bin") {
         read_pickle(&file)?
     } else {
@@ -78,7 +85,10 @@ pub fn load(path: &Path) -> Result<Tensors, WeightsError> {
         .into_iter()
         .map(|(k, v)| {
             let k = k.strip_prefix("module.").map(str::to_string).unwrap_or(k);
-            let k = k.strip_prefix("state_dict.").map(str::to_string).unwrap_or(k);
+            let k = k
+                .strip_prefix("state_dict.")
+                .map(str::to_string)
+                .unwrap_or(k);
             (k, v)
         })
         .collect())
@@ -110,7 +120,12 @@ fn read_pickle(path: &Path) -> Result<Tensors, WeightsError> {
 /// Tensors a checkpoint may hold that no model parameter takes (buffers, heads kdc has no
 /// use for): not reported as unexpected.
 fn ignorable(name: &str) -> bool {
-    name.ends_with("position_ids") || name.starts_with("pooler.") || name.ends_with("attn_mask") || name == "input_resolution" || name == "context_length" || name == "vocab_size"
+    name.ends_with("position_ids")
+        || name.starts_with("pooler.")
+        || name.ends_with("attn_mask")
+        || name == "input_resolution"
+        || name == "context_length"
+        || name == "vocab_size"
 }
 
 /// A kdc checkpoint (`checkpoint.safetensors`, `stage-<name>.safetensors`) holds every
@@ -123,7 +138,11 @@ fn own_tensors(tensors: Tensors, model: &str) -> Tensors {
     }
     let models: std::collections::BTreeSet<String> = tensors
         .keys()
-        .filter_map(|k| k.strip_prefix("param/")?.split_once('/').map(|(m, _)| m.to_string()))
+        .filter_map(|k| {
+            k.strip_prefix("param/")?
+                .split_once('/')
+                .map(|(m, _)| m.to_string())
+        })
         .collect();
     let pick = if models.contains(model) || models.len() != 1 {
         model.to_string()
@@ -142,7 +161,10 @@ fn own_tensors(tensors: Tensors, model: &str) -> Tensors {
 /// the text tower when the model's has none. Every parameter a checkpoint should hold must be
 /// there with its shape; otherwise one error lists every missing, mis-shaped and unexpected
 /// tensor.
-pub fn model_values(spec: &ModelSpec, base: &Path) -> Result<HashMap<String, Vec<f32>>, WeightsError> {
+pub fn model_values(
+    spec: &ModelSpec,
+    base: &Path,
+) -> Result<HashMap<String, Vec<f32>>, WeightsError> {
     let params = spec.parameters();
     let mut out = HashMap::new();
     let mut sources: Vec<(String, Tensors, Box<dyn Fn(&str) -> bool>, &'static str)> = Vec::new();
@@ -188,14 +210,20 @@ pub fn model_values(spec: &ModelSpec, base: &Path) -> Result<HashMap<String, Vec
                 }
                 Some((v, names)) => {
                     used.extend(names);
-                    misshaped.push(format!("{name}: {} values, the model needs {shape:?}", v.len()));
+                    misshaped.push(format!(
+                        "{name}: {} values, the model needs {shape:?}",
+                        v.len()
+                    ));
                 }
                 None => missing.push(name.to_string()),
             }
         }
         // A BERT tower's checkpoint does not have to cover what the model's own covers.
         if !missing.is_empty() || !misshaped.is_empty() {
-            let mut unexpected: Vec<&String> = tensors.keys().filter(|k| !used.contains(*k) && !ignorable(k)).collect();
+            let mut unexpected: Vec<&String> = tensors
+                .keys()
+                .filter(|k| !used.contains(*k) && !ignorable(k))
+                .collect();
             unexpected.sort();
             missing.sort();
             let list = |title: &str, items: Vec<String>| -> String {
@@ -203,8 +231,20 @@ pub fn model_values(spec: &ModelSpec, base: &Path) -> Result<HashMap<String, Vec
                     return String::new();
                 }
                 let shown: Vec<&String> = items.iter().take(12).collect();
-                let more = if items.len() > 12 { format!(" … and {} more", items.len() - 12) } else { String::new() };
-                format!("\n  {title} ({}): {}{more}", items.len(), shown.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", "))
+                let more = if items.len() > 12 {
+                    format!(" … and {} more", items.len() - 12)
+                } else {
+                    String::new()
+                };
+                format!(
+                    "\n  {title} ({}): {}{more}",
+                    items.len(),
+                    shown
+                        .iter()
+                        .map(|s| s.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
             };
             let report = list("missing", missing)
                 + &list("mis-shaped", misshaped)
@@ -235,13 +275,19 @@ fn find_used(tensors: &Tensors, hf: &str, shape: &[usize]) -> Option<(Vec<f32>, 
         names.push(o);
     }
     for (hf_prefix, oc_prefix) in [
-        ("vision_model.encoder.layers.", "visual.transformer.resblocks."),
+        (
+            "vision_model.encoder.layers.",
+            "visual.transformer.resblocks.",
+        ),
         ("text_model.encoder.layers.", "transformer.resblocks."),
     ] {
         if let Some(rest) = hf.strip_prefix(hf_prefix) {
             if let Some((layer, tail)) = rest.split_once('.') {
                 for kind in ["weight", "bias"] {
-                    if tail.ends_with(kind) && tail.starts_with("self_attn.") && !tail.contains("out_proj") {
+                    if tail.ends_with(kind)
+                        && tail.starts_with("self_attn.")
+                        && !tail.contains("out_proj")
+                    {
                         names.push(format!("{oc_prefix}{layer}.attn.in_proj_{kind}"));
                     }
                 }

@@ -61,7 +61,11 @@ fn model(out: &mut String, m: &ModelSpec, models: &[ModelSpec]) {
         TextKind::Clip => "transformer".to_string(),
         TextKind::Bert | TextKind::Roberta => format!(
             "{}{}",
-            if t.kind == TextKind::Roberta { "roberta" } else { "bert" },
+            if t.kind == TextKind::Roberta {
+                "roberta"
+            } else {
+                "bert"
+            },
             t.preset
                 .as_ref()
                 .map(|p| format!(" {p}"))
@@ -167,7 +171,12 @@ pub fn ir(recipe: &Recipe) -> String {
                         when(*every)
                     );
                 }
-                EvalSpec::Retrieval { model, data: d, k, every } => {
+                EvalSpec::Retrieval {
+                    model,
+                    data: d,
+                    k,
+                    every,
+                } => {
                     let _ = writeln!(
                         out,
                         "  image-text retrieval R@{:?} of {} on {}{}",
@@ -185,7 +194,9 @@ pub fn ir(recipe: &Recipe) -> String {
 
 /// When a periodic evaluation runs, for the IR listing (nothing for the default, after training).
 fn when(every: Option<u64>) -> String {
-    every.map(|n| format!("; also every {n} steps")).unwrap_or_default()
+    every
+        .map(|n| format!("; also every {n} steps"))
+        .unwrap_or_default()
 }
 
 fn stage_ir(out: &mut String, recipe: &Recipe, index: usize, stage: &Stage) {

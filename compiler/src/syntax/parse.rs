@@ -18,7 +18,9 @@ pub fn parse(file: FileId, text: &str) -> Result<File, Vec<Diagnostic>> {
             "a recipe cannot contain a NUL byte",
         )
         .primary_label("NUL (0x00) here")
-        .hint("the file is probably not text, or was saved in UTF-16; save it as UTF-8")]);
+        .hint(
+            "the file is probably not text, or was saved in UTF-16; save it as UTF-8",
+        )]);
     }
     if let Some(too_deep) = nesting_limit(file, text) {
         return Err(vec![too_deep]);

@@ -18,7 +18,11 @@ pub fn clean_lower(text: &str) -> String {
     let fixed = fix_text(text);
     let unescaped = htmlize::unescape(htmlize::unescape(fixed.trim()).as_ref()).into_owned();
     // Python's `str.split()` with no argument splits on Unicode white space.
-    let words: Vec<&str> = unescaped.trim().split(is_python_space).filter(|w| !w.is_empty()).collect();
+    let words: Vec<&str> = unescaped
+        .trim()
+        .split(is_python_space)
+        .filter(|w| !w.is_empty())
+        .collect();
     words.join(" ").trim().to_lowercase()
 }
 

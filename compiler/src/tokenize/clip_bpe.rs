@@ -53,7 +53,10 @@ impl ClipBpe {
                 let mut parts = l.split(' ');
                 match (parts.next(), parts.next(), parts.next()) {
                     (Some(a), Some(b), None) => Ok((a.to_string(), b.to_string())),
-                    _ => Err(BpeError::Format(format!("line {} is not a merge: {l:?}", i + 2))),
+                    _ => Err(BpeError::Format(format!(
+                        "line {} is not a merge: {l:?}",
+                        i + 2
+                    ))),
                 }
             })
             .collect::<Result<_, _>>()?;

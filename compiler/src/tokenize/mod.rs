@@ -12,8 +12,15 @@ use std::path::Path;
 
 /// A model's tokenizer, ready to encode captions.
 pub enum Tokenizer {
-    Clip { bpe: ClipBpe, context: usize },
-    File { inner: Box<tokenizers::Tokenizer>, context: usize, pad: u32 },
+    Clip {
+        bpe: ClipBpe,
+        context: usize,
+    },
+    File {
+        inner: Box<tokenizers::Tokenizer>,
+        context: usize,
+        pad: u32,
+    },
 }
 
 /// One caption as a text tower reads it.
@@ -32,10 +39,15 @@ pub enum TokenizerError {
     #[error(transparent)]
     Bpe(#[from] clip_bpe::BpeError),
     #[error("cannot read the BPE vocabulary {path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("cannot load the tokenizer {path}: {message}")]
     File { path: String, message: String },
-    #[error("the model's tokenizer names no tokenizer.json file; give `tokenizer: tokenizer(file: …)`")]
+    #[error(
+        "the model's tokenizer names no tokenizer.json file; give `tokenizer: tokenizer(file: …)`"
+    )]
     NoFile,
 }
 
@@ -60,12 +72,11 @@ impl Tokenizer {
             }
             TokenizerKind::File => {
                 let path = base.join(spec.path.as_ref().ok_or(TokenizerError::NoFile)?);
-                let inner = tokenizers::Tokenizer::from_file(&path).map_err(|e| {
-                    TokenizerError::File {
+                let inner =
+                    tokenizers::Tokenizer::from_file(&path).map_err(|e| TokenizerError::File {
                         path: path.display().to_string(),
                         message: e.to_string(),
-                    }
-                })?;
+                    })?;
                 Ok(Tokenizer::from_hf(inner, context))
             }
         }
@@ -78,7 +89,9 @@ impl Tokenizer {
         // `<pad>` (XLM-R pads with 1; 0 is its `<s>`), else 0.
         let pad = match inner.get_padding() {
             Some(p) => Some(p.pad_id),
-            None => inner.token_to_id("[PAD]").or_else(|| inner.token_to_id("<pad>")),
+            None => inner
+                .token_to_id("[PAD]")
+                .or_else(|| inner.token_to_id("<pad>")),
         }
         .unwrap_or(0);
         inner

@@ -31,10 +31,19 @@ pub fn fixed_step(
     let params = exec.compiled().graph.params.clone();
     for (i, p) in params.iter().enumerate() {
         let Some(values) = value_of(&p.name) else {
-            assert!(!exec.uses_param(i), "{what}: parameter {} has no fixture value", p.name);
+            assert!(
+                !exec.uses_param(i),
+                "{what}: parameter {} has no fixture value",
+                p.name
+            );
             continue;
         };
-        assert_eq!(values.len(), p.shape.iter().product::<usize>(), "{what}: {}", p.name);
+        assert_eq!(
+            values.len(),
+            p.shape.iter().product::<usize>(),
+            "{what}: {}",
+            p.name
+        );
         exec.set_param(i, &values);
     }
     for term in &recipe.stages[0].terms {

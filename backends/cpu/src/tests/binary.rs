@@ -99,12 +99,40 @@ fn comparisons_and_ties() {
     assert!(out[3].is_nan(), "max propagates NaN as PyTorch does");
     let dy = [1.0; 4];
     let (mut da, mut db) = ([9.0; 4], [9.0; 4]);
-    binary_backward(BinaryOp::Max, &a[..3], &[3], &b[..3], &[3], &dy[..3], &[3], Some(&mut da[..3]), Some(&mut db[..3]));
-    assert_eq!((&da[..3], &db[..3]), (&[1.0, 0.0, 1.0][..], &[0.0, 1.0, 0.0][..]));
-    binary_backward(BinaryOp::Lt, &a, &[4], &b, &[4], &dy, &[4], Some(&mut da), Some(&mut db));
+    binary_backward(
+        BinaryOp::Max,
+        &a[..3],
+        &[3],
+        &b[..3],
+        &[3],
+        &dy[..3],
+        &[3],
+        Some(&mut da[..3]),
+        Some(&mut db[..3]),
+    );
+    assert_eq!(
+        (&da[..3], &db[..3]),
+        (&[1.0, 0.0, 1.0][..], &[0.0, 1.0, 0.0][..])
+    );
+    binary_backward(
+        BinaryOp::Lt,
+        &a,
+        &[4],
+        &b,
+        &[4],
+        &dy,
+        &[4],
+        Some(&mut da),
+        Some(&mut db),
+    );
     assert_eq!((da, db), ([0.0; 4], [0.0; 4]));
     let mut sel = [0.0; 3];
-    crate::select(&[1.0, 0.0, -2.0], &[1.0, 2.0, 3.0], &[7.0, 8.0, 9.0], &mut sel);
+    crate::select(
+        &[1.0, 0.0, -2.0],
+        &[1.0, 2.0, 3.0],
+        &[7.0, 8.0, 9.0],
+        &mut sel,
+    );
     assert_eq!(sel, [1.0, 8.0, 3.0]);
 }
 

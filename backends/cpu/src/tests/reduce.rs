@@ -297,18 +297,27 @@ fn extremes_along_an_axis() {
             for o in 0..outer {
                 for i in 0..inner {
                     let col: Vec<f64> = (0..n).map(|j| x[(o * n + j) * inner + i]).collect();
-                    let want = col.iter().cloned().fold(if largest { f64::MIN } else { f64::MAX }, |a, b| if largest { a.max(b) } else { a.min(b) });
+                    let want = col.iter().cloned().fold(
+                        if largest { f64::MIN } else { f64::MAX },
+                        |a, b| if largest { a.max(b) } else { a.min(b) },
+                    );
                     assert_eq!(out[o * inner + i], want);
                     assert_eq!(col[arg[o * inner + i] as usize], want);
                 }
             }
             let mut dx = vec![f64::NAN; x.len()];
             extreme_axis_backward(&x, &dy, &mut dx, outer, n, inner, largest);
-            check_vjp(&format!("extreme {outer}x{n}x{inner} {largest}"), &x, &dy, &dx, |x| {
-                let mut o = vec![0.0; outer * inner];
-                extreme_axis(x, &mut o, outer, n, inner, largest);
-                o
-            });
+            check_vjp(
+                &format!("extreme {outer}x{n}x{inner} {largest}"),
+                &x,
+                &dy,
+                &dx,
+                |x| {
+                    let mut o = vec![0.0; outer * inner];
+                    extreme_axis(x, &mut o, outer, n, inner, largest);
+                    o
+                },
+            );
         }
     }
     // Ties: the first position takes the value, the gradient and the index.
@@ -340,10 +349,16 @@ fn top_k_along_an_axis() {
         }
         let mut dx = vec![f64::NAN; x.len()];
         topk_axis_backward(&x, &dy, &mut dx, outer, n, inner, k);
-        check_vjp(&format!("topk {outer}x{n}x{inner} k {k}"), &x, &dy, &dx, |x| {
-            let mut o = vec![0.0; outer * k * inner];
-            topk_axis(x, &mut o, outer, n, inner, k);
-            o
-        });
+        check_vjp(
+            &format!("topk {outer}x{n}x{inner} k {k}"),
+            &x,
+            &dy,
+            &dx,
+            |x| {
+                let mut o = vec![0.0; outer * k * inner];
+                topk_axis(x, &mut o, outer, n, inner, k);
+                o
+            },
+        );
     }
 }

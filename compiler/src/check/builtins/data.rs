@@ -206,7 +206,8 @@ impl Checker<'_> {
         if name == "zero_shot" {
             let templates = self.templates(ctx, b, "templates");
             if let Some(DataSpec {
-                source: DataSource::Pairs { .. }
+                source:
+                    DataSource::Pairs { .. }
                     | DataSource::WebDataset { .. }
                     | DataSource::Synthetic { .. },
                 ..
@@ -225,12 +226,14 @@ impl Checker<'_> {
                 );
             }
             match (model, data, templates, every) {
-                (Some(model), Some(data), Some(templates), Some(every)) => Value::Eval(EvalSpec::ZeroShot {
-                    model,
-                    data,
-                    templates,
-                    every,
-                }),
+                (Some(model), Some(data), Some(templates), Some(every)) => {
+                    Value::Eval(EvalSpec::ZeroShot {
+                        model,
+                        data,
+                        templates,
+                        every,
+                    })
+                }
                 _ => Value::Error,
             }
         } else {
@@ -253,7 +256,12 @@ impl Checker<'_> {
             }
             match (model, data, k, every) {
                 (Some(model), Some(data), Some(k), Some(every)) => {
-                    Value::Eval(EvalSpec::Retrieval { model, data, k, every })
+                    Value::Eval(EvalSpec::Retrieval {
+                        model,
+                        data,
+                        k,
+                        every,
+                    })
                 }
                 _ => Value::Error,
             }

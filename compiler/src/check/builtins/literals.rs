@@ -57,9 +57,10 @@ impl Checker<'_> {
     /// `expect(actual, expected, tol? (1e-5))`: in a `test`, every entry of `actual` within
     /// tol·(1 + |expected|) of `expected` (same shape, or a scalar expected of every entry).
     pub(in crate::check) fn expect(&mut self, ctx: &mut Ctx, b: &Bound, span: Span) -> Value {
-        let (Some((a, sa, spa)), Some((e, se, spe))) =
-            (self.tensor(ctx, b, "actual"), self.tensor(ctx, b, "expected"))
-        else {
+        let (Some((a, sa, spa)), Some((e, se, spe))) = (
+            self.tensor(ctx, b, "actual"),
+            self.tensor(ctx, b, "expected"),
+        ) else {
             return Value::Error;
         };
         let Some(tol) = self.ranged(ctx, b, "tol", 0.0, f64::INFINITY, false, true) else {
@@ -100,7 +101,13 @@ fn flatten(
     match value {
         Value::Num(v) => {
             if depth != dims.len() {
-                return Err((format!("a number where a list of depth {} was expected", dims.len() - depth), span));
+                return Err((
+                    format!(
+                        "a number where a list of depth {} was expected",
+                        dims.len() - depth
+                    ),
+                    span,
+                ));
             }
             out.push(*v);
             Ok(())
@@ -116,7 +123,11 @@ fn flatten(
                 dims.push(items.len());
             } else if dims[depth] != items.len() {
                 return Err((
-                    format!("a list of {} where the others hold {}", items.len(), dims[depth]),
+                    format!(
+                        "a list of {} where the others hold {}",
+                        items.len(),
+                        dims[depth]
+                    ),
                     span,
                 ));
             }

@@ -38,7 +38,11 @@ impl Checker<'_> {
                 .hint(format!(
                     "write `{}(x, axis: …)` for the {} along an axis",
                     b.callee,
-                    if largest { "largest value" } else { "smallest value" }
+                    if largest {
+                        "largest value"
+                    } else {
+                        "smallest value"
+                    }
                 ));
                 self.bad(ctx, b, d);
                 return Value::Error;
@@ -57,12 +61,7 @@ impl Checker<'_> {
     }
 
     /// `argmax`/`argmin` along an axis, or over everything.
-    pub(in crate::check) fn arg_extreme(
-        &mut self,
-        ctx: &mut Ctx,
-        b: &Bound,
-        span: Span,
-    ) -> Value {
+    pub(in crate::check) fn arg_extreme(&mut self, ctx: &mut Ctx, b: &Bound, span: Span) -> Value {
         let largest = b.callee == "argmax";
         self.reduce_with(ctx, b, |axis| Op::Arg { largest, axis }, span)
     }
@@ -73,8 +72,12 @@ impl Checker<'_> {
             return Value::Error;
         };
         if s.is_scalar() {
-            let d = Diagnostic::error(Code::ShapeMismatch, xspan, "`topk` needs a tensor with at least one axis, not a scalar")
-                .primary_label("a scalar");
+            let d = Diagnostic::error(
+                Code::ShapeMismatch,
+                xspan,
+                "`topk` needs a tensor with at least one axis, not a scalar",
+            )
+            .primary_label("a scalar");
             self.bad(ctx, b, d);
             return Value::Error;
         }
@@ -123,7 +126,10 @@ impl Checker<'_> {
             let d = Diagnostic::error(
                 Code::ShapeMismatch,
                 xspan,
-                format!("`{}` needs a tensor with at least one axis, not a scalar", b.callee),
+                format!(
+                    "`{}` needs a tensor with at least one axis, not a scalar",
+                    b.callee
+                ),
             )
             .primary_label("a scalar");
             self.bad(ctx, b, d);
@@ -145,11 +151,7 @@ impl Checker<'_> {
             kept[a] = Dim::known(1);
             (Some(a), s.without(a), Shape(kept))
         } else {
-            (
-                None,
-                Shape::scalar(),
-                Shape(vec![Dim::known(1); s.rank()]),
-            )
+            (None, Shape::scalar(), Shape(vec![Dim::known(1); s.rank()]))
         };
         let reduced = self.push_node(ctx, op(axis), vec![n], out, span);
         if keepdim {
@@ -225,20 +227,23 @@ impl Checker<'_> {
         self.broadcast_op(ctx, b, Op::Compare(cmp), &["a", "b"], span)
     }
 
-    pub(in crate::check) fn select_where(
-        &mut self,
-        ctx: &mut Ctx,
-        b: &Bound,
-        span: Span,
-    ) -> Value {
+    pub(in crate::check) fn select_where(&mut self, ctx: &mut Ctx, b: &Bound, span: Span) -> Value {
         self.broadcast_op(ctx, b, Op::Where, &["cond", "a", "b"], span)
     }
 
     /// `clamp(x, min?, max?)`: max(min(x, max), min), the gradient passing where
     /// min ≤ x ≤ max.
     pub(in crate::check) fn clamp_values(&mut self, ctx: &mut Ctx, b: &Bound, span: Span) -> Value {
-        let lo = if b.has("min") { self.num(ctx, b, "min") } else { None };
-        let hi = if b.has("max") { self.num(ctx, b, "max") } else { None };
+        let lo = if b.has("min") {
+            self.num(ctx, b, "min")
+        } else {
+            None
+        };
+        let hi = if b.has("max") {
+            self.num(ctx, b, "max")
+        } else {
+            None
+        };
         if b.bad.get() {
             return Value::Error;
         }
@@ -301,7 +306,9 @@ impl Checker<'_> {
             let d = Diagnostic::error(
                 Code::ShapeMismatch,
                 span,
-                format!("`cdist` needs rows of one width, a [M, D] and b [N, D], not {sa} and {sc}"),
+                format!(
+                    "`cdist` needs rows of one width, a [M, D] and b [N, D], not {sa} and {sc}"
+                ),
             )
             .primary_label("shapes do not fit")
             .label(spa, format!("this is {sa}"))
@@ -362,7 +369,10 @@ impl Checker<'_> {
             let d = Diagnostic::error(
                 Code::BadReshape,
                 b.span("axis"),
-                format!("axis {axis} of {s} has size {}, not 1", s.0[axis].describe()),
+                format!(
+                    "axis {axis} of {s} has size {}, not 1",
+                    s.0[axis].describe()
+                ),
             )
             .primary_label("only an axis of size 1 can be squeezed")
             .label(xspan, format!("this is {s}"))
@@ -408,21 +418,26 @@ impl Checker<'_> {
             }
         }
         if dims.iter().filter(|d| d.is_none()).count() > 1 {
-            let d = Diagnostic::error(Code::BadReshape, b.span("shape"), "at most one entry may be −1")
-                .primary_label("two sizes to infer");
+            let d = Diagnostic::error(
+                Code::BadReshape,
+                b.span("shape"),
+                "at most one entry may be −1",
+            )
+            .primary_label("two sizes to infer");
             self.bad(ctx, b, d);
             return Value::Error;
         }
         // Symbols (the batch) must appear on both sides equally often; known sizes multiply.
         let symbols = |ds: &mut dyn Iterator<Item = &Dim>| {
-            let mut v: Vec<String> =
-                ds.filter(|d| d.size.is_none()).map(|d| d.to_string()).collect();
+            let mut v: Vec<String> = ds
+                .filter(|d| d.size.is_none())
+                .map(|d| d.to_string())
+                .collect();
             v.sort();
             v
         };
-        let known = |ds: &mut dyn Iterator<Item = &Dim>| -> u64 {
-            ds.filter_map(|d| d.size).product()
-        };
+        let known =
+            |ds: &mut dyn Iterator<Item = &Dim>| -> u64 { ds.filter_map(|d| d.size).product() };
         let have_sym = symbols(&mut s.0.iter());
         let want_sym = symbols(&mut dims.iter().flatten());
         let have = known(&mut s.0.iter());
@@ -478,7 +493,11 @@ impl Checker<'_> {
                             "`axes` must list each axis of {s} once (0 to {}), and {} is {}",
                             s.rank().saturating_sub(1),
                             fmt_num(*a),
-                            if s.axis(*a as i64).is_some() { "repeated" } else { "not one" }
+                            if s.axis(*a as i64).is_some() {
+                                "repeated"
+                            } else {
+                                "not one"
+                            }
                         ),
                     )
                     .primary_label("not a new axis");
@@ -491,7 +510,11 @@ impl Checker<'_> {
             let d = Diagnostic::error(
                 Code::BadAxis,
                 b.span("axes"),
-                format!("`axes` must list all {} axes of {s}, not {}", s.rank(), perm.len()),
+                format!(
+                    "`axes` must list all {} axes of {s}, not {}",
+                    s.rank(),
+                    perm.len()
+                ),
             )
             .primary_label("axes missing");
             self.bad(ctx, b, d);
@@ -545,7 +568,11 @@ impl Checker<'_> {
             let d = Diagnostic::error(
                 Code::BadIndex,
                 span,
-                format!("{} indices for a tensor {s} of rank {}", items.len(), s.rank()),
+                format!(
+                    "{} indices for a tensor {s} of rank {}",
+                    items.len(),
+                    s.rank()
+                ),
             )
             .primary_label("too many indices");
             self.error(ctx, d);
@@ -569,7 +596,10 @@ impl Checker<'_> {
                 let d = Diagnostic::error(
                     Code::BadIndex,
                     ispan,
-                    format!("axis {axis} has the size {} known only when data arrives", dim.describe()),
+                    format!(
+                        "axis {axis} has the size {} known only when data arrives",
+                        dim.describe()
+                    ),
                 )
                 .primary_label("cannot index the batch")
                 .hint("index an axis of known size, or keep this one whole with `:`");

@@ -107,10 +107,12 @@ impl Checker<'_> {
                 }
             }
         }
-        let explicit: Vec<&str> = ["context", "vocab", "width", "layers", "heads", "mlp", "family"]
-            .into_iter()
-            .filter(|n| b.has(n))
-            .collect();
+        let explicit: Vec<&str> = [
+            "context", "vocab", "width", "layers", "heads", "mlp", "family",
+        ]
+        .into_iter()
+        .filter(|n| b.has(n))
+        .collect();
         if b.has("family") && dims.is_none() {
             match self.choice(ctx, b, "family", &["bert", "roberta"]) {
                 Some("roberta") => kind = TextKind::Roberta,

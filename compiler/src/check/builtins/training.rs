@@ -73,16 +73,21 @@ impl Checker<'_> {
             }
         }
         match (lr, wd, betas, eps, no_decay, groups) {
-            (Some(lr), Some(weight_decay), Some(betas), Some(eps), Some(no_decay), Some(groups)) => {
-                Value::TrainPart(TrainPart::Optimizer(ir::AdamW {
-                    lr,
-                    weight_decay,
-                    betas,
-                    eps,
-                    no_decay,
-                    groups,
-                }))
-            }
+            (
+                Some(lr),
+                Some(weight_decay),
+                Some(betas),
+                Some(eps),
+                Some(no_decay),
+                Some(groups),
+            ) => Value::TrainPart(TrainPart::Optimizer(ir::AdamW {
+                lr,
+                weight_decay,
+                betas,
+                eps,
+                no_decay,
+                groups,
+            })),
             _ => Value::Error,
         }
     }
@@ -134,8 +139,12 @@ impl Checker<'_> {
                 Err(e) => {
                     self.error(
                         ctx,
-                        Diagnostic::error(Code::NoSuchParameter, span, format!("the pattern `{s}` is malformed: {e}"))
-                            .primary_label(format!("at `{}`", e.part)),
+                        Diagnostic::error(
+                            Code::NoSuchParameter,
+                            span,
+                            format!("the pattern `{s}` is malformed: {e}"),
+                        )
+                        .primary_label(format!("at `{}`", e.part)),
                     );
                     None
                 }
@@ -381,12 +390,8 @@ impl Checker<'_> {
                 self.bad(
                     ctx,
                     b,
-                    Diagnostic::error(
-                        Code::BadSchedule,
-                        *s,
-                        "step boundaries must increase",
-                    )
-                    .primary_label("out of order"),
+                    Diagnostic::error(Code::BadSchedule, *s, "step boundaries must increase")
+                        .primary_label("out of order"),
                 );
                 return Value::Error;
             }
