@@ -416,4 +416,39 @@ Example:
     freeze = [\"student/vision_model.encoder.layer.{0..5}.*\"]    # CLIP layers are `layers.i`
 
 Fix: correct the name; the hint shows the closest parameter.";
+
+BadManifest = 43, "invalid kdc.toml",
+"A recipe library's manifest, kdc.toml (found in the recipe's folder or the nearest one above
+it), is not valid TOML or has a table, key or value kdc does not know.
+
+Example:
+    [defaults]
+    device = \"gpu\"
+
+Fix: a kdc.toml has the tables [library] (`name`, `description`), [roots] (`name = \"path\"`,
+relative paths from the manifest's folder), [defaults] (`device` = \"cpu\" or \"cuda\",
+`threads`, `runs`) and [snap] (`exclude` = glob patterns, `lowered` = true or false).";
+
+UnknownRoot = 44, "unknown root",
+"A path starts with `$name`, which refers to a root of the recipe library's manifest
+(kdc.toml), and the manifest declares no root of that name, or no manifest was found above the
+recipe.
+
+Example:
+    weights: \"$teacher/vit-b-16.safetensors\"     # kdc.toml declares `teachers`
+
+Fix: correct the name (the hint shows the closest root), declare the root under [roots] in
+kdc.toml, or write the path without `$` (`./$name` for a file whose name starts with `$`).";
+
+MissingRoot = 45, "root does not exist",
+"A recipe uses a root of kdc.toml whose folder does not exist on this machine. This is a
+warning: the recipe checks, but reading a file under the root will fail when it runs. A root
+may be missing on purpose (the runs folder before the first run, data not fetched in CI).
+
+Example:
+    [roots]
+    teachers = \"/shared/weights\"    # not mounted here
+
+Fix: create or fetch the folder, correct the path in kdc.toml, or point the root elsewhere on
+this machine with the environment variable KDC_ROOT_<NAME> (`KDC_ROOT_TEACHERS=/mnt/w`).";
 }

@@ -114,6 +114,11 @@ impl Diagnostics {
         self.list.is_empty()
     }
 
+    /// In the order they were found.
+    pub fn iter(&self) -> impl Iterator<Item = &Diagnostic> {
+        self.list.iter()
+    }
+
     /// In source order, so that output is stable whatever order the checks ran in.
     pub fn sorted(&self) -> Vec<&Diagnostic> {
         let mut sorted: Vec<&Diagnostic> = self.list.iter().collect();

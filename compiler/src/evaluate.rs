@@ -16,7 +16,6 @@ use crate::tokenize::{Encoded, Tokenizer, TokenizerError};
 use kdc_backend::BackendError;
 use rayon::prelude::*;
 use std::collections::HashMap;
-use std::path::Path;
 use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
@@ -128,7 +127,7 @@ impl Encoder {
         model: ModelId,
         params: &HashMap<String, Vec<f32>>,
         batch: usize,
-        base: &Path,
+        base: &crate::manifest::Base,
         backend: SharedBackend,
     ) -> Result<Encoder, EvalError> {
         let spec = &recipe.models[model];
@@ -240,7 +239,7 @@ pub fn reference_embeddings(
     recipe: &Recipe,
     model: ModelId,
     params: &HashMap<String, Vec<f32>>,
-    base: &Path,
+    base: &crate::manifest::Base,
     backend: SharedBackend,
 ) -> Result<Vec<(String, Vec<usize>, Vec<f32>)>, EvalError> {
     const N: usize = 4;
@@ -303,7 +302,7 @@ pub fn run(
     recipe: &Recipe,
     spec: &EvalSpec,
     params: &HashMap<String, Vec<f32>>,
-    base: &Path,
+    base: &crate::manifest::Base,
     backend: SharedBackend,
 ) -> Result<Report, EvalError> {
     match spec {
@@ -324,7 +323,7 @@ fn images_of(
     recipe: &Recipe,
     model: ModelId,
     data: &ir::DataSpec,
-    base: &Path,
+    base: &crate::manifest::Base,
 ) -> Result<(Loader, String), EvalError> {
     let dataset: Arc<dyn data::Dataset> = Arc::from(data::open(data, base)?);
     let what = dataset.describe();
@@ -351,7 +350,7 @@ fn zero_shot(
     data: &ir::DataSpec,
     templates: &[String],
     params: &HashMap<String, Vec<f32>>,
-    base: &Path,
+    base: &crate::manifest::Base,
     backend: SharedBackend,
 ) -> Result<Report, EvalError> {
     let (mut loader, what) = images_of(recipe, model, data, base)?;
@@ -417,7 +416,7 @@ fn retrieval(
     data: &ir::DataSpec,
     k: &[u64],
     params: &HashMap<String, Vec<f32>>,
-    base: &Path,
+    base: &crate::manifest::Base,
     backend: SharedBackend,
 ) -> Result<Report, EvalError> {
     let (mut loader, what) = images_of(recipe, model, data, base)?;

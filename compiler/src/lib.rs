@@ -10,7 +10,8 @@
 //! | format | [`format::format`] | canonical source text |
 //! | explain | [`explain`] | readable prints of the AST and the IR |
 //!
-//! Only the CLI (`main.rs`) and [`FsLoader`] touch the file system.
+//! Only the CLI (`main.rs`), [`FsLoader`] and [`snap`] (which reads and writes snapshots) touch
+//! the file system.
 
 pub mod check;
 pub mod codes;
@@ -21,10 +22,12 @@ pub mod evaluate;
 pub mod explain;
 pub mod format;
 pub mod ir;
+pub mod manifest;
 pub mod model;
 pub mod plot;
 pub mod run;
 pub mod shape;
+pub mod snap;
 pub mod source;
 mod suggest;
 pub mod syntax;
@@ -50,6 +53,17 @@ impl Compiled {
     /// Whether the file is a library of functions rather than a recipe (and parsed).
     pub fn is_library(&self) -> bool {
         self.program.as_ref().is_some_and(|p| p.root().is_library())
+    }
+
+    /// Where the recipe's paths resolve: the folder of the path it was compiled under, and
+    /// its manifest's roots.
+    pub fn base(&self) -> manifest::Base {
+        let dir = self
+            .program
+            .as_ref()
+            .and_then(|p| Path::new(&p.root().name).parent().map(Path::to_path_buf))
+            .unwrap_or_default();
+        manifest::Base::with_manifest(dir, self.program.as_ref().and_then(|p| p.manifest.as_ref()))
     }
 }
 
@@ -140,6 +154,20 @@ pub struct FsLoader;
 impl Loader for FsLoader {
     fn read(&self, path: &Path) -> Option<String> {
         std::fs::read_to_string(path).ok()
+    }
+
+    fn manifest(&self, recipe: &Path) -> Option<(std::path::PathBuf, String)> {
+        let file = manifest::find_upward(recipe.parent().unwrap_or(Path::new("")))?;
+        let text = std::fs::read_to_string(&file).ok()?;
+        Some((file, text))
+    }
+
+    fn env(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
+
+    fn is_dir(&self, path: &Path) -> bool {
+        path.is_dir()
     }
 }
 

@@ -2,7 +2,7 @@
 //! only place that touches the file system.
 
 use anyhow::{bail, Context, Result};
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use kdc::codes::Code;
 use kdc::diag::{render_all, RenderOptions};
 use kdc::engine::exec::Profiling;
@@ -19,12 +19,79 @@ const DEFAULT_RECIPE: (&str, &str) = (
     include_str!("../../recipes/demo/quickstart.kd"),
 );
 
-/// Where the default recipe's relative paths resolve: its folder in the source tree.
-const DEFAULT_BASE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../recipes/demo");
+/// Where the default recipe's relative paths resolve: its folder in the source tree, and the
+/// manifest of the shipped library (recipes/kdc.toml), whose roots it uses.
+const DEFAULT_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../recipes/demo");
+const DEFAULT_MANIFEST: (&str, &str) = (
+    concat!(env!("CARGO_MANIFEST_DIR"), "/../recipes/kdc.toml"),
+    include_str!("../../recipes/kdc.toml"),
+);
 
-/// The built-in recipe's folder (its shipped data lives there), without the `compiler/..` detour.
-fn default_base() -> PathBuf {
-    std::fs::canonicalize(DEFAULT_BASE).unwrap_or_else(|_| PathBuf::from(DEFAULT_BASE))
+/// A path of the source tree without the `compiler/..` detour.
+fn source_tree(path: &str) -> PathBuf {
+    std::fs::canonicalize(path).unwrap_or_else(|_| kdc::manifest::clean(Path::new(path)))
+}
+
+/// The built-in recipe's view of the machine: the file system, with the shipped library's
+/// manifest compiled in.
+struct BuiltinLoader;
+
+impl kdc::check::Loader for BuiltinLoader {
+    fn read(&self, path: &Path) -> Option<String> {
+        FsLoader.read(path)
+    }
+    fn manifest(&self, _recipe: &Path) -> Option<(PathBuf, String)> {
+        Some((
+            source_tree(DEFAULT_MANIFEST.0),
+            DEFAULT_MANIFEST.1.to_string(),
+        ))
+    }
+    fn env(&self, name: &str) -> Option<String> {
+        FsLoader.env(name)
+    }
+    fn is_dir(&self, path: &Path) -> bool {
+        FsLoader.is_dir(path)
+    }
+}
+
+/// A recipe to load: a file, or the built-in quickstart.
+#[derive(Clone, Copy)]
+enum Source<'a> {
+    File(&'a Path),
+    Builtin,
+}
+
+/// A checked recipe and where its paths resolve.
+struct Loaded {
+    name: String,
+    recipe: kdc::ir::Recipe,
+    base: kdc::manifest::Base,
+    manifest: Option<kdc::manifest::Manifest>,
+}
+
+impl Loaded {
+    /// The run folder: `--dir`, or `<runs>/<recipe>` where `<runs>` is the manifest's
+    /// `defaults.runs` (default: `runs` in the working folder).
+    fn run_dir(&self, dir: Option<PathBuf>) -> PathBuf {
+        dir.unwrap_or_else(|| {
+            let stem = Path::new(&self.name)
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "run".into());
+            let manifest_runs = self
+                .manifest
+                .as_ref()
+                .and_then(|m| Some((m, m.defaults.runs.as_ref()?)));
+            let runs = match manifest_runs {
+                Some((_, runs)) if kdc::manifest::root_reference(runs).is_some() => {
+                    self.base.join(runs)
+                }
+                Some((m, runs)) => m.dir.join(runs),
+                None => PathBuf::from("runs"),
+            };
+            runs.join(stem)
+        })
+    }
 }
 
 #[derive(Parser)]
@@ -52,6 +119,25 @@ enum Command {
         /// Files, or folders to search for .kd files.
         #[arg(required = true)]
         paths: Vec<PathBuf>,
+    },
+    /// Snapshot-test recipes: what each computes, in a `.kd.snap` file beside it. Without a flag:
+    /// records missing snapshots, and leaves a changed one's new text beside it
+    /// (`.kd.snap.new`) with its diff, exiting 1.
+    #[command(group(clap::ArgGroup::new("mode").args(["check", "update", "review"])))]
+    Snap {
+        /// Recipe files, or folders to search recursively.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// Write nothing; exit 1 with a diff per changed recipe, and list new recipes and
+        /// orphaned snapshots (for CI).
+        #[arg(long)]
+        check: bool,
+        /// Accept every change: write new and changed snapshots, remove orphaned ones.
+        #[arg(long)]
+        update: bool,
+        /// Walk through each new or changed snapshot on a terminal: accept, reject or skip.
+        #[arg(long)]
+        review: bool,
     },
     /// Rewrite recipes in the canonical layout, keeping comments.
     Fmt {
@@ -92,6 +178,8 @@ enum Command {
         /// Do not export the trained models as Hugging Face folders.
         #[arg(long)]
         no_export: bool,
+        #[command(flatten)]
+        settings: Settings,
     },
     /// Run a recipe's evaluations (zero-shot classification, retrieval) on the models of its
     /// run folder, or of a run folder given directly; models no stage trained come from their
@@ -103,6 +191,8 @@ enum Command {
         /// The run folder, for a recipe (default: runs/<recipe>).
         #[arg(long)]
         dir: Option<PathBuf>,
+        #[command(flatten)]
+        settings: Settings,
     },
     /// Print the token ids each model's tokenizer gives, one JSON array per line (the texts
     /// are the arguments, or the lines of standard input).
@@ -130,7 +220,62 @@ enum Command {
         /// worker threads): batches and images per second, no model step.
         #[arg(long)]
         data: bool,
+        #[command(flatten)]
+        settings: Settings,
     },
+}
+
+/// Where a run computes: command-line options, else the manifest's `[defaults]`, else the CPU
+/// with one thread per core.
+#[derive(Args, Clone, Default)]
+struct Settings {
+    /// The device to train on (default: the manifest's `defaults.device`, else cpu).
+    #[arg(long, value_enum)]
+    device: Option<DeviceArg>,
+    /// Compute threads (default: the manifest's `defaults.threads`, else one per core).
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq, Debug)]
+enum DeviceArg {
+    Cpu,
+    Cuda,
+}
+
+impl Settings {
+    /// Applies the settings (the manifest filling what the command line leaves out): sizes
+    /// the compute pool, and refuses a device this build cannot use.
+    fn apply(&self, manifest: Option<&kdc::manifest::Manifest>) -> Result<()> {
+        let defaults = manifest.map(|m| &m.defaults);
+        let device = match (self.device, defaults.and_then(|d| d.device.as_deref())) {
+            (Some(d), _) => d,
+            (None, Some("cuda")) => DeviceArg::Cuda,
+            _ => DeviceArg::Cpu,
+        };
+        if device == DeviceArg::Cuda {
+            let from = match (self.device, manifest) {
+                (Some(_), _) | (None, None) => "--device cuda".to_string(),
+                (None, Some(m)) => format!("defaults.device in {}", m.file.display()),
+            };
+            bail!(
+                "{from}: this kdc has no CUDA backend (it is built without the `cuda` feature); \
+                 train on the CPU with --device cpu"
+            );
+        }
+        let threads = self
+            .threads
+            .or_else(|| defaults.and_then(|d| d.threads))
+            .filter(|&n| n > 0);
+        if let Some(n) = threads {
+            // The pool is global and built once; a second build (tests calling twice) is
+            // harmless.
+            let _ = rayon::ThreadPoolBuilder::new()
+                .num_threads(n)
+                .build_global();
+        }
+        Ok(())
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -228,17 +373,49 @@ fn load(name: &str, text: &[u8]) -> kdc::Compiled {
     compiled
 }
 
-/// The checked recipe of a file, or `None` after its diagnostics (or, for a library of
-/// functions, a note that it is not a recipe) are printed.
-fn load_recipe(name: &str, text: &[u8]) -> Option<kdc::ir::Recipe> {
-    let compiled = load(name, text);
+/// The checked recipe of a file (or the built-in one), or `None` after its diagnostics (or, for
+/// a library of functions, a note that it is not a recipe) are printed.
+fn load_recipe(source: Source<'_>) -> Result<Option<Loaded>> {
+    let (name, text, dir) = match source {
+        Source::File(path) => (
+            path.display().to_string(),
+            read(path)?,
+            path.parent().map(Path::to_path_buf).unwrap_or_default(),
+        ),
+        Source::Builtin => (
+            DEFAULT_RECIPE.0.to_string(),
+            DEFAULT_RECIPE.1.as_bytes().to_vec(),
+            source_tree(DEFAULT_DIR),
+        ),
+    };
+    let compiled = match source {
+        Source::File(_) => load(&name, &text),
+        Source::Builtin => {
+            let compiled = kdc::compile_bytes(&name, &text, &BuiltinLoader);
+            eprint!(
+                "{}",
+                render_all(&compiled.diagnostics, &compiled.sources, render_options())
+            );
+            compiled
+        }
+    };
     if compiled.recipe.is_none() && !compiled.diagnostics.has_errors() && compiled.is_library() {
         eprintln!(
             "error: {name} is a library of functions (no `loss`, `data` or `train`); \
              import it from a recipe with `use`, or check it with `kdc check {name}`"
         );
     }
-    compiled.recipe
+    let Some(recipe) = compiled.recipe else {
+        return Ok(None);
+    };
+    let manifest = compiled.program.and_then(|p| p.manifest);
+    let base = kdc::manifest::Base::with_manifest(dir, manifest.as_ref());
+    Ok(Some(Loaded {
+        name,
+        recipe,
+        base,
+        manifest,
+    }))
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
@@ -246,6 +423,20 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Check { recipes } => check(&recipes),
         Command::Test { paths } => run_tests(&paths),
         Command::Fmt { check, recipes } => fmt(&recipes, check),
+        Command::Snap {
+            paths,
+            check,
+            update,
+            review,
+        } => snap(
+            &paths,
+            match (check, update, review) {
+                (true, _, _) => SnapMode::Check,
+                (_, true, _) => SnapMode::Update,
+                (_, _, true) => SnapMode::Review,
+                _ => SnapMode::Record,
+            },
+        ),
         Command::Explain {
             target,
             stage,
@@ -258,8 +449,21 @@ fn run(cli: Cli) -> Result<ExitCode> {
             resume,
             every,
             no_export,
-        } => train(recipe.as_deref(), steps, dir, resume, every, !no_export),
-        Command::Eval { target, dir } => eval(&target, dir),
+            settings,
+        } => train(
+            recipe.as_deref(),
+            steps,
+            dir,
+            resume,
+            every,
+            !no_export,
+            &settings,
+        ),
+        Command::Eval {
+            target,
+            dir,
+            settings,
+        } => eval(&target, dir, &settings),
         Command::Plot { dir } => {
             let path = kdc::plot::write_plot(&dir)?;
             eprintln!("plot: {}", path.display());
@@ -275,13 +479,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
             steps,
             warmup,
             data: true,
-        } => bench_data(&recipe, steps, warmup),
+            settings,
+        } => bench_data(&recipe, steps, warmup, &settings),
         Command::Bench {
             recipe,
             steps,
             warmup,
             data: false,
-        } => bench(&recipe, steps, warmup),
+            settings,
+        } => bench(&recipe, steps, warmup, &settings),
     }
 }
 
@@ -316,6 +522,142 @@ fn check(recipes: &[PathBuf]) -> Result<ExitCode> {
         eprintln!("checked {what}: ok");
         Ok(ExitCode::SUCCESS)
     }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum SnapMode {
+    Record,
+    Check,
+    Update,
+    Review,
+}
+
+/// `kdc snap`: compares every recipe's snapshot and records, checks, updates or reviews.
+fn snap(paths: &[PathBuf], mode: SnapMode) -> Result<ExitCode> {
+    use kdc::snap::{accept, diff, pend, pending_path, remove_if_present, Answer, Outcome};
+    if mode == SnapMode::Review && !std::io::stdin().is_terminal() {
+        bail!("--review asks about each change on a terminal; in scripts, use --check (compare) or --update (accept all)");
+    }
+    let color = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let survey = kdc::snap::survey(paths, &FsLoader, render_options().color)?;
+    let (mut unchanged, mut changed, mut new, mut failed, mut orphaned) = (0, 0, 0, 0, 0);
+    let mut out = String::new();
+    for entry in &survey.entries {
+        let (recipe, snapshot) = (entry.recipe.display(), entry.snapshot.display());
+        match &entry.outcome {
+            Outcome::Unchanged => {
+                unchanged += 1;
+                if mode != SnapMode::Check {
+                    remove_if_present(&pending_path(&entry.snapshot))?;
+                }
+            }
+            Outcome::New { body } => {
+                new += 1;
+                match mode {
+                    SnapMode::Check => out.push_str(&format!(
+                        "new: {recipe} has no snapshot (record it with `kdc snap`)\n"
+                    )),
+                    SnapMode::Record | SnapMode::Update => {
+                        accept(&entry.recipe, &entry.snapshot, body)?;
+                        eprintln!("recorded {snapshot}");
+                    }
+                    SnapMode::Review => {}
+                }
+            }
+            Outcome::Changed { old, new: now } => {
+                changed += 1;
+                match mode {
+                    SnapMode::Check => out.push_str(&diff(old, now, &entry.snapshot, color)),
+                    SnapMode::Record => {
+                        out.push_str(&diff(old, now, &entry.snapshot, color));
+                        pend(&entry.recipe, &entry.snapshot, now)?;
+                    }
+                    SnapMode::Update => {
+                        accept(&entry.recipe, &entry.snapshot, now)?;
+                        eprintln!("updated {snapshot}");
+                    }
+                    SnapMode::Review => {}
+                }
+            }
+            Outcome::Failed { diagnostics } => {
+                failed += 1;
+                eprint!("{diagnostics}");
+                eprintln!("{recipe} does not check; its snapshot is left as it was");
+            }
+            Outcome::Orphaned => {
+                orphaned += 1;
+                match mode {
+                    SnapMode::Update => {
+                        std::fs::remove_file(&entry.snapshot)
+                            .with_context(|| format!("removing {snapshot}"))?;
+                        remove_if_present(&pending_path(&entry.snapshot))?;
+                        eprintln!("removed orphaned {snapshot} (no recipe {recipe})");
+                    }
+                    _ => out.push_str(&format!(
+                        "orphaned: {snapshot} has no recipe {recipe} (`kdc snap --update` removes it)\n"
+                    )),
+                }
+            }
+        }
+    }
+    print(&out)?;
+    let mut left = changed + new;
+    if mode == SnapMode::Review {
+        let answers = kdc::snap::review(
+            &survey.entries,
+            &mut std::io::stdin().lock(),
+            &mut std::io::stdout().lock(),
+            color,
+        )?;
+        left = answers.iter().filter(|(_, a)| *a != Answer::Accept).count();
+    }
+    let recipes = survey.entries.len() - orphaned;
+    let mut summary = format!(
+        "snap: {recipes} recipe{}: {unchanged} unchanged, {changed} changed, {new} new, {failed} failed",
+        if recipes == 1 { "" } else { "s" }
+    );
+    if orphaned > 0 {
+        summary.push_str(&format!(
+            "; {orphaned} orphaned snapshot{}",
+            if orphaned == 1 { "" } else { "s" }
+        ));
+    }
+    if !survey.libraries.is_empty() {
+        summary.push_str(&format!(
+            " ({} librar{} of functions: no snapshot of their own)",
+            survey.libraries.len(),
+            if survey.libraries.len() == 1 {
+                "y"
+            } else {
+                "ies"
+            }
+        ));
+    }
+    if !survey.excluded.is_empty() {
+        summary.push_str(&format!(
+            " ({} excluded by kdc.toml)",
+            survey.excluded.len()
+        ));
+    }
+    eprintln!("{summary}");
+    let ok = failed == 0
+        && match mode {
+            SnapMode::Check => changed + new + orphaned == 0,
+            SnapMode::Record => changed == 0,
+            SnapMode::Update => true,
+            SnapMode::Review => left == 0,
+        };
+    if mode == SnapMode::Record && changed > 0 {
+        eprintln!("the new text of each changed snapshot is beside it (.kd.snap.new): accept with `kdc snap --update` or `--review`");
+    }
+    if mode == SnapMode::Check && changed + new + orphaned > 0 {
+        eprintln!("snapshots differ: review with `kdc snap --review`, or accept all with `kdc snap --update`");
+    }
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 /// `kdc test`: every `test` block of every file; exit 1 if one fails or does not check.
@@ -500,29 +842,20 @@ fn train(
     resume: bool,
     every: u64,
     export: bool,
+    settings: &Settings,
 ) -> Result<ExitCode> {
-    let (name, text, base) = match recipe_path {
-        Some(path) => (
-            path.display().to_string(),
-            read(path)?,
-            path.parent().map(Path::to_path_buf).unwrap_or_default(),
-        ),
-        None => (
-            DEFAULT_RECIPE.0.to_string(),
-            DEFAULT_RECIPE.1.as_bytes().to_vec(),
-            default_base(),
-        ),
+    let source = match recipe_path {
+        Some(path) => Source::File(path),
+        None => Source::Builtin,
     };
-    let Some(recipe) = load_recipe(&name, &text) else {
+    let Some(loaded) = load_recipe(source)? else {
         return Ok(ExitCode::from(1));
     };
-    let stem = Path::new(&name)
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "run".into());
-    let dir = dir.unwrap_or_else(|| PathBuf::from("runs").join(&stem));
+    settings.apply(loaded.manifest.as_ref())?;
+    let dir = loaded.run_dir(dir);
+    let recipe = &loaded.recipe;
     let options = kdc::run::RunOptions {
-        base,
+        base: loaded.base.clone(),
         dir: dir.clone(),
         steps,
         resume,
@@ -536,7 +869,7 @@ fn train(
     let mut stage_name = String::new();
     let mut per_epoch = 1u64;
     let stages = recipe.stages.len();
-    let summary = kdc::run::run(&recipe, &options, |event| match event {
+    let summary = kdc::run::run(recipe, &options, |event| match event {
         kdc::run::Event::Stage {
             index,
             name,
@@ -650,7 +983,7 @@ fn train(
 }
 
 /// `kdc eval`: a recipe's evaluations on its run folder's models.
-fn eval(target: &Path, dir: Option<PathBuf>) -> Result<ExitCode> {
+fn eval(target: &Path, dir: Option<PathBuf>, settings: &Settings) -> Result<ExitCode> {
     // A checkpoint file of a run folder: that checkpoint's parameters, the folder's recipe.
     let checkpoint =
         (target.extension().is_some_and(|e| e == "safetensors")).then(|| target.to_path_buf());
@@ -658,7 +991,7 @@ fn eval(target: &Path, dir: Option<PathBuf>) -> Result<ExitCode> {
         Some(file) => Some(file.parent().map(Path::to_path_buf).unwrap_or_default()),
         None => target.is_dir().then(|| target.to_path_buf()),
     };
-    let (name, text, base, dir) = if let Some(folder) = folder {
+    let (loaded, dir) = if let Some(folder) = folder {
         let source = kdc::run::recipe_of(&folder).with_context(|| {
             format!(
                 "{} is not a run folder (no run.json naming its recipe)",
@@ -666,41 +999,26 @@ fn eval(target: &Path, dir: Option<PathBuf>) -> Result<ExitCode> {
             )
         })?;
         let dir = dir.unwrap_or(folder);
-        match source {
-            kdc::run::RecipeSource::File(path) => (
-                path.display().to_string(),
-                read(&path)?,
-                path.parent().map(Path::to_path_buf).unwrap_or_default(),
-                dir,
-            ),
-            kdc::run::RecipeSource::Builtin => (
-                DEFAULT_RECIPE.0.to_string(),
-                DEFAULT_RECIPE.1.as_bytes().to_vec(),
-                default_base(),
-                dir,
-            ),
-        }
+        let loaded = match &source {
+            kdc::run::RecipeSource::File(path) => load_recipe(Source::File(path))?,
+            kdc::run::RecipeSource::Builtin => load_recipe(Source::Builtin)?,
+        };
+        (loaded, Some(dir))
     } else {
-        let stem = target
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        (
-            target.display().to_string(),
-            read(target)?,
-            target.parent().map(Path::to_path_buf).unwrap_or_default(),
-            dir.unwrap_or_else(|| PathBuf::from("runs").join(stem)),
-        )
+        (load_recipe(Source::File(target))?, dir)
     };
-    let Some(recipe) = load_recipe(&name, &text) else {
+    let Some(loaded) = loaded else {
         return Ok(ExitCode::from(1));
     };
+    settings.apply(loaded.manifest.as_ref())?;
+    let dir = loaded.run_dir(dir);
+    let (name, recipe) = (&loaded.name, &loaded.recipe);
     if recipe.eval.is_empty() {
         bail!("{name} has no `eval = [...]`; add for example `eval = [zero_shot(model: student, data: fashion_mnist(split: \"test\", batch: 256))]`");
     }
     kdc::run::evaluate_saved(
-        &recipe,
-        &base,
+        recipe,
+        &loaded.base,
         &dir,
         checkpoint.as_deref(),
         |event| match event {
@@ -714,13 +1032,10 @@ fn eval(target: &Path, dir: Option<PathBuf>) -> Result<ExitCode> {
 
 /// `kdc tokenize`: what each model's text tower reads.
 fn tokenize(recipe_path: &Path, model: Option<&str>, texts: Vec<String>) -> Result<ExitCode> {
-    let Some(recipe) = load_recipe(&recipe_path.display().to_string(), &read(recipe_path)?) else {
+    let Some(loaded) = load_recipe(Source::File(recipe_path))? else {
         return Ok(ExitCode::from(1));
     };
-    let base = recipe_path
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default();
+    let (recipe, base) = (&loaded.recipe, &loaded.base);
     let models: Vec<&kdc::model::ModelSpec> = match model {
         Some(name) => match recipe.models.iter().find(|m| m.name == name) {
             Some(m) => vec![m],
@@ -748,7 +1063,7 @@ fn tokenize(recipe_path: &Path, model: Option<&str>, texts: Vec<String>) -> Resu
     let tokenizers = groups
         .iter()
         .map(|(names, spec)| {
-            kdc::tokenize::Tokenizer::load(spec, &base)
+            kdc::tokenize::Tokenizer::load(spec, base)
                 .with_context(|| format!("model `{}`", names[0]))
         })
         .collect::<Result<Vec<_>>>()?;
@@ -783,22 +1098,22 @@ fn tokenize(recipe_path: &Path, model: Option<&str>, texts: Vec<String>) -> Resu
 
 /// `kdc bench --data`: the first stage's loader alone, as training builds it (the views and
 /// tokenizers its graph reads, training augmentation): `steps` batches after `warmup`.
-fn bench_data(path: &Path, steps: u64, warmup: u64) -> Result<ExitCode> {
-    let name = path.display().to_string();
-    let Some(recipe) = load_recipe(&name, &read(path)?) else {
+fn bench_data(path: &Path, steps: u64, warmup: u64, settings: &Settings) -> Result<ExitCode> {
+    let Some(loaded) = load_recipe(Source::File(path))? else {
         return Ok(ExitCode::from(1));
     };
-    let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    settings.apply(loaded.manifest.as_ref())?;
+    let (name, recipe, base) = (&loaded.name, &loaded.recipe, &loaded.base);
     let backend = kdc::engine::device::cpu();
     let inputs = {
         let b = kdc::engine::exec::lock(&backend);
         let options = kdc::engine::compile::Options::train();
-        kdc::engine::compile::compile(&recipe, 0, &options, &**b)
+        kdc::engine::compile::compile(recipe, 0, &options, &**b)
             .graph
             .inputs
     };
     let mut batches =
-        kdc::engine::batches::Batches::open(&recipe, 0, &inputs, &base, Default::default(), true)?;
+        kdc::engine::batches::Batches::open(recipe, 0, &inputs, base, Default::default(), true)?;
     if let kdc::engine::batches::Batches::Synthetic { .. } = batches {
         bail!("{name}: the first stage reads synthetic data, which has no loader to time");
     }
@@ -823,21 +1138,22 @@ fn bench_data(path: &Path, steps: u64, warmup: u64) -> Result<ExitCode> {
 
 /// `kdc bench`: compile time, median step time and peak memory of the first stage (JSON on
 /// standard output); `KDC_PROFILE=1` (or `=shapes`) adds the time per operation.
-fn bench(path: &Path, steps: u64, warmup: u64) -> Result<ExitCode> {
-    let name = path.display().to_string();
+fn bench(path: &Path, steps: u64, warmup: u64, settings: &Settings) -> Result<ExitCode> {
     let started = std::time::Instant::now();
-    let Some(recipe) = load_recipe(&name, &read(path)?) else {
+    let Some(loaded) = load_recipe(Source::File(path))? else {
         return Ok(ExitCode::from(1));
     };
+    settings.apply(loaded.manifest.as_ref())?;
+    let (name, recipe) = (&loaded.name, &loaded.recipe);
     let check_seconds = started.elapsed().as_secs_f64();
     let options = kdc::engine::train::Options {
         steps: None,
-        base: path.parent().map(Path::to_path_buf).unwrap_or_default(),
+        base: loaded.base.clone(),
         log: None,
         random_missing_weights: true,
         ..Default::default()
     };
-    let mut trainer = kdc::engine::train::Trainer::new(&recipe, 0, &options)?;
+    let mut trainer = kdc::engine::train::Trainer::new(recipe, 0, &options)?;
     let compile_seconds = started.elapsed().as_secs_f64();
     let report = |e: &kdc::engine::train::StepLog| {
         eprintln!("step {} {:.3} s loss {:.4}", e.step, e.seconds, e.loss)

@@ -19,7 +19,7 @@ use std::time::Instant;
 
 pub struct RunOptions {
     /// Where the recipe's relative paths resolve.
-    pub base: PathBuf,
+    pub base: crate::manifest::Base,
     /// The run folder.
     pub dir: PathBuf,
     /// Stop each stage after this many steps (default: the recipe's length).
@@ -388,7 +388,7 @@ pub fn run(
 /// file, or `checkpoint.safetensors` mid-stage); the report then goes to standard error only.
 pub fn evaluate_saved(
     recipe: &Recipe,
-    base: &Path,
+    base: &crate::manifest::Base,
     dir: &Path,
     checkpoint: Option<&Path>,
     mut event: impl FnMut(Event),

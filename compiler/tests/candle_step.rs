@@ -332,7 +332,7 @@ fn terms(s: &Clip, t: &Clip, loss: &HashMap<String, Tensor>) -> Result<Vec<Tenso
 
 // ---------------------------------------------------------------------------------------------
 
-fn recipe() -> (kdc::ir::Recipe, std::path::PathBuf) {
+fn recipe() -> (kdc::ir::Recipe, kdc::manifest::Base) {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .unwrap()
@@ -340,7 +340,8 @@ fn recipe() -> (kdc::ir::Recipe, std::path::PathBuf) {
     let path = dir.join("clip_kd_small.kd");
     let text = std::fs::read_to_string(&path).unwrap();
     let compiled = kdc::compile(path.to_str().unwrap(), &text, &kdc::FsLoader);
-    (compiled.recipe.expect("the small recipe checks"), dir)
+    let base = compiled.base();
+    (compiled.recipe.expect("the small recipe checks"), base)
 }
 
 #[test]

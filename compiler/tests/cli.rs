@@ -207,7 +207,7 @@ fn run_without_a_recipe_trains_the_quickstart_evaluates_and_logs_each_step() {
             ),
         )
         .replace(
-            "fashion = \"data/fashion-mnist-mini\"",
+            "fashion = \"$demo_data/fashion-mnist-mini\"",
             &format!("fashion = {:?}", data.to_str().unwrap()),
         );
     let recipe = &recipe[..recipe.find("eval = [").unwrap()];
@@ -593,4 +593,257 @@ test reads_a_model {
         "{stdout}"
     );
     assert!(stdout.contains("1 passed, 2 failed"), "{stdout}");
+}
+
+/// Copies the shipped library's recipes and manifest (no data, no snapshots) to a fresh folder.
+fn copy_library(name: &str) -> PathBuf {
+    fn copy(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for entry in std::fs::read_dir(from).unwrap() {
+            let path = entry.unwrap().path();
+            let target = to.join(path.file_name().unwrap());
+            if path.is_dir() {
+                if path.file_name().unwrap() != "data" {
+                    copy(&path, &target);
+                }
+            } else if path.extension().is_some_and(|e| e == "kd" || e == "toml") {
+                std::fs::copy(&path, &target).unwrap();
+            }
+        }
+    }
+    let dir = std::env::temp_dir().join(format!("kdc-cli-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    copy(&root().join("recipes"), &dir);
+    dir
+}
+
+/// The files under `dir` whose names end with `suffix`, sorted.
+fn files_ending(dir: &Path, suffix: &str) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.to_string_lossy().ends_with(suffix) {
+                out.push(path);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The bar of `kdc snap` on a copy of the shipped library: record, check, a changed weight
+/// fails the check with a diff naming its term, update restores it, a broken recipe is
+/// reported and keeps its snapshot, an orphaned snapshot is listed and removed.
+#[test]
+fn snap_records_checks_updates_and_keeps_the_snapshot_of_a_broken_recipe() {
+    let dir = copy_library("snap");
+    let d = dir.to_str().unwrap();
+    // Every recipe but the library of functions.
+    let recipes = files_ending(&dir, ".kd")
+        .iter()
+        .filter(|p| !p.ends_with("methods.kd"))
+        .count();
+
+    let out = kdc(&["snap", d]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let recorded = files_ending(&dir, ".kd.snap");
+    assert_eq!(recorded.len(), recipes, "one snapshot per recipe");
+    let fd = dir.join("clip_kd/fd.kd");
+    let fd_snap = dir.join("clip_kd/fd.kd.snap");
+    let snap_text = std::fs::read_to_string(&fd_snap).unwrap();
+    assert!(snap_text.starts_with(&format!(
+        "---\nsource: kdc {}\nexpression: kdc snap\ninput_file: fd.kd\n---\n",
+        env!("CARGO_PKG_VERSION")
+    )));
+    assert!(
+        snap_text.contains("loss = 1 × clip_loss + 2000 × fd"),
+        "{snap_text}"
+    );
+    assert!(snap_text.contains("lowered training step (cpu backend)"));
+    assert!(
+        !snap_text.contains(d) && !snap_text.contains(&*root().to_string_lossy()),
+        "no absolute paths"
+    );
+
+    let out = kdc(&["snap", "--check", d]);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    assert!(text(&out.stderr).contains(&format!("{recipes} unchanged")));
+
+    // One weight of one recipe.
+    let source = std::fs::read_to_string(&fd).unwrap();
+    std::fs::write(&fd, source.replace("2000 * fd", "1000 * fd")).unwrap();
+    let out = kdc(&["snap", "--check", d]);
+    assert_eq!(out.status.code(), Some(1));
+    let diff = text(&out.stdout);
+    assert!(
+        diff.contains("-  loss = 1 × clip_loss + 2000 × fd"),
+        "{diff}"
+    );
+    assert!(
+        diff.contains("+  loss = 1 × clip_loss + 1000 × fd"),
+        "{diff}"
+    );
+    assert!(diff.contains("+  term fd = 1000 × "), "{diff}");
+    assert_eq!(
+        diff.matches("(recorded)").count(),
+        1,
+        "only fd.kd changed: {diff}"
+    );
+    assert!(!diff.contains("\x1b["), "plain text off a terminal");
+    assert_eq!(
+        std::fs::read_to_string(&fd_snap).unwrap(),
+        snap_text,
+        "--check writes nothing"
+    );
+
+    // Without a flag: the change is left beside the snapshot for review.
+    let out = kdc(&["snap", d]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(dir.join("clip_kd/fd.kd.snap.new").exists());
+    assert_eq!(std::fs::read_to_string(&fd_snap).unwrap(), snap_text);
+
+    let out = kdc(&["snap", "--update", d]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(!dir.join("clip_kd/fd.kd.snap.new").exists());
+    assert!(std::fs::read_to_string(&fd_snap)
+        .unwrap()
+        .contains("1000 × fd"));
+    let out = kdc(&["snap", "--check", d]);
+    assert!(out.status.success(), "{}", text(&out.stdout));
+
+    // A broken recipe: its diagnostics, and its snapshot kept.
+    std::fs::write(
+        &fd,
+        source.replace("clip_loss(student)", "clip_los(student)"),
+    )
+    .unwrap();
+    let kept = std::fs::read_to_string(&fd_snap).unwrap();
+    for mode in ["--check", "--update"] {
+        let out = kdc(&["snap", mode, d]);
+        assert_eq!(out.status.code(), Some(1), "{mode}");
+        let err = text(&out.stderr);
+        assert!(err.contains("KD0003") && err.contains("clip_los"), "{err}");
+        assert!(
+            err.contains("fd.kd does not check; its snapshot is left as it was"),
+            "{err}"
+        );
+        assert_eq!(std::fs::read_to_string(&fd_snap).unwrap(), kept, "{mode}");
+    }
+    std::fs::write(&fd, source.replace("2000 * fd", "1000 * fd")).unwrap();
+
+    // A recipe removed: its snapshot is orphaned, listed by --check, removed by --update.
+    std::fs::remove_file(dir.join("clip_kd/gd.kd")).unwrap();
+    let out = kdc(&["snap", "--check", d]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stdout).contains("orphaned:") && text(&out.stdout).contains("gd.kd.snap"));
+    let out = kdc(&["snap", "--update", d]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(!dir.join("clip_kd/gd.kd.snap").exists());
+
+    // A new recipe is listed by --check, and the manifest's exclude leaves recipes out.
+    std::fs::write(dir.join("clip_kd/fd2.kd"), source).unwrap();
+    let out = kdc(&["snap", "--check", d]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stdout).contains("new:") && text(&out.stdout).contains("fd2.kd"));
+    let manifest = std::fs::read_to_string(dir.join("kdc.toml")).unwrap();
+    std::fs::write(
+        dir.join("kdc.toml"),
+        manifest.replace("[snap]\n", "[snap]\nexclude = [\"clip_kd/fd2.kd\"]\n"),
+    )
+    .unwrap();
+    let out = kdc(&["snap", "--check", d]);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    assert!(text(&out.stderr).contains("1 excluded by kdc.toml"));
+
+    // --review needs a terminal.
+    let out = kdc(&["snap", "--review", d]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("--review asks about each change on a terminal"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Roots: `$name/…` resolves through the manifest; an unknown root is an error with the
+/// closest one; a missing folder is a warning; KDC_ROOT_<NAME> overrides the manifest.
+#[test]
+fn manifest_roots_are_checked_like_names() {
+    let dir = std::env::temp_dir().join(format!("kdc-cli-{}-roots", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("lib/sub")).unwrap();
+    std::fs::write(
+        dir.join("lib/kdc.toml"),
+        "[library]\nname = \"t\"\n\n[roots]\nfixtures = \"../nowhere\"\n",
+    )
+    .unwrap();
+    let recipe = dir.join("lib/sub/r.kd");
+    let body = std::fs::read_to_string(root().join("recipes/research/dist.kd")).unwrap();
+    std::fs::write(&recipe, &body).unwrap();
+    std::fs::copy(
+        root().join("recipes/research/methods.kd"),
+        dir.join("lib/sub/methods.kd"),
+    )
+    .unwrap();
+    let r = recipe.to_str().unwrap();
+    let out = kdc(&["check", r]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("warning[KD0045]: root `fixtures`") && err.contains("does not exist"),
+        "{err}"
+    );
+
+    let fixtures = root().join("tests/fixtures");
+    let out = Command::new(env!("CARGO_BIN_EXE_kdc"))
+        .args(["check", r])
+        .env("KDC_ROOT_FIXTURES", &fixtures)
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(
+        !text(&out.stderr).contains("KD0045"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    std::fs::write(&recipe, body.replace("$fixtures/", "$fixture/")).unwrap();
+    let out = kdc(&["check", r]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("error[KD0044]") && err.contains("declares no root `fixture`"),
+        "{err}"
+    );
+    assert!(err.contains("did you mean `$fixtures`?"), "{err}");
+    assert!(
+        err.contains("r.kd:"),
+        "names the file, line and column: {err}"
+    );
+
+    std::fs::write(
+        dir.join("lib/kdc.toml"),
+        "[library]\nname = \"t\"\n[defaults]\nthreads = \"two\"\n",
+    )
+    .unwrap();
+    let out = kdc(&["check", r]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("error[KD0043]") && err.contains("kdc.toml:4:"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }

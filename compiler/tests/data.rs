@@ -49,7 +49,7 @@ fn spec(source: DataSource) -> DataSpec {
 }
 
 fn open(source: DataSource, base: &Path) -> Result<Box<dyn Dataset>, DataError> {
-    data::open(&spec(source), base)
+    data::open(&spec(source), &kdc::manifest::Base::new(base))
 }
 
 fn open_err(source: DataSource, base: &Path) -> String {

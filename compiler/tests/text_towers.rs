@@ -43,7 +43,9 @@ train = adamw(lr: 1e-3) | steps(1)
 }
 
 fn check_tokenizer(spec: &ModelSpec, family: &str) {
-    let tokenizer = kdc::tokenize::Tokenizer::load(&spec.tokenizer, &fixtures()).unwrap();
+    let tokenizer =
+        kdc::tokenize::Tokenizer::load(&spec.tokenizer, &kdc::manifest::Base::new(fixtures()))
+            .unwrap();
     let text = std::fs::read_to_string(fixtures().join("tokenizer_golden.jsonl")).unwrap();
     let mut checked = 0;
     for line in text.lines() {
@@ -67,7 +69,9 @@ fn check_tower(spec: &ModelSpec, prefix: &str) {
     let (b, l) = (8usize, 16usize);
     let mask = &get("attention_mask").1;
     // The tokenizer pads like transformers: the first padding id is the vocabulary's.
-    let tokenizer = kdc::tokenize::Tokenizer::load(&spec.tokenizer, &fixtures()).unwrap();
+    let tokenizer =
+        kdc::tokenize::Tokenizer::load(&spec.tokenizer, &kdc::manifest::Base::new(fixtures()))
+            .unwrap();
     let pad = tokenizer.encode("").ids[l - 1] as f32;
     for (i, (&id, &m)) in get("input_ids").1.iter().zip(mask).enumerate() {
         if m == 0.0 {
@@ -92,7 +96,8 @@ fn check_tower(spec: &ModelSpec, prefix: &str) {
     );
     let mut outputs = text.hidden.clone();
     outputs.push(text.pooled);
-    let values = weights::model_values(spec, &fixtures()).expect("the fixture's weights load");
+    let values = weights::model_values(spec, &kdc::manifest::Base::new(fixtures()))
+        .expect("the fixture's weights load");
     let mut set = Vec::new();
     for (name, &id) in &params.by_name {
         let kdc::engine::graph::Op::Param(p) = g.nodes[id].op else {
@@ -178,7 +183,7 @@ fn the_wrong_family_is_caught() {
     // Reading XLM-R's weights as a BERT: its one-row token-type table does not fit, and the
     // error names it.
     let spec = spec("xlmr_tiny", "bert", 66, 939, 16);
-    let err = weights::model_values(&spec, &fixtures())
+    let err = weights::model_values(&spec, &kdc::manifest::Base::new(fixtures()))
         .unwrap_err()
         .to_string();
     assert!(err.contains("token_type_embeddings"), "{err}");

@@ -3,9 +3,9 @@
 //! produce identical losses.
 
 use kdc::engine::train::{Options, Trainer};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-fn recipe() -> (kdc::ir::Recipe, PathBuf) {
+fn recipe() -> (kdc::ir::Recipe, kdc::manifest::Base) {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .unwrap()
@@ -13,7 +13,8 @@ fn recipe() -> (kdc::ir::Recipe, PathBuf) {
     let path = dir.join("clip_kd_small.kd");
     let text = std::fs::read_to_string(&path).unwrap();
     let compiled = kdc::compile(path.to_str().unwrap(), &text, &kdc::FsLoader);
-    (compiled.recipe.expect("the small recipe checks"), dir)
+    let base = compiled.base();
+    (compiled.recipe.expect("the small recipe checks"), base)
 }
 
 fn losses(steps: u64) -> Vec<f64> {
@@ -110,7 +111,7 @@ train = adamw(lr: 1e-3) | steps(20)
         0,
         &Options {
             steps: None,
-            base: PathBuf::from("."),
+            base: kdc::manifest::Base::new("."),
             log: None,
             random_missing_weights: false,
             ..Default::default()
@@ -130,7 +131,7 @@ train = adamw(lr: 1e-3) | steps(20)
 /// The small recipe with its loss's projections in a group at 10× the learning rate without
 /// weight decay, the visual projection at ½×, and the first vision block and the text
 /// embeddings frozen by name.
-fn grouped_recipe() -> (kdc::ir::Recipe, PathBuf) {
+fn grouped_recipe() -> (kdc::ir::Recipe, kdc::manifest::Base) {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .unwrap()
@@ -144,10 +145,11 @@ fn grouped_recipe() -> (kdc::ir::Recipe, PathBuf) {
         );
     let path = dir.join("grouped.kd");
     let compiled = kdc::compile(path.to_str().unwrap(), &text, &kdc::FsLoader);
+    let base = compiled.base();
     let recipe = compiled
         .recipe
         .unwrap_or_else(|| panic!("{:?}", compiled.diagnostics.sorted()));
-    (recipe, dir)
+    (recipe, base)
 }
 
 #[test]

@@ -90,6 +90,61 @@ impl Checker<'_> {
         value
     }
 
+    /// A string `"$root/…"` names a root of the manifest: an unknown one is an error (with the
+    /// closest root), one whose folder is missing on this machine a warning (once per root).
+    fn root_reference(&mut self, ctx: &mut Ctx, value: &str, text: &str, span: Span) {
+        let Some((root, _)) = crate::manifest::root_reference(value) else {
+            return;
+        };
+        // The span of `$root` inside the literal (the value starts right after the quote).
+        let at = if text.starts_with("\"$") {
+            let start = span.start as usize;
+            Span::new(span.file, start + 1, start + 2 + root.len())
+        } else {
+            span
+        };
+        let program = self.program;
+        match &program.manifest {
+            Some(m) if m.roots.contains_key(root) => {
+                if program.roots_present.get(root) == Some(&false)
+                    && self.roots_warned.insert(root.to_string())
+                {
+                    let r = &m.roots[root];
+                    let source = match &r.from_env {
+                        Some(var) => format!("{var} sets it to `{}`", r.written),
+                        None => format!("{} sets it to `{}`", m.file.display(), r.written),
+                    };
+                    self.diags.push(
+                        Diagnostic::warning(
+                            Code::MissingRoot,
+                            at,
+                            format!(
+                                "root `{root}` is {}, which does not exist",
+                                r.path.display()
+                            ),
+                        )
+                        .primary_label("missing on this machine")
+                        .note(source)
+                        .hint(format!(
+                            "create or fetch it, or point the root elsewhere with {}=/path",
+                            crate::manifest::env_var(root)
+                        )),
+                    );
+                }
+            }
+            Some(m) => {
+                let d = crate::manifest::unknown_root(root, at, &m.roots, Some(&m.file));
+                self.error(ctx, d);
+            }
+            // A manifest that did not parse has had its errors reported; roots are unknown.
+            None if program.manifest_file.is_some() => {}
+            None => {
+                let d = crate::manifest::unknown_root(root, at, &Default::default(), None);
+                self.error(ctx, d);
+            }
+        }
+    }
+
     // ----------------------------------------------------------------------------------------
     // Expressions.
     pub(in crate::check) fn eval(&mut self, ctx: &mut Ctx, env: &Env, expr: &Expr) -> Value {
@@ -109,7 +164,10 @@ impl Checker<'_> {
                 }
                 Value::Num(*value)
             }
-            ExprKind::Str { value, .. } => Value::Str(value.clone()),
+            ExprKind::Str { value, text } => {
+                self.root_reference(ctx, value, text, expr.span);
+                Value::Str(value.clone())
+            }
             ExprKind::Bool(b) => Value::Bool(*b),
             ExprKind::Name(name) => match self.lookup(ctx, env, name, expr.span) {
                 Some(v) => v,

@@ -148,6 +148,7 @@ impl<'p> Checker<'p> {
             used: HashSet::new(),
             used_stage: HashSet::new(),
             shared_masks: HashMap::new(),
+            roots_warned: HashSet::new(),
         }
     }
 }
@@ -157,6 +158,8 @@ pub(crate) const SPECIAL_BINDINGS: &[&str] = &["loss", "data", "train", "eval", 
 
 pub(crate) struct Checker<'p> {
     program: &'p Program,
+    /// Roots already reported missing on this machine (one warning each).
+    roots_warned: HashSet<String>,
     diags: Diagnostics,
     models: Vec<ModelSpec>,
     /// Models by the span of the `clip(…)` call that made them, so that a model is one model

@@ -9,9 +9,35 @@ use crate::syntax::parse;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-/// Reads module files. The CLI passes one backed by the file system; tests may pass their own.
+/// The compiler's view of the machine: module files, the library's manifest, the environment.
+/// The CLI passes one backed by the file system ([`crate::FsLoader`]); tests may pass their
+/// own.
 pub trait Loader {
     fn read(&self, path: &Path) -> Option<String>;
+
+    /// The text of the standard library's module `name` (`clip_kd`): the one compiled into
+    /// the binary. A test may substitute one to see which recipes a change reaches.
+    fn std_module(&self, name: &str) -> Option<String> {
+        STD_MODULES
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, text)| text.to_string())
+    }
+
+    /// The manifest (`kdc.toml`) that governs the recipe at `recipe`: its path and text.
+    fn manifest(&self, _recipe: &Path) -> Option<(PathBuf, String)> {
+        None
+    }
+
+    /// An environment variable (`KDC_ROOT_<NAME>` overrides a manifest's root).
+    fn env(&self, _name: &str) -> Option<String> {
+        None
+    }
+
+    /// Whether a folder exists (a root that does not is a warning).
+    fn is_dir(&self, _path: &Path) -> bool {
+        true
+    }
 }
 
 /// The standard library, compiled into the binary.
@@ -82,6 +108,12 @@ impl Module {
 pub struct Program {
     pub modules: Vec<Module>,
     by_name: HashMap<String, ModuleId>,
+    /// The recipe library's manifest, when one governs the recipe (and is valid).
+    pub manifest: Option<crate::manifest::Manifest>,
+    /// For each root the manifest declares: whether its folder exists on this machine.
+    pub roots_present: HashMap<String, bool>,
+    /// The manifest's file, when one was found (even if it did not parse).
+    pub manifest_file: Option<PathBuf>,
 }
 
 impl Program {
@@ -115,6 +147,23 @@ impl Program {
                 return None;
             }
         };
+        if let Some((manifest_path, manifest_text)) = loader.manifest(Path::new(path)) {
+            program.manifest_file = Some(manifest_path.clone());
+            program.manifest = crate::manifest::parse(
+                &manifest_path,
+                &manifest_text,
+                &|name| loader.env(name),
+                sources,
+                diags,
+            );
+            if let Some(m) = &program.manifest {
+                program.roots_present = m
+                    .roots
+                    .iter()
+                    .map(|(name, root)| (name.clone(), loader.is_dir(&root.path)))
+                    .collect();
+            }
+        }
         program.add_module(path.to_string(), ast, &base, loader, sources, diags);
         Some(program)
     }
@@ -328,10 +377,10 @@ impl Program {
         }
         let (display, text, module_base) = if segments[0] == "std" {
             let found = (segments.len() == 2)
-                .then(|| STD_MODULES.iter().find(|(n, _)| *n == segments[1]))
+                .then(|| loader.std_module(&segments[1]))
                 .flatten();
             match found {
-                Some((n, text)) => (format!("std/{n}.kd"), text.to_string(), PathBuf::new()),
+                Some(text) => (format!("std/{}.kd", segments[1]), text, PathBuf::new()),
                 None => {
                     if let Some(span) = span {
                         let names = STD_MODULES

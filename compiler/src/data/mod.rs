@@ -77,7 +77,7 @@ pub enum DataError {
 }
 
 /// Opens the data set a recipe describes; relative paths resolve against `base`.
-pub fn open(spec: &DataSpec, base: &Path) -> Result<Box<dyn Dataset>, DataError> {
+pub fn open(spec: &DataSpec, base: &crate::manifest::Base) -> Result<Box<dyn Dataset>, DataError> {
     match &spec.source {
         DataSource::FashionMnist {
             split,

@@ -402,7 +402,7 @@ fn parts(key: &str, members: &[(String, u64, u64)], shard_size: u64) -> Result<P
 
 impl WebDataset {
     /// Expands `patterns`, resolves relative paths against `base`, and indexes every shard.
-    pub fn open(patterns: &str, base: &Path) -> Result<WebDataset, DataError> {
+    pub fn open(patterns: &str, base: &crate::manifest::Base) -> Result<WebDataset, DataError> {
         let paths = expand(patterns).map_err(|e| DataError::Format {
             path: patterns.to_string(),
             message: e.message,

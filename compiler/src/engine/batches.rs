@@ -9,7 +9,6 @@ use crate::data::{self, DataError};
 use crate::ir::{DataSource, Recipe};
 use crate::model::{ModelSpec, PreprocessSpec, TextKind, TokenizerSpec};
 use crate::tokenize::{Tokenizer, TokenizerError};
-use std::path::Path;
 use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
@@ -57,7 +56,7 @@ impl Batches {
         recipe: &Recipe,
         stage: usize,
         inputs: &[Input],
-        base: &Path,
+        base: &crate::manifest::Base,
         start: Position,
         augment: bool,
     ) -> Result<Batches, BatchError> {

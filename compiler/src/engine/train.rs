@@ -75,7 +75,7 @@ pub struct Options {
     /// Stop after this many steps (default: the recipe's length).
     pub steps: Option<u64>,
     /// Where relative paths in the recipe resolve.
-    pub base: PathBuf,
+    pub base: crate::manifest::Base,
     /// Where to append one JSON line per step.
     pub log: Option<PathBuf>,
     /// Initialise frozen models randomly when their weights file is absent (benchmarks only:

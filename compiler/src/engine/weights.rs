@@ -163,7 +163,7 @@ fn own_tensors(tensors: Tensors, model: &str) -> Tensors {
 /// tensor.
 pub fn model_values(
     spec: &ModelSpec,
-    base: &Path,
+    base: &crate::manifest::Base,
 ) -> Result<HashMap<String, Vec<f32>>, WeightsError> {
     let params = spec.parameters();
     let mut out = HashMap::new();

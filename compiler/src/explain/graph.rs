@@ -14,12 +14,26 @@ pub fn graph(recipe: &Recipe, backend: &dyn Backend) -> String {
     for (index, stage) in recipe.stages.iter().enumerate() {
         let compiled = compile::compile(recipe, index, &compile::Options::train(), backend);
         let _ = writeln!(out, "stage {} (batch {})", stage.name, compiled.batch);
-        step(&mut out, &compiled);
+        summary(&mut out, &compiled);
+        kernels(&mut out, &compiled);
     }
     out
 }
 
-fn step(out: &mut String, c: &Compiled) {
+/// Every stage's lowered training step in brief (`kdc snap`): operations built and after each
+/// pass, parameters, gradients, inputs and the memory plan. Machine-independent: the same
+/// text on every machine for a given backend.
+pub fn step_summary(recipe: &Recipe, backend: &dyn Backend) -> String {
+    let mut out = String::new();
+    for (index, stage) in recipe.stages.iter().enumerate() {
+        let compiled = compile::compile(recipe, index, &compile::Options::train(), backend);
+        let _ = writeln!(out, "stage {} (batch {})", stage.name, compiled.batch);
+        summary(&mut out, &compiled);
+    }
+    out
+}
+
+fn summary(out: &mut String, c: &Compiled) {
     let g = &c.graph;
     let _ = writeln!(
         out,
@@ -66,6 +80,10 @@ fn step(out: &mut String, c: &Compiled) {
         mib(plan.unshared_len),
         plan.aliases
     );
+}
+
+fn kernels(out: &mut String, c: &Compiled) {
+    let (g, plan) = (&c.graph, &c.plan);
     let mut histogram: BTreeMap<&str, usize> = BTreeMap::new();
     for &i in &plan.order {
         *histogram.entry(g.nodes[i].op.kind()).or_default() += 1;

@@ -8,7 +8,6 @@ pub mod clip_bpe;
 
 use crate::model::{TokenizerKind, TokenizerSpec};
 use clip_bpe::ClipBpe;
-use std::path::Path;
 
 /// A model's tokenizer, ready to encode captions.
 pub enum Tokenizer {
@@ -53,7 +52,10 @@ pub enum TokenizerError {
 
 impl Tokenizer {
     /// The tokenizer a model's spec describes; relative paths resolve against `base`.
-    pub fn load(spec: &TokenizerSpec, base: &Path) -> Result<Tokenizer, TokenizerError> {
+    pub fn load(
+        spec: &TokenizerSpec,
+        base: &crate::manifest::Base,
+    ) -> Result<Tokenizer, TokenizerError> {
         let context = spec.context as usize;
         match spec.kind {
             TokenizerKind::ClipBpe => {
