@@ -159,6 +159,13 @@ enum Command {
         /// imports, user libraries included).
         #[arg(long = "in", value_name = "RECIPE")]
         within: Option<PathBuf>,
+        /// With `--stage graph`: the device to explain the step for; `cuda` lists the CUDA
+        /// kernels and estimates the step on `--gpu` (operations, bytes, memory, roofline time).
+        #[arg(long, value_enum, default_value = "cpu")]
+        device: DeviceArg,
+        /// The GPU of a `--device cuda` estimate: A100, H100 or L4.
+        #[arg(long, default_value = "A100")]
+        gpu: String,
     },
     /// Train a recipe (default: the shipped quickstart), evaluate it and export its models.
     Run {
@@ -245,24 +252,18 @@ enum DeviceArg {
 
 impl Settings {
     /// Applies the settings (the manifest filling what the command line leaves out): sizes
-    /// the compute pool, and refuses a device this build cannot use.
-    fn apply(&self, manifest: Option<&kdc::manifest::Manifest>) -> Result<()> {
+    /// the compute pool and returns the device. A device this build or machine cannot use is
+    /// reported when its backend opens (`engine::device::open`), with the reason.
+    fn apply(
+        &self,
+        manifest: Option<&kdc::manifest::Manifest>,
+    ) -> Result<kdc::engine::device::Device> {
+        use kdc::engine::device::Device;
         let defaults = manifest.map(|m| &m.defaults);
         let device = match (self.device, defaults.and_then(|d| d.device.as_deref())) {
-            (Some(d), _) => d,
-            (None, Some("cuda")) => DeviceArg::Cuda,
-            _ => DeviceArg::Cpu,
+            (Some(DeviceArg::Cuda), _) | (None, Some("cuda")) => Device::Cuda,
+            _ => Device::Cpu,
         };
-        if device == DeviceArg::Cuda {
-            let from = match (self.device, manifest) {
-                (Some(_), _) | (None, None) => "--device cuda".to_string(),
-                (None, Some(m)) => format!("defaults.device in {}", m.file.display()),
-            };
-            bail!(
-                "{from}: this kdc has no CUDA backend (it is built without the `cuda` feature); \
-                 train on the CPU with --device cpu"
-            );
-        }
         let threads = self
             .threads
             .or_else(|| defaults.and_then(|d| d.threads))
@@ -274,7 +275,7 @@ impl Settings {
                 .num_threads(n)
                 .build_global();
         }
-        Ok(())
+        Ok(device)
     }
 }
 
@@ -441,7 +442,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             target,
             stage,
             within,
-        } => explain(&target, stage, within.as_deref()),
+            device,
+            gpu,
+        } => explain(&target, stage, within.as_deref(), device, &gpu),
         Command::Run {
             recipe,
             steps,
@@ -774,7 +777,24 @@ fn fmt(recipes: &[PathBuf], check: bool) -> Result<ExitCode> {
 }
 
 /// `kdc explain`: a diagnostic code, a function, or a recipe at one stage.
-fn explain(target: &str, stage: ExplainStage, within: Option<&Path>) -> Result<ExitCode> {
+fn explain(
+    target: &str,
+    stage: ExplainStage,
+    within: Option<&Path>,
+    device: DeviceArg,
+    gpu: &str,
+) -> Result<ExitCode> {
+    let gpu = match kdc::engine::cost::gpu(gpu) {
+        Some(g) => g,
+        None => bail!(
+            "kdc has no figures for the GPU `{gpu}`; it knows {}",
+            kdc::engine::cost::GPUS
+                .iter()
+                .map(|g| g.name)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
     if let Some(recipe) = within {
         let name = recipe.display().to_string();
         let compiled = load(&name, &read(recipe)?);
@@ -823,9 +843,14 @@ fn explain(target: &str, stage: ExplainStage, within: Option<&Path>) -> Result<E
         }
         (ExplainStage::Ir, Some(recipe), _) => explain::ir(recipe),
         (ExplainStage::Graph, Some(recipe), _) => {
-            let backend = kdc::engine::device::open(kdc::engine::device::Device::Cpu)?;
+            // The step is planned as on the CPU; for cuda, its kernels and a roofline
+            // estimate (no GPU needed).
+            let backend = kdc::engine::device::cpu();
             let guard = kdc::engine::exec::lock(&backend);
-            explain::graph(recipe, &**guard)
+            match device {
+                DeviceArg::Cpu => explain::graph(recipe, &**guard),
+                DeviceArg::Cuda => explain::cuda(recipe, &**guard, gpu),
+            }
         }
         _ => return Ok(ExitCode::from(1)),
     };
@@ -851,10 +876,11 @@ fn train(
     let Some(loaded) = load_recipe(source)? else {
         return Ok(ExitCode::from(1));
     };
-    settings.apply(loaded.manifest.as_ref())?;
+    let device = settings.apply(loaded.manifest.as_ref())?;
     let dir = loaded.run_dir(dir);
     let recipe = &loaded.recipe;
     let options = kdc::run::RunOptions {
+        device,
         base: loaded.base.clone(),
         dir: dir.clone(),
         steps,
@@ -1010,7 +1036,7 @@ fn eval(target: &Path, dir: Option<PathBuf>, settings: &Settings) -> Result<Exit
     let Some(loaded) = loaded else {
         return Ok(ExitCode::from(1));
     };
-    settings.apply(loaded.manifest.as_ref())?;
+    let device = settings.apply(loaded.manifest.as_ref())?;
     let dir = loaded.run_dir(dir);
     let (name, recipe) = (&loaded.name, &loaded.recipe);
     if recipe.eval.is_empty() {
@@ -1021,6 +1047,7 @@ fn eval(target: &Path, dir: Option<PathBuf>, settings: &Settings) -> Result<Exit
         &loaded.base,
         &dir,
         checkpoint.as_deref(),
+        device,
         |event| match event {
             kdc::run::Event::Eval(report) => eprintln!("{report}"),
             kdc::run::Event::Note(note) => eprintln!("note: {note}"),
@@ -1143,7 +1170,7 @@ fn bench(path: &Path, steps: u64, warmup: u64, settings: &Settings) -> Result<Ex
     let Some(loaded) = load_recipe(Source::File(path))? else {
         return Ok(ExitCode::from(1));
     };
-    settings.apply(loaded.manifest.as_ref())?;
+    let device = settings.apply(loaded.manifest.as_ref())?;
     let (name, recipe) = (&loaded.name, &loaded.recipe);
     let check_seconds = started.elapsed().as_secs_f64();
     let options = kdc::engine::train::Options {
@@ -1153,7 +1180,8 @@ fn bench(path: &Path, steps: u64, warmup: u64, settings: &Settings) -> Result<Ex
         random_missing_weights: true,
         ..Default::default()
     };
-    let mut trainer = kdc::engine::train::Trainer::new(recipe, 0, &options)?;
+    let backend = kdc::engine::device::open(device)?;
+    let mut trainer = kdc::engine::train::Trainer::on(recipe, 0, &options, backend)?;
     let compile_seconds = started.elapsed().as_secs_f64();
     let report = |e: &kdc::engine::train::StepLog| {
         eprintln!("step {} {:.3} s loss {:.4}", e.step, e.seconds, e.loss)
@@ -1176,10 +1204,29 @@ fn bench(path: &Path, steps: u64, warmup: u64, settings: &Settings) -> Result<Ex
         times[half]
     };
     let mean = times.iter().sum::<f64>() / times.len() as f64;
+    // Achieved arithmetic rate against the step's operation count (engine::cost's model),
+    // and on a GPU kdc has figures for, the share of its peak.
+    let (device_name, peak_device) = {
+        let b = kdc::engine::exec::lock(trainer.executable().backend());
+        (b.device_name(), b.peak_memory_bytes())
+    };
+    let flops = {
+        let backend = kdc::engine::device::cpu();
+        let b = kdc::engine::exec::lock(&backend);
+        let compiled =
+            kdc::engine::compile::compile(recipe, 0, &kdc::engine::compile::Options::train(), &**b);
+        kdc::engine::cost::estimate(&compiled, kdc::engine::cost::GPUS[0]).flops
+    };
+    let achieved_tflops = flops / median / 1e12;
+    let gpu = kdc::engine::cost::gpu(&device_name);
     let result = serde_json::json!({
         "impl": "kdc", "recipe": name, "batch": recipe.stages[0].data.batch,
+        "device": device_name,
         "check_s": check_seconds, "compile_s": compile_seconds,
         "median_step_s": median, "mean_step_s": mean, "peak_rss_mib": peak_rss_mib(),
+        "peak_device_mib": peak_device.map(|b| b as f64 / (1u64 << 20) as f64),
+        "flops_per_step": flops, "achieved_tflops": achieved_tflops,
+        "fp32_peak_share": gpu.map(|g| achieved_tflops / g.fp32_tflops),
         "first_loss": logs.first().map(|l| l.loss), "last_loss": logs.last().map(|l| l.loss),
     });
     print(&format!("{result}\n"))?;

@@ -33,6 +33,13 @@ pub struct RunOptions {
     /// The recipe file, recorded in the run folder (`run.json`) so that `kdc eval RUN_FOLDER`
     /// finds it.
     pub recipe_path: Option<PathBuf>,
+    /// Where the steps and evaluations run.
+    pub device: device::Device,
+}
+
+/// A backend for `device`, or the run's error.
+fn backend(device: device::Device) -> Result<crate::engine::exec::SharedBackend, RunError> {
+    device::open(device).map_err(|e| RunError::Train(TrainError::Backend(e)))
 }
 
 /// What a run reports as it goes.
@@ -151,6 +158,8 @@ pub fn run(
     options: &RunOptions,
     mut event: impl FnMut(Event),
 ) -> Result<Summary, RunError> {
+    // The device first: a missing GPU is reported before anything is written.
+    drop(backend(options.device)?);
     let dir = &options.dir;
     std::fs::create_dir_all(dir).map_err(io(dir))?;
     let print = crate::explain::ir(recipe);
@@ -233,8 +242,7 @@ pub fn run(
             initial,
             data_start: continuing.as_ref().and_then(|c| c.data),
         };
-        let backend = device::cpu();
-        let mut trainer = Trainer::on(recipe, index, &train_options, backend)?;
+        let mut trainer = Trainer::on(recipe, index, &train_options, backend(options.device)?)?;
         if let Some(c) = &continuing {
             trainer
                 .restore(c.steps, &c.moments)
@@ -258,8 +266,8 @@ pub fn run(
         });
         if stage.train.precision != crate::ir::Precision::Fp32 {
             event(Event::Note(format!(
-                "stage {}: precision({}) is not available on the CPU backend; this stage trains in fp32",
-                stage.name, stage.train.precision
+                "stage {}: precision({}) is not built yet on any backend ({}); this stage trains in fp32",
+                stage.name, stage.train.precision, options.device
             )));
         }
         let every = stage.train.checkpoint_every;
@@ -284,8 +292,13 @@ pub fn run(
                 params.extend(trainer.parameters());
                 let mut reports = Vec::new();
                 for spec in periodic {
-                    let report =
-                        evaluate::run(recipe, spec, &params, &options.base, device::cpu())?;
+                    let report = evaluate::run(
+                        recipe,
+                        spec,
+                        &params,
+                        &options.base,
+                        backend(options.device)?,
+                    )?;
                     event(Event::Eval(&report));
                     reports.push(report);
                 }
@@ -342,7 +355,13 @@ pub fn run(
     }
     let mut reports = Vec::new();
     for spec in &recipe.eval {
-        let report = evaluate::run(recipe, spec, &latest, &options.base, device::cpu())?;
+        let report = evaluate::run(
+            recipe,
+            spec,
+            &latest,
+            &options.base,
+            backend(options.device)?,
+        )?;
         event(Event::Eval(&report));
         reports.push(report);
     }
@@ -357,7 +376,7 @@ pub fn run(
             let out = dir.join("models").join(&spec.name);
             match export::hf_folder(spec, &latest, &out) {
                 Ok(()) => {
-                    let tensors = evaluate::reference_embeddings(recipe, model, &latest, &options.base, device::cpu())?;
+                    let tensors = evaluate::reference_embeddings(recipe, model, &latest, &options.base, backend(options.device)?)?;
                     export::reference(&out, &tensors)?;
                     event(Event::Exported {
                         model: &spec.name,
@@ -391,6 +410,7 @@ pub fn evaluate_saved(
     base: &crate::manifest::Base,
     dir: &Path,
     checkpoint: Option<&Path>,
+    device: device::Device,
     mut event: impl FnMut(Event),
 ) -> Result<Vec<Report>, RunError> {
     let mut params: HashMap<String, Vec<f32>> = HashMap::new();
@@ -448,7 +468,7 @@ pub fn evaluate_saved(
             }
             continue;
         }
-        let report = evaluate::run(recipe, spec, &params, base, device::cpu())?;
+        let report = evaluate::run(recipe, spec, &params, base, backend(device)?)?;
         event(Event::Eval(&report));
         reports.push(report);
     }

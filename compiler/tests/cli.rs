@@ -769,6 +769,23 @@ fn snap_records_checks_updates_and_keeps_the_snapshot_of_a_broken_recipe() {
     );
     assert!(text(&out.stderr).contains("1 excluded by kdc.toml"));
 
+    // `lowered = false` leaves the lowered step out of every snapshot.
+    let manifest = std::fs::read_to_string(dir.join("kdc.toml")).unwrap();
+    std::fs::write(
+        dir.join("kdc.toml"),
+        manifest.replace("lowered = true", "lowered = false"),
+    )
+    .unwrap();
+    let out = kdc(&["snap", "--check", d]);
+    assert_eq!(out.status.code(), Some(1));
+    let diff = text(&out.stdout);
+    assert_eq!(
+        diff.matches("-lowered training step (cpu backend)").count(),
+        recipes - 1,
+        "every remaining recipe loses its lowered step: {diff}"
+    );
+    std::fs::write(dir.join("kdc.toml"), manifest).unwrap();
+
     // --review needs a terminal.
     let out = kdc(&["snap", "--review", d]);
     assert_eq!(out.status.code(), Some(1));

@@ -136,4 +136,16 @@ pub trait Backend: Send {
 
     /// Waits for everything issued.
     fn synchronize(&mut self);
+
+    /// The device as its driver names it (`NVIDIA A100-SXM4-80GB`); the backend's name by
+    /// default.
+    fn device_name(&self) -> String {
+        self.name().to_string()
+    }
+
+    /// The most device memory this backend has held at once, in bytes, when it keeps count
+    /// (a GPU's; the CPU's is the process's resident memory).
+    fn peak_memory_bytes(&self) -> Option<usize> {
+        None
+    }
 }

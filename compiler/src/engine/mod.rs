@@ -8,6 +8,7 @@ pub mod batches;
 pub mod checkpoint;
 pub mod clip;
 pub mod compile;
+pub mod cost;
 pub mod device;
 pub mod exec;
 pub mod export;

@@ -121,3 +121,104 @@ fn kernel_of(backend: &str, op: &str) -> &'static str {
         _ => "kdc-cpu",
     }
 }
+
+/// Every stage's compiled step on a CUDA GPU, estimated (`--stage graph --device cuda`): the
+/// kernels each operation launches, operations and bytes per step, the memory it needs
+/// against the GPU's, and a roofline time in f32 and under bf16 autocast.
+pub fn cuda(recipe: &Recipe, backend: &dyn Backend, gpu: crate::engine::cost::Gpu) -> String {
+    let mut out = String::new();
+    let gib = |bytes: f64| bytes / (1u64 << 30) as f64;
+    for (index, stage) in recipe.stages.iter().enumerate() {
+        let compiled = compile::compile(recipe, index, &compile::Options::train(), backend);
+        let e = crate::engine::cost::estimate(&compiled, gpu);
+        let _ = writeln!(
+            out,
+            "stage {} (batch {}) on one {} ({} GiB, {} TB/s, {} TFLOP/s FP32, {} TFLOP/s BF16 tensor): a roofline estimate",
+            stage.name,
+            compiled.batch,
+            gpu.name,
+            gpu.memory_gib,
+            gpu.bandwidth_tbs,
+            gpu.fp32_tflops,
+            gpu.bf16_tflops
+        );
+        let _ = writeln!(
+            out,
+            "  work       {:.3} TFLOP per step ({:.1} % in matrix products), {:.2} GB moved in f32",
+            e.flops / 1e12,
+            100.0 * e.matmul_flops / e.flops.max(1.0),
+            e.bytes_f32 / 1e9
+        );
+        let fits = if gib(e.memory_bytes) <= gpu.memory_gib * 0.95 {
+            "fits"
+        } else {
+            "does NOT fit: lower the batch or use a GPU with more memory"
+        };
+        let _ = writeln!(
+            out,
+            "  memory     {:.2} GiB of {} GiB (activation arena {:.2} GiB; parameters, gradients and AdamW moments; inputs): {fits}",
+            gib(e.memory_bytes),
+            gpu.memory_gib,
+            gib(c_arena_bytes(&compiled))
+        );
+        let _ = writeln!(
+            out,
+            "  time       ≥ {:.2} ms per step in f32 (products as SGEMM on the CUDA cores; {:.0} % of it bound by bandwidth), ≥ {:.2} ms with bf16 autocast (products on the tensor cores); plus {} kernel launches ≈ {:.2} ms of launch latency",
+            e.seconds_f32 * 1e3,
+            100.0 * e.bandwidth_bound_share,
+            e.seconds_bf16 * 1e3,
+            e.launches,
+            e.launch_seconds * 1e3
+        );
+        let mut kernels: BTreeMap<String, usize> = BTreeMap::new();
+        let mut unsupported: BTreeMap<String, usize> = BTreeMap::new();
+        for &id in &compiled.plan.order {
+            let node = &compiled.graph.nodes[id];
+            // A view that shares its input's memory launches nothing.
+            let place = &compiled.plan.place;
+            if node.op.is_view() && place[id] == place[node.inputs[0]] {
+                continue;
+            }
+            let shapes: Vec<Vec<usize>> = node
+                .inputs
+                .iter()
+                .map(|&i| compiled.graph.nodes[i].shape.clone())
+                .collect();
+            match kdc_cuda::dispatch::plan(&node.op, &shapes, &node.shape) {
+                Ok(steps) => {
+                    for step in steps {
+                        let name = match step {
+                            kdc_cuda::dispatch::Step::Kernel(call) => call.kernel.to_string(),
+                            kdc_cuda::dispatch::Step::Gemm(_) => {
+                                "cuBLAS SGEMM (strided batched)".to_string()
+                            }
+                            kdc_cuda::dispatch::Step::Upload(_) => "constant upload".to_string(),
+                        };
+                        *kernels.entry(name).or_default() += 1;
+                    }
+                }
+                Err(_) => *unsupported.entry(node.op.kind().to_string()).or_default() += 1,
+            }
+        }
+        let _ = writeln!(out, "  kernels per step (kdc-cuda):");
+        for (name, count) in &kernels {
+            let _ = writeln!(out, "    {name:<36} {count}");
+        }
+        if !unsupported.is_empty() {
+            let listed: Vec<String> = unsupported
+                .iter()
+                .map(|(k, n)| format!("{k} ×{n}"))
+                .collect();
+            let _ = writeln!(
+                out,
+                "  not yet on cuda: {} (the step cannot run there yet)",
+                listed.join(", ")
+            );
+        }
+    }
+    out
+}
+
+fn c_arena_bytes(c: &Compiled) -> f64 {
+    c.plan.arena_len as f64 * 4.0
+}

@@ -6,5 +6,5 @@ mod graph;
 mod ir;
 
 pub use ast::ast;
-pub use graph::{graph, step_summary};
+pub use graph::{cuda, graph, step_summary};
 pub use ir::ir;

@@ -1,0 +1,453 @@
+//! The CUDA backend (feature `cuda`): kdc's [`Backend`] on an NVIDIA GPU through cudarc.
+//!
+//! - Memory: every buffer the engine asks for (the step's arena, each parameter, gradient,
+//!   optimiser moment and batch input) is one device allocation; views are offsets into them.
+//!   Parameters, gradients and optimiser state never leave the device; batches come in through
+//!   [`Backend::upload`], the loss and terms go out through [`Backend::download`].
+//! - Work: [`crate::dispatch::plan`] turns each operation into kernel launches, matrix
+//!   products and constant uploads — the same plan the emulated backend runs in the tests.
+//!   Kernels are the CUDA C files of [`crate::kernels`], compiled by NVRTC for this GPU's
+//!   architecture at first use and cached per file; matrix products go to cuBLAS
+//!   (strided-batched SGEMM).
+//! - Order: everything is issued on one stream, so each operation sees the effects of the ones
+//!   before it; `download`, `l2_norm` and `synchronize` wait.
+//!
+//! Without a GPU, [`CudaBackend::new`] returns [`BackendError::Unavailable`] with the reason
+//! (no driver library, no device): cudarc loads the CUDA libraries lazily and would panic on
+//! a missing one, so each is checked first.
+
+use crate::dispatch::{self, Gemm, Operand, Step};
+use crate::kernels;
+use crate::launch::{self, Arg, KernelCall};
+use cudarc::cublas::{sys as blas_sys, CudaBlas};
+use cudarc::driver::{
+    result as drv, sys as drv_sys, CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream,
+    DevicePtr,
+};
+use kdc_backend::{AdamW, Backend, BackendError, BufferId, Launch, View};
+use std::collections::HashMap;
+use std::ffi::c_void;
+use std::sync::Arc;
+
+/// Where NVRTC finds `cuda_bf16.h` (the runtime headers: `nvidia/cuda_runtime/include` of
+/// the `nvidia-cuda-runtime-cu12` wheel, or a toolkit's `include/`).
+pub const INCLUDE_ENV: &str = "KDC_CUDA_INCLUDE";
+
+/// kdc's training step on one NVIDIA GPU.
+pub struct CudaBackend {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    blas: CudaBlas,
+    buffers: Vec<Option<CudaSlice<f32>>>,
+    modules: HashMap<&'static str, Arc<CudaModule>>,
+    functions: HashMap<&'static str, CudaFunction>,
+    /// `sm_80` for an A100, `sm_90` for an H100: what NVRTC compiles for.
+    arch: &'static str,
+    include_paths: Vec<String>,
+    device_name: String,
+    /// Bytes allocated now, and the most at once.
+    allocated: usize,
+    peak: usize,
+}
+
+/// Why the CUDA backend cannot start on this machine, or `None` when its libraries are there.
+pub fn missing_library() -> Option<&'static str> {
+    // SAFETY: these only try to load the shared libraries.
+    unsafe {
+        if !cudarc::driver::sys::is_culib_present() {
+            return Some("the CUDA driver library (libcuda.so.1) is not installed: no NVIDIA driver on this machine");
+        }
+        if !cudarc::nvrtc::sys::is_culib_present() {
+            return Some("NVRTC (libnvrtc.so.12) is not found: install the CUDA toolkit or the PyPI wheel nvidia-cuda-nvrtc-cu12 and put its lib/ on LD_LIBRARY_PATH");
+        }
+        if !cudarc::cublas::sys::is_culib_present() {
+            return Some("cuBLAS (libcublas.so.12) is not found: install the CUDA toolkit or the PyPI wheel nvidia-cublas-cu12 and put its lib/ on LD_LIBRARY_PATH");
+        }
+    }
+    None
+}
+
+fn unavailable(what: impl std::fmt::Display) -> BackendError {
+    BackendError::Unavailable(format!("the cuda device is not available: {what}"))
+}
+
+/// The NVRTC architecture for a compute capability (the real architecture, so that resource
+/// limits such as shared memory are checked at compile time).
+fn arch_of(major: i32, minor: i32) -> &'static str {
+    match (major, minor) {
+        (7, 0) => "sm_70",
+        (7, 5) => "sm_75",
+        (8, 0) => "sm_80",
+        (8, 6) => "sm_86",
+        (8, 7) => "sm_87",
+        (8, 9) => "sm_89",
+        (9, 0) => "sm_90",
+        (10, 0) => "sm_100",
+        (12, 0) => "sm_120",
+        (m, _) if m >= 9 => "sm_90",
+        (8, _) => "sm_80",
+        _ => "sm_70",
+    }
+}
+
+impl CudaBackend {
+    /// The GPU `ordinal` (0 for the first), or why it cannot be used.
+    pub fn new(ordinal: usize) -> Result<CudaBackend, BackendError> {
+        if let Some(why) = missing_library() {
+            return Err(unavailable(why));
+        }
+        let ctx = CudaContext::new(ordinal).map_err(|e| match e.0 {
+            drv_sys::CUresult::CUDA_ERROR_NO_DEVICE => {
+                unavailable("no NVIDIA GPU is visible (CUDA_ERROR_NO_DEVICE)")
+            }
+            drv_sys::CUresult::CUDA_ERROR_INVALID_DEVICE => {
+                unavailable(format!("there is no GPU {ordinal}"))
+            }
+            _ => unavailable(format!("GPU {ordinal} cannot be opened: {e:?}")),
+        })?;
+        // One stream: the engine issues operations in order and never shares a buffer
+        // across streams, so cudarc's per-buffer events are not needed.
+        // SAFETY: only this backend uses the context, from one stream.
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx.default_stream();
+        let blas =
+            CudaBlas::new(stream.clone()).map_err(|e| unavailable(format!("cuBLAS: {e:?}")))?;
+        let (major, minor) = ctx
+            .compute_capability()
+            .map_err(|e| unavailable(format!("{e:?}")))?;
+        let device_name = ctx.name().unwrap_or_else(|_| "NVIDIA GPU".into());
+        let include_paths = std::env::var(INCLUDE_ENV)
+            .map(|p| vec![p])
+            .unwrap_or_default();
+        Ok(CudaBackend {
+            ctx,
+            stream,
+            blas,
+            buffers: Vec::new(),
+            modules: HashMap::new(),
+            functions: HashMap::new(),
+            arch: arch_of(major, minor),
+            include_paths,
+            device_name,
+            allocated: 0,
+            peak: 0,
+        })
+    }
+
+    fn slice(&self, id: BufferId) -> &CudaSlice<f32> {
+        self.buffers
+            .get(id.0)
+            .and_then(Option::as_ref)
+            .unwrap_or_else(|| panic!("cuda backend: unknown buffer {}", id.0))
+    }
+
+    /// The device address of element `offset` of a view's buffer.
+    fn address(&self, id: BufferId, offset: usize) -> u64 {
+        let slice = self.slice(id);
+        assert!(
+            offset <= slice.len(),
+            "cuda backend: offset outside buffer {}",
+            id.0
+        );
+        let (ptr, _sync) = slice.device_ptr(&self.stream);
+        ptr + (offset * std::mem::size_of::<f32>()) as u64
+    }
+
+    /// The kernel `name`, compiling its file with NVRTC the first time one of its kernels runs.
+    fn function(&mut self, name: &'static str) -> &CudaFunction {
+        if !self.functions.contains_key(name) {
+            let file = kernels::file_of(name)
+                .unwrap_or_else(|| panic!("cuda backend: no kernel file defines {name}"));
+            let module = match self.modules.get(file.name) {
+                Some(m) => m.clone(),
+                None => {
+                    let options = cudarc::nvrtc::CompileOptions {
+                        arch: Some(self.arch),
+                        include_paths: self.include_paths.clone(),
+                        ..Default::default()
+                    };
+                    let ptx = cudarc::nvrtc::compile_ptx_with_opts(file.nvrtc_source(), options)
+                        .unwrap_or_else(|e| {
+                            panic!(
+                                "NVRTC could not compile kernels/{} for {}{}: {e:?}",
+                                file.name,
+                                self.arch,
+                                if file.needs_cuda_headers && self.include_paths.is_empty() {
+                                    format!(" (it needs cuda_bf16.h: set {INCLUDE_ENV})")
+                                } else {
+                                    String::new()
+                                }
+                            )
+                        });
+                    let module = self
+                        .ctx
+                        .load_module(ptx)
+                        .unwrap_or_else(|e| panic!("loading kernels/{}: {e:?}", file.name));
+                    self.modules.insert(file.name, module.clone());
+                    module
+                }
+            };
+            let function = module
+                .load_function(name)
+                .unwrap_or_else(|e| panic!("kernel {name}: {e:?}"));
+            self.functions.insert(name, function);
+        }
+        &self.functions[name]
+    }
+
+    /// Launches `call` with its buffer arguments bound to `addresses` (device addresses of
+    /// element 0 of each position).
+    fn run(&mut self, call: &KernelCall, addresses: &[u64]) {
+        // Every argument's bytes, kept alive (8-byte aligned) until the launch is issued.
+        let mut storage: Vec<Vec<u64>> = call
+            .args
+            .iter()
+            .map(|arg| {
+                let bytes: Vec<u8> = match arg {
+                    Arg::Buf { index, offset } => (addresses[*index] + (*offset * 4) as u64)
+                        .to_ne_bytes()
+                        .to_vec(),
+                    Arg::I32(v) => v.to_ne_bytes().to_vec(),
+                    Arg::F32(v) => v.to_ne_bytes().to_vec(),
+                    Arg::Bytes(b) => b.clone(),
+                };
+                let mut words = vec![0u64; bytes.len().div_ceil(8).max(1)];
+                // SAFETY: `words` holds at least `bytes.len()` bytes.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(
+                        bytes.as_ptr(),
+                        words.as_mut_ptr() as *mut u8,
+                        bytes.len(),
+                    )
+                };
+                words
+            })
+            .collect();
+        let mut params: Vec<*mut c_void> = storage
+            .iter_mut()
+            .map(|w| w.as_mut_ptr() as *mut c_void)
+            .collect();
+        let function = self.function(call.kernel).cu_function();
+        // SAFETY: the arguments match the kernel's parameters (launch.rs builds both sides
+        // from one description, and the emulated tests run the same calls); every address
+        // lies in a live allocation of this context.
+        unsafe {
+            drv::launch_kernel(
+                function,
+                (call.grid[0], call.grid[1], call.grid[2]),
+                (call.block[0], call.block[1], call.block[2]),
+                call.shared_bytes,
+                self.stream.cu_stream(),
+                &mut params,
+            )
+        }
+        .unwrap_or_else(|e| panic!("launching {}: {e:?}", call.kernel));
+    }
+
+    /// A row-major batched product on cuBLAS (column-major): C = A·B is computed as
+    /// Cᵀ = Bᵀ·Aᵀ, which reads the row-major operands in place.
+    fn gemm(&mut self, g: &Gemm, addresses: &[u64]) {
+        let op = |o: &Operand| {
+            if o.transposed {
+                blas_sys::cublasOperation_t::CUBLAS_OP_T
+            } else {
+                blas_sys::cublasOperation_t::CUBLAS_OP_N
+            }
+        };
+        let ptr = |o: &Operand| addresses[o.index] + (o.offset * 4) as u64;
+        let (alpha, beta) = (1.0f32, if g.accumulate { 1.0f32 } else { 0.0 });
+        // SAFETY: cuBLAS reads and writes within the operands' allocations (dispatch sizes
+        // the product from the operation's shapes); the handle is bound to this stream.
+        unsafe {
+            blas_sys::cublasSgemmStridedBatched(
+                *self.blas.handle(),
+                op(&g.b),
+                op(&g.a),
+                g.n as i32,
+                g.m as i32,
+                g.k as i32,
+                &alpha,
+                ptr(&g.b) as *const f32,
+                g.b.ld as i32,
+                g.b.batch_stride as i64,
+                ptr(&g.a) as *const f32,
+                g.a.ld as i32,
+                g.a.batch_stride as i64,
+                &beta,
+                ptr(&g.c) as *mut f32,
+                g.c.ld as i32,
+                g.c.batch_stride as i64,
+                g.batch as i32,
+            )
+        }
+        .result()
+        .unwrap_or_else(|e| panic!("cuBLAS SGEMM: {e:?}"));
+    }
+
+    fn whole(&self, view: View) -> u64 {
+        self.address(view.buffer, view.offset)
+    }
+}
+
+impl Backend for CudaBackend {
+    fn name(&self) -> &'static str {
+        "cuda"
+    }
+
+    fn scratch_len(
+        &self,
+        op: &kdc_backend::op::Op,
+        input_shapes: &[Vec<usize>],
+        shape: &[usize],
+    ) -> usize {
+        dispatch::scratch_len(op, input_shapes, shape)
+    }
+
+    fn alloc(&mut self, len: usize) -> Result<BufferId, BackendError> {
+        let slice = self.stream.alloc_zeros::<f32>(len.max(1)).map_err(|e| {
+            if e.0 == drv_sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY {
+                BackendError::OutOfMemory {
+                    device: "cuda",
+                    bytes: len * 4,
+                }
+            } else {
+                unavailable(format!("allocating {len} floats: {e:?}"))
+            }
+        })?;
+        self.allocated += slice.len() * 4;
+        self.peak = self.peak.max(self.allocated);
+        self.buffers.push(Some(slice));
+        Ok(BufferId(self.buffers.len() - 1))
+    }
+
+    fn free(&mut self, buffer: BufferId) {
+        if let Some(b) = self.buffers.get_mut(buffer.0) {
+            if let Some(slice) = b.take() {
+                self.allocated -= slice.len() * 4;
+            }
+        }
+    }
+
+    fn device_name(&self) -> String {
+        self.device_name.clone()
+    }
+
+    fn peak_memory_bytes(&self) -> Option<usize> {
+        Some(self.peak)
+    }
+
+    fn upload(&mut self, dst: View, src: &[f32]) {
+        assert_eq!(src.len(), dst.len, "cuda backend: upload length");
+        let stream = self.stream.clone();
+        let slice = self.buffers[dst.buffer.0]
+            .as_mut()
+            .expect("cuda backend: upload into a freed buffer");
+        let mut view = slice.slice_mut(dst.offset..dst.offset + dst.len);
+        stream
+            .memcpy_htod(src, &mut view)
+            .unwrap_or_else(|e| panic!("cuda upload: {e:?}"));
+    }
+
+    fn download(&mut self, src: View, dst: &mut [f32]) {
+        assert_eq!(dst.len(), src.len, "cuda backend: download length");
+        let view = self
+            .slice(src.buffer)
+            .slice(src.offset..src.offset + src.len);
+        self.stream
+            .memcpy_dtoh(&view, dst)
+            .unwrap_or_else(|e| panic!("cuda download: {e:?}"));
+        self.stream
+            .synchronize()
+            .unwrap_or_else(|e| panic!("cuda synchronize: {e:?}"));
+    }
+
+    fn launch(&mut self, l: &Launch<'_>) {
+        let steps = dispatch::plan(l.op, l.input_shapes, l.shape)
+            .unwrap_or_else(|e| panic!("cuda backend: {e}"));
+        let mut addresses: Vec<u64> = l.inputs.iter().map(|v| self.whole(*v)).collect();
+        addresses.push(self.whole(l.output));
+        addresses.push(self.whole(l.scratch));
+        for step in &steps {
+            match step {
+                Step::Kernel(call) => self.run(call, &addresses),
+                Step::Gemm(g) => self.gemm(g, &addresses),
+                Step::Upload(values) => {
+                    let output = View {
+                        len: values.len(),
+                        ..l.output
+                    };
+                    self.upload(output, values)
+                }
+            }
+        }
+    }
+
+    fn copy(&mut self, dst: View, src: View) {
+        assert_eq!(dst.len, src.len, "cuda backend: copy length");
+        let stream = self.stream.clone();
+        let from = self
+            .slice(src.buffer)
+            .slice(src.offset..src.offset + src.len);
+        let (from_ptr, _sync) = from.device_ptr(&stream);
+        let to = self.whole(dst);
+        // SAFETY: both ranges lie in live allocations and do not overlap (the engine's rule).
+        unsafe { drv::memcpy_dtod_async(to, from_ptr, src.len * 4, stream.cu_stream()) }
+            .unwrap_or_else(|e| panic!("cuda copy: {e:?}"));
+    }
+
+    fn add_into(&mut self, dst: View, src: View) {
+        let addresses = [self.whole(dst), self.whole(src)];
+        self.run(&launch::add_into(dst.len), &addresses);
+    }
+
+    fn scale(&mut self, x: View, factor: f32) {
+        let addresses = [self.whole(x)];
+        self.run(&launch::scale(x.len, factor), &addresses);
+    }
+
+    fn lerp(&mut self, dst: View, src: View, weight: f32) {
+        let addresses = [self.whole(dst), self.whole(src)];
+        self.run(&launch::lerp(dst.len, weight), &addresses);
+    }
+
+    fn clamp(&mut self, x: View, lo: f32, hi: f32) {
+        let addresses = [self.whole(x)];
+        self.run(&launch::clamp(x.len, lo, hi), &addresses);
+    }
+
+    fn l2_norm(&mut self, xs: &[View]) -> f64 {
+        let mut total = 0.0f64;
+        for x in xs.iter().filter(|x| x.len > 0) {
+            let (call, partials) = launch::sum_squares(x.len);
+            let partial: CudaSlice<f64> = self
+                .stream
+                .alloc_zeros(partials)
+                .unwrap_or_else(|e| panic!("cuda l2_norm: {e:?}"));
+            let partial_ptr = partial.device_ptr(&self.stream).0;
+            let addresses = [self.whole(*x), partial_ptr];
+            self.run(&call, &addresses);
+            let host = self
+                .stream
+                .clone_dtoh(&partial)
+                .unwrap_or_else(|e| panic!("cuda l2_norm: {e:?}"));
+            total += host.iter().sum::<f64>();
+        }
+        total.sqrt()
+    }
+
+    fn adamw(&mut self, param: View, grad: View, m: View, v: View, hyper: &AdamW) {
+        let addresses = [
+            self.whole(param),
+            self.whole(grad),
+            self.whole(m),
+            self.whole(v),
+        ];
+        self.run(&launch::adamw(param.len, hyper), &addresses);
+    }
+
+    fn synchronize(&mut self) {
+        self.stream
+            .synchronize()
+            .unwrap_or_else(|e| panic!("cuda synchronize: {e:?}"));
+    }
+}

@@ -1,0 +1,84 @@
+//! The step cost model (`engine::cost`) against an independent count: the matrix-product
+//! operations of a ViT image tower's forward pass, written out from its architecture.
+
+use kdc::engine::compile::{compile, Options};
+use kdc::engine::cost::{estimate, gpu, operations};
+
+const RECIPE: &str = r#"
+student = clip(
+  image: vit(size: 32, patch: 8, width: 48, layers: 3, heads: 4, mlp: 96),
+  text: transformer(context: 8, vocab: 100, width: 16, layers: 1, heads: 2),
+  embed: 24,
+)
+data = synthetic(batch: 6, samples: 24, seed: 0)
+loss = clip_loss(student)
+train = adamw(lr: 1e-3) | steps(2)
+"#;
+
+#[test]
+fn matmul_operations_of_a_vit_forward_match_the_architecture() {
+    let compiled = kdc::compile("cost.kd", RECIPE, &kdc::FsLoader);
+    let recipe = compiled.recipe.expect("the recipe checks");
+    let backend = kdc::engine::device::cpu();
+    let b = kdc::engine::exec::lock(&backend);
+    let batch = 6usize;
+    let options = Options::forward(vec![(0, kdc::ir::Tap::Image)], batch);
+    let step = compile(&recipe, 0, &options, &**b);
+    let measured: f64 = operations(&step)
+        .iter()
+        .filter(|o| o.matmul)
+        .map(|o| o.flops)
+        .sum();
+
+    // By hand: 16 patches of 3·8·8 values; 17 tokens with the class token; per block the
+    // q, k, v and output projections (4·W²), the two MLP layers (2·W·M), and attention's
+    // scores and weighted sum (2·T²·W over all heads); then the projection to the embedding.
+    // The image embedding reads only the class token, so the last block computes keys and
+    // values for every token but its query, attention output and MLP for the class token.
+    let (p, w, m, t, layers, e) = (16.0, 48.0, 96.0, 17.0, 3.0, 24.0);
+    let patch_embed = 2.0 * p * (3.0 * 64.0) * w;
+    let block = 2.0 * t * (4.0 * w * w + 2.0 * w * m) + 2.0 * 2.0 * t * t * w;
+    let last_block = 2.0 * (w * w + 2.0 * t * w * w + w * w + 2.0 * w * m) + 2.0 * 2.0 * t * w;
+    let projection = 2.0 * w * e;
+    let expected = batch as f64 * (patch_embed + (layers - 1.0) * block + last_block + projection);
+    // Biases (and the position embedding) fused into products (MatMulAdd) add one operation
+    // per output value.
+    let bias_adds = batch as f64
+        * (p * w + (layers - 1.0) * t * (4.0 * w + m + w) + (w + 2.0 * t * w + w + m + w));
+    assert!(
+        (measured - expected - bias_adds).abs() <= 1.0,
+        "matmul FLOPs {measured} against {expected} (+ at most {bias_adds} fused additions)"
+    );
+}
+
+#[test]
+fn a_training_step_costs_about_three_forward_passes_and_fits_an_a100() {
+    let compiled = kdc::compile("cost.kd", RECIPE, &kdc::FsLoader);
+    let recipe = compiled.recipe.expect("the recipe checks");
+    let backend = kdc::engine::device::cpu();
+    let b = kdc::engine::exec::lock(&backend);
+    let train = compile(&recipe, 0, &Options::train(), &**b);
+    let a100 = gpu("A100").unwrap();
+    let e = estimate(&train, a100);
+    let forward = compile(
+        &recipe,
+        0,
+        &Options::forward(vec![(0, kdc::ir::Tap::Image), (0, kdc::ir::Tap::Text)], 6),
+        &**b,
+    );
+    let f = estimate(&forward, a100);
+    // Backward costs about twice the forward in products (two products per product).
+    let ratio = e.matmul_flops / f.matmul_flops;
+    assert!(
+        (2.5..3.5).contains(&ratio),
+        "train/forward matmul FLOPs {ratio}"
+    );
+    assert!(e.flops > e.matmul_flops && e.bytes_f32 > 0.0);
+    assert!(e.seconds_bf16 <= e.seconds_f32);
+    assert!(e.memory_bytes < a100.memory_gib * (1u64 << 30) as f64);
+    let h100 = estimate(&train, gpu("h100").unwrap());
+    assert!(
+        h100.seconds_f32 < e.seconds_f32,
+        "an H100 is faster than an A100"
+    );
+}
