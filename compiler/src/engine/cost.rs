@@ -103,8 +103,7 @@ pub fn operations(c: &Compiled) -> Vec<OpCost> {
     let mut out = Vec::new();
     for &id in &c.plan.order {
         let node = &g.nodes[id];
-        let aliased = node.op.is_view() && c.plan.place[id] == c.plan.place[node.inputs[0]];
-        if aliased || matches!(node.op, Op::Input(_) | Op::Param(_)) {
+        if c.plan.shares_input(g, id) || matches!(node.op, Op::Input(_) | Op::Param(_)) {
             continue;
         }
         let shapes: Vec<&Vec<usize>> = node.inputs.iter().map(|&i| &g.nodes[i].shape).collect();

@@ -204,7 +204,7 @@ impl Executable {
         let mut previous: Option<NodeIndex> = None;
         for (position, &i) in plan.order.iter().enumerate() {
             let node = &g.nodes[i];
-            let alias = node.op.is_view() && plan.place[i] == plan.place[node.inputs[0]];
+            let alias = plan.shares_input(g, i);
             let scratch = plan.scratch[i].clone();
             let kernel = Kernel {
                 node: i,

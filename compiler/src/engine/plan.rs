@@ -203,6 +203,13 @@ fn place(buffers: &[Buffer]) -> (Vec<usize>, usize) {
 }
 
 impl MemoryPlan {
+    /// Whether node `id` is a view (reshape, detach) that shares its input's memory: it
+    /// launches nothing and costs nothing.
+    pub fn shares_input(&self, g: &Graph, id: Id) -> bool {
+        let node = &g.nodes[id];
+        node.op.is_view() && self.place[id] == self.place[node.inputs[0]]
+    }
+
     /// Checks the plan's one invariant: values alive at the same time never share memory
     /// (except a reshape and what it reads, which are one value), and a kernel's scratch
     /// overlaps no value alive while it runs. Returns the first conflict.

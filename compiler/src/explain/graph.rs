@@ -159,7 +159,7 @@ pub fn cuda(recipe: &Recipe, backend: &dyn Backend, gpu: crate::engine::cost::Gp
             "  memory     {:.2} GiB of {} GiB (activation arena {:.2} GiB; parameters, gradients and AdamW moments; inputs): {fits}",
             gib(e.memory_bytes),
             gpu.memory_gib,
-            gib(c_arena_bytes(&compiled))
+            gib(compiled.plan.arena_len as f64 * 4.0)
         );
         let _ = writeln!(
             out,
@@ -174,9 +174,7 @@ pub fn cuda(recipe: &Recipe, backend: &dyn Backend, gpu: crate::engine::cost::Gp
         let mut unsupported: BTreeMap<String, usize> = BTreeMap::new();
         for &id in &compiled.plan.order {
             let node = &compiled.graph.nodes[id];
-            // A view that shares its input's memory launches nothing.
-            let place = &compiled.plan.place;
-            if node.op.is_view() && place[id] == place[node.inputs[0]] {
+            if compiled.plan.shares_input(&compiled.graph, id) {
                 continue;
             }
             let shapes: Vec<Vec<usize>> = node
@@ -217,8 +215,4 @@ pub fn cuda(recipe: &Recipe, backend: &dyn Backend, gpu: crate::engine::cost::Gp
         }
     }
     out
-}
-
-fn c_arena_bytes(c: &Compiled) -> f64 {
-    c.plan.arena_len as f64 * 4.0
 }
