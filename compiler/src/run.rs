@@ -158,8 +158,9 @@ pub fn run(
     options: &RunOptions,
     mut event: impl FnMut(Event),
 ) -> Result<Summary, RunError> {
-    // The device first: a missing GPU is reported before anything is written.
-    drop(backend(options.device)?);
+    // The device first (a missing GPU is reported before anything is written), opened once:
+    // every stage and evaluation of the run shares it (a GPU's context and compiled kernels).
+    let device = backend(options.device)?;
     let dir = &options.dir;
     std::fs::create_dir_all(dir).map_err(io(dir))?;
     let print = crate::explain::ir(recipe);
@@ -242,7 +243,7 @@ pub fn run(
             initial,
             data_start: continuing.as_ref().and_then(|c| c.data),
         };
-        let mut trainer = Trainer::on(recipe, index, &train_options, backend(options.device)?)?;
+        let mut trainer = Trainer::on(recipe, index, &train_options, device.clone())?;
         if let Some(c) = &continuing {
             trainer
                 .restore(c.steps, &c.moments)
@@ -292,13 +293,8 @@ pub fn run(
                 params.extend(trainer.parameters());
                 let mut reports = Vec::new();
                 for spec in periodic {
-                    let report = evaluate::run(
-                        recipe,
-                        spec,
-                        &params,
-                        &options.base,
-                        backend(options.device)?,
-                    )?;
+                    let report =
+                        evaluate::run(recipe, spec, &params, &options.base, device.clone())?;
                     event(Event::Eval(&report));
                     reports.push(report);
                 }
@@ -355,13 +351,7 @@ pub fn run(
     }
     let mut reports = Vec::new();
     for spec in &recipe.eval {
-        let report = evaluate::run(
-            recipe,
-            spec,
-            &latest,
-            &options.base,
-            backend(options.device)?,
-        )?;
+        let report = evaluate::run(recipe, spec, &latest, &options.base, device.clone())?;
         event(Event::Eval(&report));
         reports.push(report);
     }
@@ -376,7 +366,7 @@ pub fn run(
             let out = dir.join("models").join(&spec.name);
             match export::hf_folder(spec, &latest, &out) {
                 Ok(()) => {
-                    let tensors = evaluate::reference_embeddings(recipe, model, &latest, &options.base, backend(options.device)?)?;
+                    let tensors = evaluate::reference_embeddings(recipe, model, &latest, &options.base, device.clone())?;
                     export::reference(&out, &tensors)?;
                     event(Event::Exported {
                         model: &spec.name,
@@ -456,6 +446,7 @@ pub fn evaluate_saved(
     }
     let mut reports = Vec::new();
     let mut skipped: Vec<&str> = Vec::new();
+    let device = backend(device)?;
     for spec in &recipe.eval {
         let name = &recipe.models[spec.model()].name;
         let prefix = format!("{name}/");
@@ -468,7 +459,7 @@ pub fn evaluate_saved(
             }
             continue;
         }
-        let report = evaluate::run(recipe, spec, &params, base, backend(device)?)?;
+        let report = evaluate::run(recipe, spec, &params, base, device.clone())?;
         event(Event::Eval(&report));
         reports.push(report);
     }

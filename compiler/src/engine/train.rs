@@ -132,6 +132,21 @@ pub struct Trainer<'r> {
     done: u64,
 }
 
+/// The optimiser's buffers go back to the backend with the trainer (the executable frees its
+/// own), so that a backend shared by a run's stages and evaluations does not keep them.
+impl Drop for Trainer<'_> {
+    fn drop(&mut self) {
+        let mut b = exec::lock(self.exec.backend());
+        for slot in &self.slots {
+            b.free(slot.m.buffer);
+            b.free(slot.v.buffer);
+            if let Some(sum) = slot.sum {
+                b.free(sum.buffer);
+            }
+        }
+    }
+}
+
 impl<'r> Trainer<'r> {
     /// Compiles stage `stage_index` for the CPU and loads or initialises its parameters.
     pub fn new(
