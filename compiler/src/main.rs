@@ -254,10 +254,7 @@ impl Settings {
     /// Applies the settings (the manifest filling what the command line leaves out): sizes
     /// the compute pool and returns the device. A device this build or machine cannot use is
     /// reported when its backend opens (`engine::device::open`), with the reason.
-    fn apply(
-        &self,
-        manifest: Option<&kdc::manifest::Manifest>,
-    ) -> Result<kdc::engine::device::Device> {
+    fn apply(&self, manifest: Option<&kdc::manifest::Manifest>) -> kdc::engine::device::Device {
         use kdc::engine::device::Device;
         let defaults = manifest.map(|m| &m.defaults);
         let device = match (self.device, defaults.and_then(|d| d.device.as_deref())) {
@@ -275,7 +272,7 @@ impl Settings {
                 .num_threads(n)
                 .build_global();
         }
-        Ok(device)
+        device
     }
 }
 
@@ -364,7 +361,12 @@ fn print(text: &str) -> Result<()> {
 
 /// Compiles a recipe and prints its diagnostics (to standard error).
 fn load(name: &str, text: &[u8]) -> kdc::Compiled {
-    let compiled = kdc::compile_bytes(name, text, &FsLoader);
+    load_with(name, text, &FsLoader)
+}
+
+/// [`load`] through a given view of the machine (the built-in recipe's embeds its manifest).
+fn load_with(name: &str, text: &[u8], loader: &(dyn kdc::check::Loader + Sync)) -> kdc::Compiled {
+    let compiled = kdc::compile_bytes(name, text, loader);
     if !compiled.diagnostics.is_empty() {
         eprint!(
             "{}",
@@ -391,14 +393,7 @@ fn load_recipe(source: Source<'_>) -> Result<Option<Loaded>> {
     };
     let compiled = match source {
         Source::File(_) => load(&name, &text),
-        Source::Builtin => {
-            let compiled = kdc::compile_bytes(&name, &text, &BuiltinLoader);
-            eprint!(
-                "{}",
-                render_all(&compiled.diagnostics, &compiled.sources, render_options())
-            );
-            compiled
-        }
+        Source::Builtin => load_with(&name, &text, &BuiltinLoader),
     };
     if compiled.recipe.is_none() && !compiled.diagnostics.has_errors() && compiled.is_library() {
         eprintln!(
@@ -876,7 +871,7 @@ fn train(
     let Some(loaded) = load_recipe(source)? else {
         return Ok(ExitCode::from(1));
     };
-    let device = settings.apply(loaded.manifest.as_ref())?;
+    let device = settings.apply(loaded.manifest.as_ref());
     let dir = loaded.run_dir(dir);
     let recipe = &loaded.recipe;
     let options = kdc::run::RunOptions {
@@ -1036,7 +1031,7 @@ fn eval(target: &Path, dir: Option<PathBuf>, settings: &Settings) -> Result<Exit
     let Some(loaded) = loaded else {
         return Ok(ExitCode::from(1));
     };
-    let device = settings.apply(loaded.manifest.as_ref())?;
+    let device = settings.apply(loaded.manifest.as_ref());
     let dir = loaded.run_dir(dir);
     let (name, recipe) = (&loaded.name, &loaded.recipe);
     if recipe.eval.is_empty() {
@@ -1129,7 +1124,7 @@ fn bench_data(path: &Path, steps: u64, warmup: u64, settings: &Settings) -> Resu
     let Some(loaded) = load_recipe(Source::File(path))? else {
         return Ok(ExitCode::from(1));
     };
-    settings.apply(loaded.manifest.as_ref())?;
+    settings.apply(loaded.manifest.as_ref());
     let (name, recipe, base) = (&loaded.name, &loaded.recipe, &loaded.base);
     let backend = kdc::engine::device::cpu();
     let inputs = {
@@ -1170,7 +1165,7 @@ fn bench(path: &Path, steps: u64, warmup: u64, settings: &Settings) -> Result<Ex
     let Some(loaded) = load_recipe(Source::File(path))? else {
         return Ok(ExitCode::from(1));
     };
-    let device = settings.apply(loaded.manifest.as_ref())?;
+    let device = settings.apply(loaded.manifest.as_ref());
     let (name, recipe) = (&loaded.name, &loaded.recipe);
     let check_seconds = started.elapsed().as_secs_f64();
     let options = kdc::engine::train::Options {
@@ -1210,13 +1205,10 @@ fn bench(path: &Path, steps: u64, warmup: u64, settings: &Settings) -> Result<Ex
         let b = kdc::engine::exec::lock(trainer.executable().backend());
         (b.device_name(), b.peak_memory_bytes())
     };
-    let flops = {
-        let backend = kdc::engine::device::cpu();
-        let b = kdc::engine::exec::lock(&backend);
-        let compiled =
-            kdc::engine::compile::compile(recipe, 0, &kdc::engine::compile::Options::train(), &**b);
-        kdc::engine::cost::estimate(&compiled, kdc::engine::cost::GPUS[0]).flops
-    };
+    // (The operation count does not depend on the GPU the estimate is for.)
+    let flops =
+        kdc::engine::cost::estimate(trainer.executable().compiled(), kdc::engine::cost::GPUS[0])
+            .flops;
     let achieved_tflops = flops / median / 1e12;
     let gpu = kdc::engine::cost::gpu(&device_name);
     let result = serde_json::json!({
