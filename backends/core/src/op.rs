@@ -64,6 +64,22 @@ pub enum Unary {
     Tanh,
 }
 
+impl Unary {
+    /// Every unary function, in declaration order.
+    pub const ALL: [Unary; 10] = [
+        Unary::Neg,
+        Unary::Exp,
+        Unary::Log,
+        Unary::Sqrt,
+        Unary::Abs,
+        Unary::Gelu,
+        Unary::QuickGelu,
+        Unary::Relu,
+        Unary::Sigmoid,
+        Unary::Tanh,
+    ];
+}
+
 /// A binary elementwise function with NumPy broadcasting.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Binary {
@@ -82,6 +98,24 @@ pub enum Binary {
     Le,
     Eq,
     Ne,
+}
+
+impl Binary {
+    /// Every binary function, in declaration order.
+    pub const ALL: [Binary; 12] = [
+        Binary::Add,
+        Binary::Sub,
+        Binary::Mul,
+        Binary::Div,
+        Binary::Max,
+        Binary::Min,
+        Binary::Gt,
+        Binary::Ge,
+        Binary::Lt,
+        Binary::Le,
+        Binary::Eq,
+        Binary::Ne,
+    ];
 }
 
 impl Binary {

@@ -250,12 +250,12 @@ fn run(
                 row[i + 1..].fill(f32::MIN);
             }
         }
-        Op::Unary(f) => crate::unary(cpu_unary(*f), inputs[0], out),
+        Op::Unary(f) => crate::unary((*f).into(), inputs[0], out),
         Op::UnaryBackward(f) => {
-            crate::unary_backward(cpu_unary(*f), inputs[0], inputs[1], inputs[2], out)
+            crate::unary_backward((*f).into(), inputs[0], inputs[1], inputs[2], out)
         }
         Op::Binary(f) => crate::binary(
-            cpu_binary(*f),
+            (*f).into(),
             inputs[0],
             &shapes[0],
             inputs[1],
@@ -407,35 +407,39 @@ fn run(
     }
 }
 
-fn cpu_unary(f: Unary) -> crate::UnaryOp {
-    match f {
-        Unary::Neg => crate::UnaryOp::Neg,
-        Unary::Exp => crate::UnaryOp::Exp,
-        Unary::Log => crate::UnaryOp::Log,
-        Unary::Sqrt => crate::UnaryOp::Sqrt,
-        Unary::Abs => crate::UnaryOp::Abs,
-        Unary::Gelu => crate::UnaryOp::Gelu,
-        Unary::QuickGelu => crate::UnaryOp::QuickGelu,
-        Unary::Relu => crate::UnaryOp::Relu,
-        Unary::Sigmoid => crate::UnaryOp::Sigmoid,
-        Unary::Tanh => crate::UnaryOp::Tanh,
+impl From<Unary> for crate::UnaryOp {
+    fn from(f: Unary) -> crate::UnaryOp {
+        match f {
+            Unary::Neg => crate::UnaryOp::Neg,
+            Unary::Exp => crate::UnaryOp::Exp,
+            Unary::Log => crate::UnaryOp::Log,
+            Unary::Sqrt => crate::UnaryOp::Sqrt,
+            Unary::Abs => crate::UnaryOp::Abs,
+            Unary::Gelu => crate::UnaryOp::Gelu,
+            Unary::QuickGelu => crate::UnaryOp::QuickGelu,
+            Unary::Relu => crate::UnaryOp::Relu,
+            Unary::Sigmoid => crate::UnaryOp::Sigmoid,
+            Unary::Tanh => crate::UnaryOp::Tanh,
+        }
     }
 }
 
-fn cpu_binary(f: Binary) -> crate::BinaryOp {
-    match f {
-        Binary::Add => crate::BinaryOp::Add,
-        Binary::Sub => crate::BinaryOp::Sub,
-        Binary::Mul => crate::BinaryOp::Mul,
-        Binary::Div => crate::BinaryOp::Div,
-        Binary::Max => crate::BinaryOp::Max,
-        Binary::Min => crate::BinaryOp::Min,
-        Binary::Gt => crate::BinaryOp::Gt,
-        Binary::Ge => crate::BinaryOp::Ge,
-        Binary::Lt => crate::BinaryOp::Lt,
-        Binary::Le => crate::BinaryOp::Le,
-        Binary::Eq => crate::BinaryOp::Eq,
-        Binary::Ne => crate::BinaryOp::Ne,
+impl From<Binary> for crate::BinaryOp {
+    fn from(f: Binary) -> crate::BinaryOp {
+        match f {
+            Binary::Add => crate::BinaryOp::Add,
+            Binary::Sub => crate::BinaryOp::Sub,
+            Binary::Mul => crate::BinaryOp::Mul,
+            Binary::Div => crate::BinaryOp::Div,
+            Binary::Max => crate::BinaryOp::Max,
+            Binary::Min => crate::BinaryOp::Min,
+            Binary::Gt => crate::BinaryOp::Gt,
+            Binary::Ge => crate::BinaryOp::Ge,
+            Binary::Lt => crate::BinaryOp::Lt,
+            Binary::Le => crate::BinaryOp::Le,
+            Binary::Eq => crate::BinaryOp::Eq,
+            Binary::Ne => crate::BinaryOp::Ne,
+        }
     }
 }
 

@@ -211,24 +211,11 @@ fn constants_fill_eye_and_causal_mask() {
     }
 }
 
-const UNARIES: [Unary; 10] = [
-    Unary::Neg,
-    Unary::Exp,
-    Unary::Log,
-    Unary::Sqrt,
-    Unary::Abs,
-    Unary::Gelu,
-    Unary::QuickGelu,
-    Unary::Relu,
-    Unary::Sigmoid,
-    Unary::Tanh,
-];
-
 #[test]
 fn unary_functions_and_their_backward() {
     let mut rng = Rng::new(1);
     let shape = [3, 37];
-    for f in UNARIES {
+    for f in Unary::ALL {
         let lo = if matches!(f, Unary::Log | Unary::Sqrt) {
             0.1
         } else {
@@ -256,26 +243,12 @@ fn unary_functions_and_their_backward() {
 #[test]
 fn binary_functions_with_broadcasting() {
     let mut rng = Rng::new(2);
-    let all = [
-        Binary::Add,
-        Binary::Sub,
-        Binary::Mul,
-        Binary::Div,
-        Binary::Max,
-        Binary::Min,
-        Binary::Gt,
-        Binary::Ge,
-        Binary::Lt,
-        Binary::Le,
-        Binary::Eq,
-        Binary::Ne,
-    ];
     let cases: [(&[usize], &[usize], &[usize]); 3] = [
         (&[3, 1, 5], &[4, 1], &[3, 4, 5]),
         (&[7, 9], &[7, 9], &[7, 9]),
         (&[1], &[2, 3, 1, 33], &[2, 3, 1, 33]),
     ];
-    for f in all {
+    for f in Binary::ALL {
         for (sa, sb, so) in cases {
             let a = ties(&mut rng, sa);
             let mut b = ties(&mut rng, sb);

@@ -7,35 +7,6 @@ use kdc_backend::Unary;
 use kdc_cuda::kernels::UnaryCode;
 use kdc_cuda::launch;
 
-const UNARIES: [Unary; 10] = [
-    Unary::Neg,
-    Unary::Exp,
-    Unary::Log,
-    Unary::Sqrt,
-    Unary::Abs,
-    Unary::Gelu,
-    Unary::QuickGelu,
-    Unary::Relu,
-    Unary::Sigmoid,
-    Unary::Tanh,
-];
-
-fn cpu_op(f: Unary) -> kdc_cpu::UnaryOp {
-    use kdc_cpu::UnaryOp as O;
-    match f {
-        Unary::Neg => O::Neg,
-        Unary::Exp => O::Exp,
-        Unary::Log => O::Log,
-        Unary::Sqrt => O::Sqrt,
-        Unary::Abs => O::Abs,
-        Unary::Gelu => O::Gelu,
-        Unary::QuickGelu => O::QuickGelu,
-        Unary::Relu => O::Relu,
-        Unary::Sigmoid => O::Sigmoid,
-        Unary::Tanh => O::Tanh,
-    }
-}
-
 /// Inputs in each function's domain, with exact zeros mixed in (relu, abs and their gradients
 /// branch there).
 fn inputs(f: Unary, n: usize, rng: &mut Rng) -> Vec<f32> {
@@ -54,14 +25,14 @@ fn inputs(f: Unary, n: usize, rng: &mut Rng) -> Vec<f32> {
 #[test]
 fn unary_forward_and_backward_match_kdc_cpu() {
     let mut rng = Rng::new(1);
-    for f in UNARIES {
+    for f in Unary::ALL {
         for n in SIZES.into_iter().chain([1000]) {
             let x = inputs(f, n, &mut rng);
             let dy = rng.vec(n, -2.0, 2.0);
             let mut y_cpu = vec![0f32; n];
-            kdc_cpu::unary(cpu_op(f), &x, &mut y_cpu);
+            kdc_cpu::unary(f.into(), &x, &mut y_cpu);
             let mut dx_cpu = vec![0f32; n];
-            kdc_cpu::unary_backward(cpu_op(f), &x, &y_cpu, &dy, &mut dx_cpu);
+            kdc_cpu::unary_backward(f.into(), &x, &y_cpu, &dy, &mut dx_cpu);
 
             let y = run_once(&[launch::unary(UnaryCode::from(f), n)], &[&x], &[n]).remove(0);
             check(&format!("unary {f:?} n={n}"), &y, &y_cpu, 1e-5);

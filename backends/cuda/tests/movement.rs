@@ -12,39 +12,6 @@ fn numel(s: &[usize]) -> usize {
     s.iter().product()
 }
 
-fn cpu_binary(f: Binary) -> kdc_cpu::BinaryOp {
-    use kdc_cpu::BinaryOp as O;
-    match f {
-        Binary::Add => O::Add,
-        Binary::Sub => O::Sub,
-        Binary::Mul => O::Mul,
-        Binary::Div => O::Div,
-        Binary::Max => O::Max,
-        Binary::Min => O::Min,
-        Binary::Gt => O::Gt,
-        Binary::Ge => O::Ge,
-        Binary::Lt => O::Lt,
-        Binary::Le => O::Le,
-        Binary::Eq => O::Eq,
-        Binary::Ne => O::Ne,
-    }
-}
-
-const BINARIES: [Binary; 12] = [
-    Binary::Add,
-    Binary::Sub,
-    Binary::Mul,
-    Binary::Div,
-    Binary::Max,
-    Binary::Min,
-    Binary::Gt,
-    Binary::Ge,
-    Binary::Lt,
-    Binary::Le,
-    Binary::Eq,
-    Binary::Ne,
-];
-
 /// (a, b) shape pairs: equal, scalar, a bias row, a column, both broadcast, rank mismatch.
 fn shape_pairs() -> Vec<(Vec<usize>, Vec<usize>)> {
     vec![
@@ -75,9 +42,9 @@ fn binary_functions_broadcast_like_kdc_cpu() {
             .iter()
             .map(|v| v.round() + 0.5 * (v.round() == 0.0) as u8 as f32)
             .collect();
-        for f in BINARIES {
+        for f in Binary::ALL {
             let mut want = vec![0f32; numel(&so)];
-            kdc_cpu::binary(cpu_binary(f), &a, &sa, &b, &sb, &mut want, &so);
+            kdc_cpu::binary(f.into(), &a, &sa, &b, &sb, &mut want, &so);
             let got = run_once(
                 &[launch::binary(BinaryCode::from(f), &sa, &sb, &so)],
                 &[&a, &b],
