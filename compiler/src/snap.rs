@@ -15,7 +15,7 @@
 //! a change to one shows in the snapshots of the recipes that use it.
 
 use crate::check::Loader;
-use crate::manifest::{self, Manifest};
+use crate::manifest;
 use std::collections::{BTreeSet, HashMap};
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
@@ -148,15 +148,15 @@ pub fn survey(
     }
     recipes.sort();
     recipes.dedup();
-    let mut manifests: HashMap<PathBuf, Option<Manifest>> = HashMap::new();
+    let mut libraries: HashMap<PathBuf, Option<Library>> = HashMap::new();
     let mut covered = BTreeSet::new();
     for recipe in recipes {
-        let settings = settings_for(&recipe, loader, &mut manifests);
-        if settings.as_ref().is_some_and(|m| excluded(m, &recipe)) {
+        let library = library_of(&recipe, loader, &mut libraries);
+        if library.is_some_and(|l| l.excludes(&recipe)) {
             survey.excluded.push(recipe);
             continue;
         }
-        let lowered = settings.as_ref().is_none_or(|m| m.snap.lowered);
+        let lowered = library.is_none_or(|l| l.lowered);
         let snapshot = snapshot_path(&recipe);
         let bytes = std::fs::read(&recipe)?;
         let compiled = crate::compile_bytes(&recipe.display().to_string(), &bytes, loader);
@@ -207,52 +207,69 @@ pub fn survey(
     Ok(survey)
 }
 
-/// The manifest governing `recipe`, read once per manifest file.
-fn settings_for(
+/// A manifest's snapshot settings, read once per manifest file: its `exclude` patterns
+/// compiled, against its folder made absolute.
+struct Library {
+    lowered: bool,
+    dir: Option<PathBuf>,
+    exclude: globset::GlobSet,
+}
+
+impl Library {
+    fn read(file: &Path, text: &str, loader: &dyn Loader) -> Option<Library> {
+        // Errors in the manifest are reported with the recipe's diagnostics.
+        let mut sources = crate::source::SourceMap::new();
+        let mut diags = crate::diag::Diagnostics::default();
+        let manifest = manifest::parse(file, text, &|n| loader.env(n), &mut sources, &mut diags)?;
+        let dir = if manifest.dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            &manifest.dir
+        };
+        let mut exclude = globset::GlobSetBuilder::new();
+        for pattern in &manifest.snap.exclude {
+            // The manifest's parser has checked every pattern.
+            if let Ok(glob) = globset::GlobBuilder::new(pattern)
+                .literal_separator(true)
+                .build()
+            {
+                exclude.add(glob);
+            }
+        }
+        Some(Library {
+            lowered: manifest.snap.lowered,
+            dir: std::fs::canonicalize(dir).ok(),
+            exclude: exclude
+                .build()
+                .unwrap_or_else(|_| globset::GlobSet::empty()),
+        })
+    }
+
+    /// Whether `[snap] exclude` covers `recipe`.
+    fn excludes(&self, recipe: &Path) -> bool {
+        if self.exclude.is_empty() {
+            return false;
+        }
+        let (Some(dir), Ok(absolute)) = (&self.dir, std::fs::canonicalize(recipe)) else {
+            return false;
+        };
+        absolute
+            .strip_prefix(dir)
+            .is_ok_and(|relative| self.exclude.is_match(relative))
+    }
+}
+
+/// The library governing `recipe` (its manifest's settings), read once per manifest file.
+fn library_of<'c>(
     recipe: &Path,
     loader: &dyn Loader,
-    cache: &mut HashMap<PathBuf, Option<Manifest>>,
-) -> Option<Manifest> {
+    cache: &'c mut HashMap<PathBuf, Option<Library>>,
+) -> Option<&'c Library> {
     let (file, text) = loader.manifest(recipe)?;
     cache
         .entry(file.clone())
-        .or_insert_with(|| {
-            // Errors in the manifest are reported with the recipe's diagnostics.
-            let mut sources = crate::source::SourceMap::new();
-            let mut diags = crate::diag::Diagnostics::default();
-            manifest::parse(&file, &text, &|n| loader.env(n), &mut sources, &mut diags)
-        })
-        .clone()
-}
-
-/// Whether the manifest's `[snap] exclude` covers `recipe`.
-fn excluded(manifest: &Manifest, recipe: &Path) -> bool {
-    if manifest.snap.exclude.is_empty() {
-        return false;
-    }
-    let Ok(dir) = std::fs::canonicalize(if manifest.dir.as_os_str().is_empty() {
-        Path::new(".")
-    } else {
-        &manifest.dir
-    }) else {
-        return false;
-    };
-    let Ok(absolute) = std::fs::canonicalize(recipe) else {
-        return false;
-    };
-    let Ok(relative) = absolute.strip_prefix(&dir) else {
-        return false;
-    };
-    let mut set = globset::GlobSetBuilder::new();
-    for pattern in &manifest.snap.exclude {
-        if let Ok(glob) = globset::GlobBuilder::new(pattern)
-            .literal_separator(true)
-            .build()
-        {
-            set.add(glob);
-        }
-    }
-    set.build().is_ok_and(|s| s.is_match(relative))
+        .or_insert_with(|| Library::read(&file, &text, loader))
+        .as_ref()
 }
 
 fn walk(
