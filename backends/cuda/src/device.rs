@@ -416,23 +416,39 @@ impl Backend for CudaBackend {
     }
 
     fn l2_norm(&mut self, xs: &[View]) -> f64 {
-        let mut total = 0.0f64;
-        for x in xs.iter().filter(|x| x.len > 0) {
-            let (call, partials) = launch::sum_squares(x.len);
-            let partial: CudaSlice<f64> = self
-                .stream
-                .alloc_zeros(partials)
-                .unwrap_or_else(|e| panic!("cuda l2_norm: {e:?}"));
-            let partial_ptr = partial.device_ptr(&self.stream).0;
-            let addresses = [self.whole(*x), partial_ptr];
-            self.run(&call, &addresses);
-            let host = self
-                .stream
-                .clone_dtoh(&partial)
-                .unwrap_or_else(|e| panic!("cuda l2_norm: {e:?}"));
-            total += host.iter().sum::<f64>();
+        // Every tensor's f64 partial sums into one device buffer, then one download (one
+        // synchronisation per call, not one per tensor).
+        let calls: Vec<(View, KernelCall, usize)> = xs
+            .iter()
+            .filter(|x| x.len > 0)
+            .map(|x| {
+                let (call, partials) = launch::sum_squares(x.len);
+                (*x, call, partials)
+            })
+            .collect();
+        let total: usize = calls.iter().map(|c| c.2).sum();
+        if total == 0 {
+            return 0.0;
         }
-        total.sqrt()
+        let partial: CudaSlice<f64> = self
+            .stream
+            .alloc_zeros(total)
+            .unwrap_or_else(|e| panic!("cuda l2_norm: {e:?}"));
+        let base = partial.device_ptr(&self.stream).0;
+        let mut at = 0;
+        for (x, call, partials) in &calls {
+            let addresses = [
+                self.whole(*x),
+                base + (at * std::mem::size_of::<f64>()) as u64,
+            ];
+            self.run(call, &addresses);
+            at += partials;
+        }
+        let host = self
+            .stream
+            .clone_dtoh(&partial)
+            .unwrap_or_else(|e| panic!("cuda l2_norm: {e:?}"));
+        host.iter().sum::<f64>().sqrt()
     }
 
     fn adamw(&mut self, param: View, grad: View, m: View, v: View, hyper: &AdamW) {
