@@ -1206,11 +1206,13 @@ fn bench(path: &Path, steps: u64, warmup: u64, settings: &Settings) -> Result<Ex
         (b.device_name(), b.peak_memory_bytes())
     };
     // (The operation count does not depend on the GPU the estimate is for.)
-    let flops =
-        kdc::engine::cost::estimate(trainer.executable().compiled(), kdc::engine::cost::GPUS[0])
-            .flops;
+    let estimate =
+        kdc::engine::cost::estimate(trainer.executable().compiled(), kdc::engine::cost::GPUS[0]);
+    let flops = estimate.flops;
     let achieved_tflops = flops / median / 1e12;
     let gpu = kdc::engine::cost::gpu(&device_name);
+    // Under bf16 autocast the share that matters is of the tensor cores' peak.
+    let bf16 = estimate.precision == kdc_backend::Dtype::Bf16;
     let result = serde_json::json!({
         "impl": "kdc", "recipe": name, "batch": recipe.stages[0].data.batch,
         "device": device_name,
@@ -1218,7 +1220,9 @@ fn bench(path: &Path, steps: u64, warmup: u64, settings: &Settings) -> Result<Ex
         "median_step_s": median, "mean_step_s": mean, "peak_rss_mib": peak_rss_mib(),
         "peak_device_mib": peak_device.map(|b| b as f64 / (1u64 << 20) as f64),
         "flops_per_step": flops, "achieved_tflops": achieved_tflops,
+        "precision": estimate.precision.name(),
         "fp32_peak_share": gpu.map(|g| achieved_tflops / g.fp32_tflops),
+        "bf16_peak_share": gpu.filter(|_| bf16).map(|g| achieved_tflops / g.bf16_tflops),
         "first_loss": logs.first().map(|l| l.loss), "last_loss": logs.last().map(|l| l.loss),
     });
     print(&format!("{result}\n"))?;

@@ -265,11 +265,19 @@ pub fn run(
             seconds: started.elapsed().as_secs_f64(),
             data: None,
         });
-        if stage.train.precision != crate::ir::Precision::Fp32 {
-            event(Event::Note(format!(
-                "stage {}: precision({}) is not built yet on any backend ({}); this stage trains in fp32",
-                stage.name, stage.train.precision, options.device
-            )));
+        match stage.train.precision {
+            crate::ir::Precision::Fp32 => {}
+            crate::ir::Precision::Bf16 if options.device == crate::engine::device::Device::Cpu => {
+                event(Event::Note(format!(
+                    "stage {}: precision(bf16) trains with bf16 autocast (products on bf16 factors, bf16-typed activations rounded); on the cpu it reproduces a GPU's bf16 arithmetic and is not faster than fp32",
+                    stage.name
+                )))
+            }
+            crate::ir::Precision::Bf16 => {}
+            crate::ir::Precision::Fp16 => event(Event::Note(format!(
+                "stage {}: precision(fp16) is not built yet on any backend ({}); this stage trains in fp32 (bf16 autocast is: precision(bf16))",
+                stage.name, options.device
+            ))),
         }
         let every = stage.train.checkpoint_every;
         let mut last_checkpoint = Instant::now();

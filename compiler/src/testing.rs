@@ -43,6 +43,7 @@ fn run_case(case: &TestCase) -> Outcome {
         batch: Some(1),
         target: Target::Values(nodes),
         tap_params: Vec::new(),
+        precision: None,
     };
     let backend = device::cpu();
     let compiled = compile::compile(&recipe, 0, &options, &**exec::lock(&backend));

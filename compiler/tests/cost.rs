@@ -73,12 +73,34 @@ fn a_training_step_costs_about_three_forward_passes_and_fits_an_a100() {
         (2.5..3.5).contains(&ratio),
         "train/forward matmul FLOPs {ratio}"
     );
-    assert!(e.flops > e.matmul_flops && e.bytes_f32 > 0.0);
-    assert!(e.seconds_bf16 <= e.seconds_f32);
+    assert!(e.flops > e.matmul_flops && e.bytes > 0.0);
     assert!(e.memory_bytes < a100.memory_gib * (1u64 << 30) as f64);
     let h100 = estimate(&train, gpu("h100").unwrap());
-    assert!(
-        h100.seconds_f32 < e.seconds_f32,
-        "an H100 is faster than an A100"
+    assert!(h100.seconds < e.seconds, "an H100 is faster than an A100");
+    // The recipe trains in f32: nothing on the tensor cores. Under bf16 autocast every product
+    // is (forward and backward); the work is the same but for the residual additions autocast
+    // leaves unfused; the conversions and roundings move more bytes. On a model this small
+    // every operation is bound by bandwidth, so those extra bytes make the bf16 step slower:
+    // autocast pays only where products dominate (`kdc explain` on recipes/clip_kd/best.kd).
+    assert_eq!(e.tensor_flops, 0.0);
+    let bf16 = compile(
+        &recipe,
+        0,
+        &Options {
+            precision: Some(kdc_backend::Dtype::Bf16),
+            ..Options::train()
+        },
+        &**b,
     );
+    let eb = estimate(&bf16, a100);
+    assert_eq!(eb.precision, kdc_backend::Dtype::Bf16);
+    assert!(
+        (eb.flops - e.flops).abs() <= 0.02 * e.flops,
+        "{} vs {}",
+        eb.flops,
+        e.flops
+    );
+    assert_eq!(eb.tensor_flops, eb.matmul_flops);
+    assert!(eb.bytes > e.bytes && eb.launches > e.launches);
+    assert!(eb.seconds > e.seconds, "{} vs {}", eb.seconds, e.seconds);
 }

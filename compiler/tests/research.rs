@@ -294,6 +294,7 @@ loss = clip_loss(s) + mse(proj(s.patches, to: teacher.image_width), t.patches)
         batch: Some(4),
         target: Target::Train,
         tap_params: vec![],
+        precision: None,
     };
     let backend = device::cpu();
     let compiled = compile::compile(&recipe, 0, &options, &**exec::lock(&backend));

@@ -6,19 +6,39 @@ use kdc::engine::train::{Options, Trainer};
 use std::path::Path;
 
 fn recipe() -> (kdc::ir::Recipe, kdc::manifest::Base) {
+    recipe_with(|text| text)
+}
+
+/// The small recipe with its text changed by `edit`.
+fn recipe_with(edit: impl Fn(String) -> String) -> (kdc::ir::Recipe, kdc::manifest::Base) {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .unwrap()
         .join("recipes/demo");
     let path = dir.join("clip_kd_small.kd");
-    let text = std::fs::read_to_string(&path).unwrap();
+    let text = edit(std::fs::read_to_string(&path).unwrap());
     let compiled = kdc::compile(path.to_str().unwrap(), &text, &kdc::FsLoader);
     let base = compiled.base();
     (compiled.recipe.expect("the small recipe checks"), base)
 }
 
+/// The small recipe under `precision(bf16)`.
+fn bf16_recipe() -> (kdc::ir::Recipe, kdc::manifest::Base) {
+    recipe_with(|text| {
+        let train = text
+            .lines()
+            .find(|l| l.starts_with("train ="))
+            .expect("a train line")
+            .to_string();
+        text.replace(&train, &format!("{train} | precision(bf16)"))
+    })
+}
+
 fn losses(steps: u64) -> Vec<f64> {
-    let (recipe, base) = recipe();
+    losses_of(recipe(), steps)
+}
+
+fn losses_of((recipe, base): (kdc::ir::Recipe, kdc::manifest::Base), steps: u64) -> Vec<f64> {
     let mut trainer = Trainer::new(
         &recipe,
         0,
@@ -48,6 +68,82 @@ fn loss_falls_over_200_steps_and_runs_repeat_exactly() {
     assert!(end < 0.5 * start, "loss went from {start:.3} to {end:.3}");
     let again = losses(30);
     assert_eq!(&first[..30], &again[..], "same seed, different losses");
+}
+
+/// `precision(bf16)` trains with autocast: every matrix product of the step (forward and
+/// backward) is typed bf16 and the layer norms, softmaxes and losses f32; the losses differ
+/// from f32 training by bf16 rounding only, and fall as much.
+#[test]
+fn bf16_autocast_types_the_step_and_trains_like_f32_within_its_precision() {
+    use kdc::engine::graph::{Dtype, Op};
+    let (recipe, base) = bf16_recipe();
+    let mut trainer = Trainer::new(
+        &recipe,
+        0,
+        &Options {
+            base: base.clone(),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let compiled = trainer.executable().compiled();
+    assert_eq!(compiled.precision, Dtype::Bf16);
+    assert!(compiled
+        .reports
+        .iter()
+        .any(|r| r.name == "autocast bf16" && r.rewrites > 0));
+    let (mut products, mut f32_kinds) = (0, 0);
+    for &id in &compiled.plan.order {
+        let node = &compiled.graph.nodes[id];
+        match node.op {
+            Op::MatMul { .. } | Op::MatMulAdd { .. } => {
+                products += 1;
+                assert_eq!(node.dtype, Dtype::Bf16, "{} {:?}", node.label, node.op);
+            }
+            Op::LayerNorm { .. }
+            | Op::Softmax { .. }
+            | Op::LogSoftmax { .. }
+            | Op::Normalize { .. }
+            | Op::Loss(_)
+            | Op::Reduce { .. } => {
+                f32_kinds += 1;
+                assert_eq!(node.dtype, Dtype::F32, "{} {:?}", node.label, node.op);
+            }
+            _ => {}
+        }
+    }
+    assert!(
+        products > 20 && f32_kinds > 10,
+        "{products} products, {f32_kinds} f32 ops"
+    );
+    drop(trainer);
+
+    let steps = 200;
+    let bf16 = losses_of((recipe, base), steps);
+    let f32 = losses(steps);
+    assert!(bf16.iter().all(|l| l.is_finite()));
+    let first = (bf16[0] - f32[0]).abs() / f32[0].abs();
+    assert!(
+        (1e-7..1e-2).contains(&first),
+        "first loss {} in bf16 vs {} in f32: autocast inactive or far off",
+        bf16[0],
+        f32[0]
+    );
+    let mean = |l: &[f64]| l.iter().sum::<f64>() / l.len() as f64;
+    let (start, end) = (mean(&bf16[..10]), mean(&bf16[180..]));
+    let end_f32 = mean(&f32[180..]);
+    assert!(
+        end < 0.5 * start,
+        "bf16 loss went from {start:.3} to {end:.3}"
+    );
+    assert!(
+        (end - end_f32).abs() < 0.05 * end_f32,
+        "after {steps} steps: bf16 {end:.4} vs f32 {end_f32:.4}"
+    );
+    eprintln!(
+        "[bf16 vs f32] first loss {:.6} vs {:.6}; last 20 steps {end:.4} vs {end_f32:.4}",
+        bf16[0], f32[0]
+    );
 }
 
 #[test]

@@ -12,7 +12,7 @@
 //! long as each one sees the effects of the ones before it; [`Backend::download`],
 //! [`Backend::l2_norm`] and [`Backend::synchronize`] wait for everything issued.
 
-use crate::op::Op;
+use crate::op::{Dtype, Op};
 
 /// A buffer a backend allocated: an index into the backend's own table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -58,6 +58,9 @@ pub struct Launch<'a> {
     pub output: View,
     pub shape: &'a [usize],
     pub scratch: View,
+    /// The output's type: `Bf16` rounds the output (and a matrix product's factors) to
+    /// bfloat16, as [`Dtype`] describes.
+    pub dtype: Dtype,
 }
 
 /// AdamW's hyper-parameters for one update (decoupled weight decay, PyTorch's convention:
@@ -91,9 +94,15 @@ pub trait Backend: Send {
     /// `cpu`, `cuda`, …
     fn name(&self) -> &'static str;
 
-    /// Floats of scratch memory this backend's kernel for `op` needs while it runs; the memory
-    /// plan reserves them next to the operation's output.
-    fn scratch_len(&self, op: &Op, input_shapes: &[Vec<usize>], shape: &[usize]) -> usize;
+    /// Floats of scratch memory this backend's kernel for `op` (with its output typed `dtype`)
+    /// needs while it runs; the memory plan reserves them next to the operation's output.
+    fn scratch_len(
+        &self,
+        op: &Op,
+        input_shapes: &[Vec<usize>],
+        shape: &[usize],
+        dtype: Dtype,
+    ) -> usize;
 
     /// A new buffer of `len` floats, zeroed.
     fn alloc(&mut self, len: usize) -> Result<BufferId, BackendError>;

@@ -15,4 +15,7 @@ pub mod backend;
 pub mod op;
 
 pub use backend::{AdamW, Backend, BackendError, BufferId, Launch, View};
-pub use op::{broadcast_shapes, numel, Binary, LossKind, Op, Reduce, Unary, F32};
+pub use op::{
+    broadcast_shapes, numel, round_bf16, round_bf16_slice, Binary, Dtype, LossKind, Op, Reduce,
+    Unary, F32,
+};

@@ -395,6 +395,61 @@ impl Op {
     }
 }
 
+/// The type a value of a step has. Every value is held in f32 memory; a `Bf16` value is one
+/// that has been rounded to bfloat16 (round to nearest, ties to even, as PyTorch's
+/// `.to(torch.bfloat16)`), so a backend that stores it in two bytes loses nothing.
+///
+/// Under `precision(bf16)` the engine's autocast pass types the graph as PyTorch's automatic
+/// mixed precision does and hands each operation its output's type in [`crate::Launch`]:
+///
+/// * a matrix product (`MatMul`, `MatMulAdd`) typed `Bf16` reads its two factors rounded to
+///   bf16, accumulates in f32 (a `MatMulAdd` adds its third input, as it is, in f32) and
+///   rounds its output;
+/// * any other operation typed `Bf16` runs in f32 and rounds its output.
+///
+/// `F32` operations are unchanged.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Dtype {
+    #[default]
+    F32,
+    Bf16,
+}
+
+impl Dtype {
+    pub fn name(self) -> &'static str {
+        match self {
+            Dtype::F32 => "f32",
+            Dtype::Bf16 => "bf16",
+        }
+    }
+}
+
+impl fmt::Display for Dtype {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// `x` rounded to the nearest bfloat16 (ties to even), as an f32: the upper 16 bits of the
+/// rounded value, the lower 16 zero. NaN stays NaN (quiet), infinities stay, values beyond
+/// bf16's largest finite round to infinity — CUDA's `__float2bfloat16_rn` exactly.
+#[inline]
+pub fn round_bf16(x: f32) -> f32 {
+    let bits = x.to_bits();
+    if x.is_nan() {
+        return f32::from_bits((bits | 0x0040_0000) & 0xffff_0000);
+    }
+    let lsb = (bits >> 16) & 1;
+    f32::from_bits(bits.wrapping_add(0x7fff + lsb) & 0xffff_0000)
+}
+
+/// Rounds every value of `xs` to bf16 in place ([`round_bf16`]).
+pub fn round_bf16_slice(xs: &mut [f32]) {
+    for x in xs {
+        *x = round_bf16(*x);
+    }
+}
+
 /// The default ε of `Normalize` (x / max(‖x‖₂, ε)), as `torch.nn.functional.normalize`.
 pub const NORMALIZE_EPS: f32 = 1e-12;
 
@@ -426,4 +481,47 @@ pub fn broadcast_shapes(a: &[usize], b: &[usize]) -> Option<Vec<usize>> {
         };
     }
     Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `round_bf16` agrees bit for bit with the `half` crate's conversion (round to nearest
+    /// even) on every class of value: ties both ways, subnormals, the overflow edge, NaN.
+    #[test]
+    fn round_bf16_matches_the_half_crate() {
+        let reference = |x: f32| half::bf16::from_f32(x).to_f32();
+        let mut xs: Vec<f32> = vec![
+            0.0,
+            -0.0,
+            1.0,
+            f32::from_bits(0x3f80_8000), // a tie, even below: stays 1.0
+            f32::from_bits(0x3f81_8000), // a tie, odd below: rounds up
+            f32::from_bits(0x3f80_8001), // just above a tie
+            f32::MIN_POSITIVE,
+            f32::from_bits(1),           // the smallest subnormal
+            f32::from_bits(0x7f7f_ffff), // f32::MAX: beyond bf16's largest, rounds to ∞
+            f32::from_bits(0x7f7f_7fff), // stays bf16's largest finite
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+        ];
+        // A deterministic sweep over the bit patterns (every exponent, many mantissas).
+        let mut state = 0x1234_5678u32;
+        for _ in 0..200_000 {
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            xs.push(f32::from_bits(state));
+        }
+        for x in xs {
+            let (got, want) = (round_bf16(x), reference(x));
+            if want.is_nan() {
+                assert!(got.is_nan(), "{x:e} ({:#x})", x.to_bits());
+                assert_eq!(got.to_bits() & 0xffff, 0);
+            } else {
+                assert_eq!(got.to_bits(), want.to_bits(), "{x:e} ({:#x})", x.to_bits());
+            }
+        }
+    }
 }

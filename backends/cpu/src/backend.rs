@@ -7,8 +7,8 @@
 //! integers; the index kernels read them as such.
 
 use kdc_backend::{
-    numel, AdamW, Backend, BackendError, Binary, BufferId, Launch, LossKind, Op, Reduce, Unary,
-    View,
+    numel, round_bf16, AdamW, Backend, BackendError, Binary, BufferId, Dtype, Launch, LossKind, Op,
+    Reduce, Unary, View,
 };
 
 /// The CPU backend. Operations run synchronously on the calling thread and rayon's pool.
@@ -75,8 +75,18 @@ impl Backend for CpuBackend {
         "cpu"
     }
 
-    fn scratch_len(&self, op: &Op, input_shapes: &[Vec<usize>], _shape: &[usize]) -> usize {
+    fn scratch_len(
+        &self,
+        op: &Op,
+        input_shapes: &[Vec<usize>],
+        _shape: &[usize],
+        dtype: Dtype,
+    ) -> usize {
         match op {
+            // The two factors rounded to bf16 (held as f32).
+            Op::MatMul { .. } | Op::MatMulAdd { .. } if dtype == Dtype::Bf16 => {
+                numel(&input_shapes[0]) + numel(&input_shapes[1])
+            }
             // Each row's mean and reciprocal standard deviation.
             Op::LayerNorm { .. }
             | Op::LayerNormBackward { .. }
@@ -155,7 +165,24 @@ impl Backend for CpuBackend {
                 .collect();
             let out = std::slice::from_raw_parts_mut(out, l.output.len);
             let scratch = std::slice::from_raw_parts_mut(scratch, l.scratch.len);
-            run(l.op, &inputs, l.input_shapes, l.shape, out, scratch);
+            if l.dtype == Dtype::Bf16 && matches!(l.op, Op::MatMul { .. } | Op::MatMulAdd { .. }) {
+                // bf16 factors, f32 accumulation: the product runs on rounded copies.
+                let (a, b) = scratch.split_at_mut(inputs[0].len());
+                let b = &mut b[..inputs[1].len()];
+                for (copy, x) in [(&mut *a, inputs[0]), (&mut *b, inputs[1])] {
+                    copy.copy_from_slice(x);
+                    crate::util::map_inplace(copy, round_bf16);
+                }
+                let mut rounded = inputs.clone();
+                rounded[0] = a;
+                rounded[1] = b;
+                run(l.op, &rounded, l.input_shapes, l.shape, out, &mut []);
+            } else {
+                run(l.op, &inputs, l.input_shapes, l.shape, out, scratch);
+            }
+            if l.dtype == Dtype::Bf16 {
+                crate::util::map_inplace(out, round_bf16);
+            }
         }
     }
 

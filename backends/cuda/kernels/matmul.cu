@@ -8,30 +8,40 @@
 // b[β·stride_b + p·ldb + j] (b[β·stride_b + j·ldb + p] when tb), C_β[i, j] =
 // c[β·stride_c + i·ldc + j]. A stride of 0 shares the operand across the batch. Blocks of
 // 16×16 threads, one output tile each; blockIdx.z walks the batch (grid-stride beyond 65535).
+//
+// kdc_matmul_bf16 reads A and B as bfloat16 and accumulates in f32 (the fallback and
+// reference of bf16 autocast's products, which the backend runs with cublasGemmEx).
+#include <cuda_bf16.h>
+
 #include "common.cuh"
 
 #define KDC_TILE 16
 
-extern "C" __global__ void kdc_matmul_f32(int batch, int m, int n, int k, int ta, int tb,
-                                          int lda, int ldb, int ldc, int stride_a,
-                                          int stride_b, int stride_c, int accumulate,
-                                          const float* a, const float* b, float* c) {
-    __shared__ float as[KDC_TILE][KDC_TILE + 1];
-    __shared__ float bs[KDC_TILE][KDC_TILE + 1];
+__device__ float kdc_load(const float* p, long long i) { return p[i]; }
+__device__ float kdc_load(const __nv_bfloat16* p, long long i) { return __bfloat162float(p[i]); }
+
+// The body of both kernels; `as`, `bs` are the block's shared tiles.
+template <typename T>
+__device__ void kdc_matmul_tiles(int batch, int m, int n, int k, int ta, int tb, int lda, int ldb,
+                                 int ldc, int stride_a, int stride_b, int stride_c,
+                                 int accumulate, const T* a, const T* b, float* c,
+                                 float (*as)[KDC_TILE + 1], float (*bs)[KDC_TILE + 1]) {
     const int tx = threadIdx.x, ty = threadIdx.y;
     const int row = blockIdx.y * KDC_TILE + ty, col = blockIdx.x * KDC_TILE + tx;
     for (long long beta = blockIdx.z; beta < batch; beta += gridDim.z) {
-        const float* ab = a + beta * stride_a;
-        const float* bb = b + beta * stride_b;
+        const T* ab = a + beta * stride_a;
+        const T* bb = b + beta * stride_b;
         float acc = 0.0f;
         for (int p0 = 0; p0 < k; p0 += KDC_TILE) {
             // as[ty][tx] = A[row, p0 + tx], bs[ty][tx] = B[p0 + ty, col] (0 outside).
             const int pa = p0 + tx, pb = p0 + ty;
             as[ty][tx] = (row < m && pa < k)
-                             ? (ta ? ab[(long long)pa * lda + row] : ab[(long long)row * lda + pa])
+                             ? kdc_load(ab, ta ? (long long)pa * lda + row
+                                               : (long long)row * lda + pa)
                              : 0.0f;
             bs[ty][tx] = (pb < k && col < n)
-                             ? (tb ? bb[(long long)col * ldb + pb] : bb[(long long)pb * ldb + col])
+                             ? kdc_load(bb, tb ? (long long)col * ldb + pb
+                                               : (long long)pb * ldb + col)
                              : 0.0f;
             __syncthreads();
             for (int q = 0; q < KDC_TILE; q++) acc += as[ty][q] * bs[q][tx];
@@ -42,4 +52,25 @@ extern "C" __global__ void kdc_matmul_f32(int batch, int m, int n, int k, int ta
             *o = accumulate ? *o + acc : acc;
         }
     }
+}
+
+extern "C" __global__ void kdc_matmul_f32(int batch, int m, int n, int k, int ta, int tb,
+                                          int lda, int ldb, int ldc, int stride_a,
+                                          int stride_b, int stride_c, int accumulate,
+                                          const float* a, const float* b, float* c) {
+    __shared__ float as[KDC_TILE][KDC_TILE + 1];
+    __shared__ float bs[KDC_TILE][KDC_TILE + 1];
+    kdc_matmul_tiles(batch, m, n, k, ta, tb, lda, ldb, ldc, stride_a, stride_b, stride_c,
+                     accumulate, a, b, c, as, bs);
+}
+
+extern "C" __global__ void kdc_matmul_bf16(int batch, int m, int n, int k, int ta, int tb,
+                                           int lda, int ldb, int ldc, int stride_a,
+                                           int stride_b, int stride_c, int accumulate,
+                                           const __nv_bfloat16* a, const __nv_bfloat16* b,
+                                           float* c) {
+    __shared__ float as[KDC_TILE][KDC_TILE + 1];
+    __shared__ float bs[KDC_TILE][KDC_TILE + 1];
+    kdc_matmul_tiles(batch, m, n, k, ta, tb, lda, ldb, ldc, stride_a, stride_b, stride_c,
+                     accumulate, a, b, c, as, bs);
 }

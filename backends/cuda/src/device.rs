@@ -256,6 +256,41 @@ impl CudaBackend {
         };
         let ptr = |o: &Operand| addresses[o.index] + (o.offset * 4) as u64;
         let (alpha, beta) = (1.0f32, if g.accumulate { 1.0f32 } else { 0.0 });
+        if g.bf16 {
+            // bf16 factors, f32 result and accumulation: the tensor cores' GEMM.
+            use blas_sys::cudaDataType::{CUDA_R_16BF, CUDA_R_32F};
+            // SAFETY: as below; A and B are bf16 copies in the operation's scratch, which
+            // dispatch sized for them.
+            return unsafe {
+                blas_sys::cublasGemmStridedBatchedEx(
+                    *self.blas.handle(),
+                    op(&g.b),
+                    op(&g.a),
+                    g.n as i32,
+                    g.m as i32,
+                    g.k as i32,
+                    &alpha as *const f32 as *const std::ffi::c_void,
+                    ptr(&g.b) as *const std::ffi::c_void,
+                    CUDA_R_16BF,
+                    g.b.ld as i32,
+                    g.b.batch_stride as i64,
+                    ptr(&g.a) as *const std::ffi::c_void,
+                    CUDA_R_16BF,
+                    g.a.ld as i32,
+                    g.a.batch_stride as i64,
+                    &beta as *const f32 as *const std::ffi::c_void,
+                    ptr(&g.c) as *mut std::ffi::c_void,
+                    CUDA_R_32F,
+                    g.c.ld as i32,
+                    g.c.batch_stride as i64,
+                    g.batch as i32,
+                    blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                    blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+                )
+            }
+            .result()
+            .unwrap_or_else(|e| panic!("cuBLAS bf16 GEMM: {e:?}"));
+        }
         // SAFETY: cuBLAS reads and writes within the operands' allocations (dispatch sizes
         // the product from the operation's shapes); the handle is bound to this stream.
         unsafe {
@@ -299,8 +334,9 @@ impl Backend for CudaBackend {
         op: &kdc_backend::op::Op,
         input_shapes: &[Vec<usize>],
         shape: &[usize],
+        dtype: kdc_backend::Dtype,
     ) -> usize {
-        dispatch::scratch_len(op, input_shapes, shape)
+        dispatch::scratch_len(op, input_shapes, shape, dtype)
     }
 
     fn alloc(&mut self, len: usize) -> Result<BufferId, BackendError> {
@@ -362,7 +398,7 @@ impl Backend for CudaBackend {
     }
 
     fn launch(&mut self, l: &Launch<'_>) {
-        let steps = dispatch::plan(l.op, l.input_shapes, l.shape)
+        let steps = dispatch::plan(l.op, l.input_shapes, l.shape, l.dtype)
             .unwrap_or_else(|e| panic!("cuda backend: {e}"));
         let mut addresses: Vec<u64> = l.inputs.iter().map(|v| self.whole(*v)).collect();
         addresses.push(self.whole(l.output));

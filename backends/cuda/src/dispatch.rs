@@ -22,10 +22,17 @@
 //! Matrix products are [`Step::Gemm`]: the CUDA backend hands them to cuBLAS (strided-batched,
 //! with row-major operands read as column-major transposes), the emulated one runs
 //! [`Gemm::kernel`], the tiled kernel of kernels/matmul.cu.
+//!
+//! # bf16 autocast
+//!
+//! An operation typed [`Dtype::Bf16`] ends with a kernel that rounds its output to bf16 in
+//! place. A bf16 matrix product first converts its two factors to bfloat16 in its scratch
+//! (A at float offset 0, B after it) and runs a bf16 GEMM on them (cuBLAS's GemmEx with f32
+//! accumulation on the tensor cores; the tiled kernel's bf16 variant in emulation).
 
 use std::fmt;
 
-use kdc_backend::{numel, LossKind, Op};
+use kdc_backend::{numel, Dtype, LossKind, Op};
 
 use crate::kernels::{BinaryCode, PairLossCode, ReduceCode, RowLossCode, UnaryCode};
 use crate::launch::{self, Arg, KernelCall, MatmulLayout, MAX_RANK};
@@ -72,6 +79,9 @@ pub struct Gemm {
     pub b: Operand,
     pub c: Operand,
     pub accumulate: bool,
+    /// Whether A and B hold bfloat16 values (their offsets still count floats; their leading
+    /// dimensions and strides count elements). C is f32 either way.
+    pub bf16: bool,
 }
 
 impl Gemm {
@@ -103,6 +113,7 @@ impl Gemm {
             self.a.transposed,
             self.b.transposed,
             self.accumulate,
+            self.bf16,
             &layout,
             arg(&self.a),
             arg(&self.b),
@@ -148,10 +159,15 @@ fn axis_dims(shape: &[usize], axis: usize) -> (usize, usize, usize) {
     )
 }
 
-/// Floats of scratch memory the steps of `op` use (buffer position `inputs + 1`).
-pub fn scratch_len(op: &Op, input_shapes: &[Vec<usize>], _shape: &[usize]) -> usize {
+/// Floats of scratch memory the steps of `op` (output typed `dtype`) use (buffer position
+/// `inputs + 1`).
+pub fn scratch_len(op: &Op, input_shapes: &[Vec<usize>], _shape: &[usize], dtype: Dtype) -> usize {
     let first = || input_shapes.first().map(|s| rows_cols(s)).unwrap_or((0, 0));
     match op {
+        // The two factors as bf16, two to a float.
+        Op::MatMul { .. } | Op::MatMulAdd { .. } if dtype == Dtype::Bf16 => {
+            bf16_factors(input_shapes).2
+        }
         // The rows' mean and reciprocal standard deviation.
         Op::LayerNorm { .. } | Op::LayerNormParamGrads { .. } => 2 * first().0,
         Op::Loss(LossKind::CrossEntropyDiagonal) => first().0,
@@ -163,11 +179,18 @@ pub fn scratch_len(op: &Op, input_shapes: &[Vec<usize>], _shape: &[usize]) -> us
     }
 }
 
+/// Where a bf16 product's factors go in its scratch: (A's float offset, B's, floats in all).
+fn bf16_factors(input_shapes: &[Vec<usize>]) -> (usize, usize, usize) {
+    let half = |i: usize| input_shapes.get(i).map_or(0, |s| numel(s).div_ceil(2));
+    (0, half(0), half(0) + half(1))
+}
+
 /// Checks and builds the steps of one operation.
 struct Planner<'a> {
     op: &'a Op,
     shapes: &'a [Vec<usize>],
     shape: &'a [usize],
+    dtype: Dtype,
 }
 
 type Plan = Result<Vec<Step>, Unsupported>;
@@ -319,6 +342,7 @@ impl Planner<'_> {
                 ld: n.max(1),
             },
             accumulate,
+            bf16: false,
         })
     }
 
@@ -366,7 +390,49 @@ impl Planner<'_> {
         })
     }
 
+    /// The steps, with bf16 autocast's conversions and rounding around them.
     fn plan(&self) -> Plan {
+        let mut steps = self.steps()?;
+        if self.dtype == Dtype::F32 || steps.is_empty() {
+            return Ok(steps);
+        }
+        if matches!(self.op, Op::MatMul { .. } | Op::MatMulAdd { .. }) {
+            let (a_at, b_at, _) = bf16_factors(self.shapes);
+            let scratch = self.scratch();
+            let cast = |input: usize, at: usize| {
+                let mut call = launch::remap(
+                    launch::f32_to_bf16(numel(&self.shapes[input])),
+                    &[input, scratch],
+                );
+                for arg in &mut call.args {
+                    if let Arg::Buf { index, offset } = arg {
+                        if *index == scratch {
+                            *offset = at;
+                        }
+                    }
+                }
+                Step::Kernel(call)
+            };
+            for step in &mut steps {
+                if let Step::Gemm(g) = step {
+                    g.bf16 = true;
+                    g.a.index = scratch;
+                    g.a.offset = a_at;
+                    g.b.index = scratch;
+                    g.b.offset = b_at;
+                }
+            }
+            steps.splice(0..0, [cast(0, a_at), cast(1, b_at)]);
+        }
+        steps.push(Step::Kernel(launch::remap(
+            launch::round_bf16(self.n()),
+            &[self.out()],
+        )));
+        Ok(steps)
+    }
+
+    /// The steps in f32.
+    fn steps(&self) -> Plan {
         let arity = self.arity()?;
         self.ensure(self.shapes.len() == arity, || {
             format!("{} inputs where it takes {arity}", self.shapes.len())
@@ -743,18 +809,20 @@ fn row_loss(kind: LossKind) -> RowLossCode {
     }
 }
 
-/// The device work of `op` on inputs of `input_shapes` into an output of `shape`, in order,
-/// with buffers by position (see the module documentation); or why the kernels cannot do it.
-/// Never panics.
+/// The device work of `op` on inputs of `input_shapes` into an output of `shape` typed
+/// `dtype`, in order, with buffers by position (see the module documentation); or why the
+/// kernels cannot do it. Never panics.
 pub fn plan(
     op: &Op,
     input_shapes: &[Vec<usize>],
     shape: &[usize],
+    dtype: Dtype,
 ) -> Result<Vec<Step>, Unsupported> {
     Planner {
         op,
         shapes: input_shapes,
         shape,
+        dtype,
     }
     .plan()
 }

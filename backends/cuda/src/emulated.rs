@@ -244,8 +244,14 @@ impl Backend for EmulatedBackend {
         "cuda-emulated"
     }
 
-    fn scratch_len(&self, op: &Op, input_shapes: &[Vec<usize>], shape: &[usize]) -> usize {
-        dispatch::scratch_len(op, input_shapes, shape)
+    fn scratch_len(
+        &self,
+        op: &Op,
+        input_shapes: &[Vec<usize>],
+        shape: &[usize],
+        dtype: kdc_backend::Dtype,
+    ) -> usize {
+        dispatch::scratch_len(op, input_shapes, shape, dtype)
     }
 
     fn alloc(&mut self, len: usize) -> Result<BufferId, BackendError> {
@@ -276,7 +282,7 @@ impl Backend for EmulatedBackend {
     }
 
     fn launch(&mut self, l: &Launch<'_>) {
-        let steps = dispatch::plan(l.op, l.input_shapes, l.shape)
+        let steps = dispatch::plan(l.op, l.input_shapes, l.shape, l.dtype)
             .unwrap_or_else(|e| panic!("kdc-cuda emulated: {e}"));
         assert_eq!(
             l.output.len,

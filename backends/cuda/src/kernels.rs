@@ -128,8 +128,12 @@ pub const FILES: &[KernelFile] = &[
     ),
     kernel_file!("topk.cu", ["kdc_topk_f32", "kdc_topk_backward_f32"], false),
     kernel_file!("optim.cu", ["kdc_adamw_f32", "kdc_sum_squares_f64"], false),
-    kernel_file!("matmul.cu", ["kdc_matmul_f32"], false),
-    kernel_file!("convert.cu", ["kdc_f32_to_bf16", "kdc_bf16_to_f32"], true),
+    kernel_file!("matmul.cu", ["kdc_matmul_f32", "kdc_matmul_bf16"], true),
+    kernel_file!(
+        "convert.cu",
+        ["kdc_f32_to_bf16", "kdc_bf16_to_f32", "kdc_round_bf16"],
+        true
+    ),
 ];
 
 /// The file that defines kernel `entry`.

@@ -744,6 +744,11 @@ pub fn bf16_to_f32(n: usize) -> KernelCall {
     elementwise("kdc_bf16_to_f32", n, vec![Arg::I32(int(n)), buf(0), buf(1)])
 }
 
+/// Rounds f32 values to bf16 in place; buffer (y).
+pub fn round_bf16(n: usize) -> KernelCall {
+    elementwise("kdc_round_bf16", n, vec![Arg::I32(int(n)), buf(0)])
+}
+
 // ---------------------------------------------------------------------------------------------
 // Matrix product (kernels/matmul.cu): kdc-cpu's `matmul` semantics, 16×16 tiles.
 
@@ -778,6 +783,7 @@ pub fn matmul(
         ta,
         tb,
         accumulate,
+        false,
         &layout,
         buf(0),
         buf(1),
@@ -798,7 +804,8 @@ pub struct MatmulLayout {
 }
 
 /// `C_β (+)= op(A_β)·op(B_β)` for `β < batch`, row-major with the given layout (see
-/// kernels/matmul.cu); `a`, `b`, `c` are the operands' [`Arg::Buf`]s.
+/// kernels/matmul.cu); `a`, `b`, `c` are the operands' [`Arg::Buf`]s; with `bf16` A and B
+/// hold bfloat16 values (C is f32 either way).
 #[allow(clippy::too_many_arguments)]
 pub fn matmul_strided(
     batch: usize,
@@ -808,6 +815,7 @@ pub fn matmul_strided(
     ta: bool,
     tb: bool,
     accumulate: bool,
+    bf16: bool,
     layout: &MatmulLayout,
     a: Arg,
     b: Arg,
@@ -815,7 +823,11 @@ pub fn matmul_strided(
 ) -> KernelCall {
     let t = MATMUL_TILE as usize;
     KernelCall {
-        kernel: "kdc_matmul_f32",
+        kernel: if bf16 {
+            "kdc_matmul_bf16"
+        } else {
+            "kdc_matmul_f32"
+        },
         grid: [
             n.div_ceil(t).max(1) as u32,
             m.div_ceil(t).max(1) as u32,

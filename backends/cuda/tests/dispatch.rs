@@ -11,7 +11,9 @@
 mod common;
 
 use common::{check, Rng};
-use kdc_backend::{numel, Backend, Binary, Launch, LossKind, Op, Reduce, Unary, View, F32};
+use kdc_backend::{
+    numel, round_bf16, Backend, Binary, Dtype, Launch, LossKind, Op, Reduce, Unary, View, F32,
+};
 use kdc_cpu::CpuBackend;
 use kdc_cuda::dispatch::{self, Step};
 use kdc_cuda::emulated::EmulatedBackend;
@@ -49,6 +51,7 @@ fn run_separate(
     op: &Op,
     inputs: &[(Vec<usize>, Vec<f32>)],
     shape: &[usize],
+    dtype: Dtype,
 ) -> Vec<f32> {
     let shapes: Vec<Vec<usize>> = inputs.iter().map(|i| i.0.clone()).collect();
     let mut views = Vec::new();
@@ -59,7 +62,7 @@ fn run_separate(
     }
     let n = numel(shape);
     let output = View::whole(b.alloc(n).unwrap(), n);
-    let s = b.scratch_len(op, &shapes, shape);
+    let s = b.scratch_len(op, &shapes, shape, dtype);
     let scratch = View::whole(b.alloc(s).unwrap(), s);
     b.launch(&Launch {
         op,
@@ -68,6 +71,7 @@ fn run_separate(
         output,
         shape,
         scratch,
+        dtype,
     });
     let mut out = vec![0.0; n];
     b.download(output, &mut out);
@@ -79,11 +83,16 @@ fn run_separate(
 
 /// Runs `op` on the emulated backend with every view in one arena at odd offsets, gaps of
 /// sentinels between them; checks that the gaps and the inputs are intact.
-fn run_in_arena(op: &Op, inputs: &[(Vec<usize>, Vec<f32>)], shape: &[usize]) -> Vec<f32> {
+fn run_in_arena(
+    op: &Op,
+    inputs: &[(Vec<usize>, Vec<f32>)],
+    shape: &[usize],
+    dtype: Dtype,
+) -> Vec<f32> {
     let mut b = device(false);
     let shapes: Vec<Vec<usize>> = inputs.iter().map(|i| i.0.clone()).collect();
     let n = numel(shape);
-    let s = b.scratch_len(op, &shapes, shape);
+    let s = b.scratch_len(op, &shapes, shape, dtype);
     let lens: Vec<usize> = inputs.iter().map(|i| i.1.len()).chain([n, s]).collect();
     const GAP: usize = 3;
     let total = GAP + lens.iter().map(|l| l + GAP).sum::<usize>();
@@ -113,6 +122,7 @@ fn run_in_arena(op: &Op, inputs: &[(Vec<usize>, Vec<f32>)], shape: &[usize]) -> 
         output,
         shape,
         scratch,
+        dtype,
     });
     let mut after = vec![0.0; total];
     b.download(View::whole(arena, total), &mut after);
@@ -141,8 +151,8 @@ fn run_in_arena(op: &Op, inputs: &[(Vec<usize>, Vec<f32>)], shape: &[usize]) -> 
     after[output.offset..output.offset + n].to_vec()
 }
 
-fn cpu(op: &Op, inputs: &[(Vec<usize>, Vec<f32>)], shape: &[usize]) -> Vec<f32> {
-    run_separate(&mut CpuBackend::new(), op, inputs, shape)
+fn cpu(op: &Op, inputs: &[(Vec<usize>, Vec<f32>)], shape: &[usize], dtype: Dtype) -> Vec<f32> {
+    run_separate(&mut CpuBackend::new(), op, inputs, shape, dtype)
 }
 
 /// The operation on both backends (both emulated bindings), compared; returns the CPU's output.
@@ -154,12 +164,25 @@ fn compare(
     shape: &[usize],
     tol: f64,
 ) -> Vec<f32> {
-    let want = cpu(&op, &inputs, shape);
-    let isolated = run_separate(&mut *device(true), &op, &inputs, shape);
+    compare_typed(what, op, inputs, shape, Dtype::F32, tol).0
+}
+
+/// [`compare`] with the output typed `dtype`; returns the CPU's output and the emulator's.
+#[track_caller]
+fn compare_typed(
+    what: &str,
+    op: Op,
+    inputs: Vec<(Vec<usize>, Vec<f32>)>,
+    shape: &[usize],
+    dtype: Dtype,
+    tol: f64,
+) -> (Vec<f32>, Vec<f32>) {
+    let want = cpu(&op, &inputs, shape, dtype);
+    let isolated = run_separate(&mut *device(true), &op, &inputs, shape, dtype);
     check(&format!("{what} isolated"), &isolated, &want, tol);
-    let shared = run_in_arena(&op, &inputs, shape);
+    let shared = run_in_arena(&op, &inputs, shape, dtype);
     check(&format!("{what} in arena"), &shared, &want, tol);
-    want
+    (want, shared)
 }
 
 fn t(shape: &[usize], values: Vec<f32>) -> (Vec<usize>, Vec<f32>) {
@@ -298,6 +321,136 @@ fn matrix_products_in_every_layout_and_batching() {
                 compare(&what, op, vec![a.clone(), b.clone(), bias], &so, TOL);
             }
         }
+    }
+}
+
+/// One bf16 ulp relative to the output's largest magnitude (bf16 keeps 8 significant bits:
+/// the ulp of a value in [2ᵉ, 2ᵉ⁺¹) is 2ᵉ⁻⁷): f32 sums in another order may round to the
+/// neighbouring bf16 value.
+const BF16_ULP: f64 = 1.0 / 128.0;
+
+fn is_bf16(values: &[f32]) -> bool {
+    values.iter().all(|v| v.to_bits() & 0xffff == 0)
+}
+
+/// bf16 autocast's products: both backends read the factors as bf16, accumulate in f32 and
+/// round the result; both agree with a float64 product of the rounded factors; and a
+/// `MatMulAdd` adds its third input unrounded before the result's rounding.
+#[test]
+fn bf16_products_match_the_cpu_and_a_float64_reference() {
+    let mut rng = Rng::new(11);
+    let (m, k, n) = (7, 37, 19);
+    for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+        for (ba, bb, bo) in [
+            (vec![], vec![], vec![]),
+            (vec![3], vec![3], vec![3]),
+            (vec![2], vec![], vec![2]),
+        ] {
+            let mut sa = ba.clone();
+            sa.extend(if ta { [k, m] } else { [m, k] });
+            let mut sb = bb.clone();
+            sb.extend(if tb { [n, k] } else { [k, n] });
+            let mut so = bo.clone();
+            so.extend([m, n]);
+            let a = rand(&mut rng, &sa, -2.0, 2.0);
+            let b = rand(&mut rng, &sb, -2.0, 2.0);
+            let bias = rand(&mut rng, &[n], -1.0, 1.0);
+            let what = format!("bf16 matmul {sa:?} {sb:?} ta={ta} tb={tb}");
+            let (cpu_out, emu_out) = compare_typed(
+                &what,
+                Op::MatMul { ta, tb },
+                vec![a.clone(), b.clone()],
+                &so,
+                Dtype::Bf16,
+                BF16_ULP,
+            );
+            let (cpu_add, emu_add) = compare_typed(
+                &format!("{what} + bias"),
+                Op::MatMulAdd { ta, tb },
+                vec![a.clone(), b.clone(), bias.clone()],
+                &so,
+                Dtype::Bf16,
+                BF16_ULP,
+            );
+            for out in [&cpu_out, &emu_out, &cpu_add, &emu_add] {
+                assert!(is_bf16(out), "{what}: a result that is not a bf16 value");
+            }
+            // The float64 reference: rounded factors, exact products, one rounding at the end.
+            let batch: usize = bo.iter().product();
+            let mut want = vec![0.0f32; batch * m * n];
+            let mut want_add = vec![0.0f32; batch * m * n];
+            let r = |x: f32| round_bf16(x) as f64;
+            for beta in 0..batch {
+                let (oa, ob) = (
+                    if ba.is_empty() { 0 } else { beta * m * k },
+                    if bb.is_empty() { 0 } else { beta * k * n },
+                );
+                for i in 0..m {
+                    for j in 0..n {
+                        let mut acc = 0.0f64;
+                        for p in 0..k {
+                            let av = a.1[oa + if ta { p * m + i } else { i * k + p }];
+                            let bv = b.1[ob + if tb { j * k + p } else { p * n + j }];
+                            acc += r(av) * r(bv);
+                        }
+                        want[(beta * m + i) * n + j] = round_bf16(acc as f32);
+                        want_add[(beta * m + i) * n + j] =
+                            round_bf16((acc + bias.1[j] as f64) as f32);
+                    }
+                }
+            }
+            check(&format!("{what} vs float64"), &cpu_out, &want, BF16_ULP);
+            check(
+                &format!("{what} + bias vs float64"),
+                &cpu_add,
+                &want_add,
+                BF16_ULP,
+            );
+            // Autocast changes the result: the same product in f32 is not all bf16 values.
+            let f32_out = cpu(&Op::MatMul { ta, tb }, &[a, b], &so, Dtype::F32);
+            assert!(
+                !is_bf16(&f32_out),
+                "{what}: the f32 product is already bf16"
+            );
+        }
+    }
+}
+
+/// Any other operation typed bf16 rounds its output, on both backends alike.
+#[test]
+fn bf16_outputs_are_rounded_on_both_backends() {
+    let mut rng = Rng::new(12);
+    let x = rand(&mut rng, &[5, 33], -3.0, 3.0);
+    let y = rand(&mut rng, &[33], -3.0, 3.0);
+    let cases: Vec<(Op, Vec<(Vec<usize>, Vec<f32>)>, Vec<usize>)> = vec![
+        (Op::Unary(Unary::Gelu), vec![x.clone()], vec![5, 33]),
+        (Op::Unary(Unary::QuickGelu), vec![x.clone()], vec![5, 33]),
+        (
+            Op::Binary(Binary::Mul),
+            vec![x.clone(), y.clone()],
+            vec![5, 33],
+        ),
+        (Op::Permute(vec![1, 0]), vec![x.clone()], vec![33, 5]),
+        (Op::SumTo, vec![x.clone()], vec![33]),
+    ];
+    for (op, inputs, shape) in cases {
+        let what = format!("bf16 {op:?}");
+        let (cpu_out, emu_out) = compare_typed(
+            &what,
+            op.clone(),
+            inputs.clone(),
+            &shape,
+            Dtype::Bf16,
+            BF16_ULP,
+        );
+        assert!(
+            is_bf16(&cpu_out) && is_bf16(&emu_out),
+            "{what}: not rounded"
+        );
+        // Exactly the f32 result rounded (the CPU's; the emulator's within one ulp above).
+        let exact = cpu(&op, &inputs, &shape, Dtype::F32);
+        let rounded: Vec<f32> = exact.iter().map(|&v| round_bf16(v)).collect();
+        check(&format!("{what} vs rounded f32"), &cpu_out, &rounded, EXACT);
     }
 }
 
@@ -624,16 +777,19 @@ fn every_loss_and_its_gradients() {
                         &Op::LogSoftmax { axis },
                         &[rand(&mut rng, &shape, -3.0, 3.0)],
                         &shape,
+                        Dtype::F32,
                     );
                     let lb = cpu(
                         &Op::LogSoftmax { axis },
                         &[rand(&mut rng, &shape, -3.0, 3.0)],
                         &shape,
+                        Dtype::F32,
                     );
                     if kind == LossKind::Kl {
                         (t(&shape, la), t(&shape, lb))
                     } else {
-                        let target = cpu(&Op::Softmax { axis }, &[t(&shape, lb)], &shape);
+                        let target =
+                            cpu(&Op::Softmax { axis }, &[t(&shape, lb)], &shape, Dtype::F32);
                         (rand(&mut rng, &shape, -4.0, 4.0), t(&shape, target))
                     }
                 }
@@ -667,7 +823,7 @@ fn every_loss_and_its_gradients() {
 #[test]
 fn every_operation_plans_and_the_unsupported_ones_say_which() {
     // Sources are set by the runner: a clear error, not a panic.
-    let e = dispatch::plan(&Op::Input(0), &[], &[3]).unwrap_err();
+    let e = dispatch::plan(&Op::Input(0), &[], &[3], Dtype::F32).unwrap_err();
     assert_eq!(e.op, "Input");
     assert!(e.to_string().contains("Input"), "{e}");
     // Shapes the kernels cannot take.
@@ -691,7 +847,7 @@ fn every_operation_plans_and_the_unsupported_ones_say_which() {
         (Op::Permute(vec![0, 0]), vec![vec![2, 2]], vec![2, 2]),
     ];
     for (op, shapes, shape) in bad {
-        let e = dispatch::plan(&op, &shapes, &shape).expect_err("unsupported");
+        let e = dispatch::plan(&op, &shapes, &shape, Dtype::F32).expect_err("unsupported");
         assert_eq!(e.op, op.kind());
         assert!(e.to_string().contains(op.kind()), "{e}");
     }
@@ -703,6 +859,7 @@ fn every_operation_plans_and_the_unsupported_ones_say_which() {
         },
         &[vec![2, 5, 7], vec![9, 7], vec![9]],
         &[2, 5, 9],
+        Dtype::F32,
     )
     .unwrap();
     let Step::Gemm(g) = &steps[1] else {
@@ -717,11 +874,13 @@ fn every_operation_plans_and_the_unsupported_ones_say_which() {
     // A constant is an upload; a view with nothing to compute still copies when planned.
     let c = Op::Constant(vec![F32(1.0), F32(2.0)]);
     assert_eq!(
-        dispatch::plan(&c, &[], &[2]).unwrap(),
+        dispatch::plan(&c, &[], &[2], Dtype::F32).unwrap(),
         vec![Step::Upload(vec![1.0, 2.0])]
     );
-    assert!(dispatch::plan(&c, &[], &[3]).is_err());
-    assert!(!dispatch::plan(&Op::Reshape, &[vec![2, 3]], &[6])
-        .unwrap()
-        .is_empty());
+    assert!(dispatch::plan(&c, &[], &[3], Dtype::F32).is_err());
+    assert!(
+        !dispatch::plan(&Op::Reshape, &[vec![2, 3]], &[6], Dtype::F32)
+            .unwrap()
+            .is_empty()
+    );
 }

@@ -3,7 +3,7 @@
 //! passes and plans the memory, for the backend that will run it. Nothing else in kdc lowers,
 //! optimises or plans.
 
-use super::graph::{Graph, Id};
+use super::graph::{Dtype, Graph, Id};
 use super::lower::{self, Output, Target};
 use super::passes::{self, PassReport};
 use super::plan::{self, MemoryPlan};
@@ -20,6 +20,9 @@ pub struct Options {
     /// Taps given as parameters `tap:<model>.<tap>` instead of computed by the towers (tests of
     /// the loss library on fixed features).
     pub tap_params: Vec<String>,
+    /// The arithmetic: `None` follows the stage's `precision(…)` for a training step and is
+    /// f32 for a forward pass (evaluations run in f32).
+    pub precision: Option<Dtype>,
 }
 
 impl Options {
@@ -29,6 +32,7 @@ impl Options {
             batch: None,
             target: Target::Train,
             tap_params: Vec::new(),
+            precision: None,
         }
     }
 
@@ -38,6 +42,7 @@ impl Options {
             batch: Some(batch),
             target: Target::Forward(taps),
             tap_params: Vec::new(),
+            precision: None,
         }
     }
 }
@@ -68,6 +73,8 @@ pub struct Compiled {
     pub loss_params: Vec<(usize, usize)>,
     pub batch: usize,
     pub target: Target,
+    /// The arithmetic it runs in (bf16: the autocast pass typed it).
+    pub precision: Dtype,
     /// The backend it was planned for.
     pub backend: &'static str,
 }
@@ -113,7 +120,17 @@ pub fn compile(
         &options.target,
         &options.tap_params,
     );
-    let mut compiled = compile_graph(lowered.graph, lowered.outputs, lowered.forward_len, backend);
+    let precision = options.precision.unwrap_or(match options.target {
+        Target::Train => autocast_dtype(recipe.stages[stage_index].train.precision),
+        Target::Forward(_) | Target::Values(_) => Dtype::F32,
+    });
+    let mut compiled = compile_graph(
+        lowered.graph,
+        lowered.outputs,
+        lowered.forward_len,
+        precision,
+        backend,
+    );
     compiled.terms = lowered.terms;
     compiled.model_params = lowered.model_params;
     compiled.loss_params = lowered.loss_params;
@@ -122,12 +139,23 @@ pub fn compile(
     compiled
 }
 
+/// The type autocast computes in under a recipe's `precision(…)`: bf16 for `bf16`; f32 for
+/// `fp32`, and for `fp16`, which is not built (the run says so).
+pub fn autocast_dtype(precision: ir::Precision) -> Dtype {
+    match precision {
+        ir::Precision::Bf16 => Dtype::Bf16,
+        ir::Precision::Fp32 | ir::Precision::Fp16 => Dtype::F32,
+    }
+}
+
 /// Optimises and plans a graph built by hand (tests, tools) for the given named outputs;
-/// nodes before `forward_len` count as its forward pass.
+/// nodes before `forward_len` count as its forward pass; `precision` bf16 runs the autocast
+/// pass.
 pub fn compile_graph(
     mut graph: Graph,
     outputs: Vec<(Output, Id)>,
     forward_len: usize,
+    precision: Dtype,
     backend: &dyn Backend,
 ) -> Compiled {
     let output_ids: Vec<Id> = outputs.iter().map(|o| o.1).collect();
@@ -141,12 +169,13 @@ pub fn compile_graph(
             .filter(|&i| live[i])
             .count(),
     };
-    let reports = passes::optimize(&mut graph, &output_ids);
+    let reports = passes::optimize(&mut graph, &output_ids, precision);
     let plan = plan::plan(&graph, &output_ids, |i| {
         backend.scratch_len(
             &graph.nodes[i].op,
             &graph.input_shapes(i),
             &graph.nodes[i].shape,
+            graph.nodes[i].dtype,
         )
     });
     #[cfg(debug_assertions)]
@@ -166,6 +195,7 @@ pub fn compile_graph(
         loss_params: Vec::new(),
         batch: 0,
         target: Target::Forward(Vec::new()),
+        precision,
         backend: backend.name(),
     }
 }

@@ -5,15 +5,18 @@
 //!
 //! The model is deliberately simple and stated: a matrix product costs 2·m·n·k operations;
 //! other operations a few per element (listed in [`per_element`]); every operation reads its
-//! inputs and writes its output once from device memory (4 bytes a value in f32, 2 in bf16
-//! for activations); an operation takes max(operations / peak, bytes / bandwidth); the
-//! optimiser reads and writes each trainable value's parameter, gradient and two moments.
+//! inputs and writes its output once from device memory (4 bytes a value); an operation
+//! takes max(operations / peak, bytes / bandwidth); the optimiser reads and writes each
+//! trainable value's parameter, gradient and two moments. Under bf16 autocast it counts what
+//! kdc-cuda runs: a bf16 product converts its factors (reads them in f32, writes bf16), runs on
+//! the tensor cores reading 2 bytes a factor value, and rounds its output in a second pass;
+//! every other bf16-typed operation adds the rounding pass (activations stay in f32 memory).
 //! Real kernels fuse less or more, and small operations are bound by launch latency (about
 //! 5 µs each, counted separately), so treat the result as a lower bound.
 
 use super::compile::Compiled;
 use super::graph::numel;
-use kdc_backend::op::Op;
+use kdc_backend::op::{Dtype, Op};
 
 /// A GPU's published peak numbers (dense, without sparsity).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -85,15 +88,21 @@ pub fn per_element(op: &Op) -> f64 {
     }
 }
 
-/// One operation's cost.
+/// One operation's cost, as the compiled step runs it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct OpCost {
     pub kind: &'static str,
     pub flops: f64,
-    /// Values read and written (multiply by the bytes of a value).
+    /// Values read and written by the operation itself, in f32.
     pub values_moved: f64,
-    /// Whether it is a matrix product (tensor cores under bf16).
+    /// Bytes moved, autocast's conversions and rounding included.
+    pub bytes: f64,
+    /// Whether it is a matrix product.
     pub matmul: bool,
+    /// Whether it runs in bf16 (a product then uses the tensor cores).
+    pub bf16: bool,
+    /// Kernel launches (a bf16 operation's conversions and rounding are launches of their own).
+    pub launches: usize,
 }
 
 /// Every computed operation of a compiled step, in execution order (aliases cost nothing
@@ -122,36 +131,55 @@ pub fn operations(c: &Compiled) -> Vec<OpCost> {
             }
             ref op => (per_element(op) * out_len.max(read), false),
         };
+        let values_moved = read + out_len;
+        let bf16 = node.dtype == Dtype::Bf16;
+        let (bytes, launches) = match (bf16, matmul) {
+            (false, _) => (values_moved * 4.0, 1),
+            (true, true) => {
+                let factors = (numel(shapes[0]) + numel(shapes[1])) as f64;
+                // Conversions (read f32, write bf16), the product reading bf16 factors (and a
+                // MatMulAdd's third input in f32), then the rounding pass over the output.
+                let conversions = factors * 6.0;
+                let product = factors * 2.0 + (read - factors) * 4.0 + out_len * 4.0;
+                (conversions + product + out_len * 8.0, 4)
+            }
+            (true, false) => (values_moved * 4.0 + out_len * 8.0, 2),
+        };
         out.push(OpCost {
             kind: node.op.kind(),
             flops,
-            values_moved: read + out_len,
+            values_moved,
+            bytes,
             matmul,
+            bf16,
+            launches,
         });
     }
     out
 }
 
-/// A step's estimate on one GPU.
+/// A compiled step's estimate on one GPU, in the arithmetic it was compiled for.
 #[derive(Clone, Debug)]
 pub struct Estimate {
     pub gpu: Gpu,
+    /// The step's arithmetic (bf16: autocast).
+    pub precision: Dtype,
     /// Operations per step: forward, backward and the optimiser.
     pub flops: f64,
     /// Of which in matrix products.
     pub matmul_flops: f64,
-    /// Bytes moved per step in f32.
-    pub bytes_f32: f64,
-    /// Roofline time per step (s), f32 (what kdc-cuda runs today) and bf16 autocast.
-    pub seconds_f32: f64,
-    pub seconds_bf16: f64,
+    /// Of which in bf16 products on the tensor cores.
+    pub tensor_flops: f64,
+    /// Bytes moved per step.
+    pub bytes: f64,
+    /// Roofline time per step (s).
+    pub seconds: f64,
     /// Kernel launches per step, and their latency at 5 µs each.
     pub launches: usize,
     pub launch_seconds: f64,
     /// Device memory the step needs: arena, parameters, gradients, moments, inputs (bytes).
     pub memory_bytes: f64,
-    /// Whether the operations of each kind are bound by bandwidth rather than arithmetic in
-    /// f32 (share of the f32 time spent on bandwidth-bound operations).
+    /// The share of the time spent on operations bound by bandwidth rather than arithmetic.
     pub bandwidth_bound_share: f64,
 }
 
@@ -174,51 +202,53 @@ pub fn estimate(c: &Compiled, gpu: Gpu) -> Estimate {
         .sum();
     let inputs: f64 = c.graph.inputs.iter().map(|i| numel(&i.shape) as f64).sum();
     let fp32 = gpu.fp32_tflops * 1e12;
-    let bf16 = gpu.bf16_tflops * 1e12;
+    let tensor = gpu.bf16_tflops * 1e12;
     let bandwidth = gpu.bandwidth_tbs * 1e12;
-    let (mut seconds_f32, mut seconds_bf16, mut bandwidth_seconds) = (0.0, 0.0, 0.0);
-    let (mut flops, mut matmul_flops, mut values) = (0.0, 0.0, 0.0);
+    let (mut seconds, mut bandwidth_seconds) = (0.0, 0.0);
+    let (mut flops, mut matmul_flops, mut tensor_flops, mut bytes) = (0.0, 0.0, 0.0, 0.0);
+    let mut launches = 0;
     for op in &ops {
         flops += op.flops;
-        values += op.values_moved;
+        bytes += op.bytes;
+        launches += op.launches;
         if op.matmul {
             matmul_flops += op.flops;
         }
-        let compute = op.flops / fp32;
-        let memory = op.values_moved * 4.0 / bandwidth;
-        seconds_f32 += compute.max(memory);
+        let on_tensor_cores = op.matmul && op.bf16;
+        if on_tensor_cores {
+            tensor_flops += op.flops;
+        }
+        let compute = op.flops / if on_tensor_cores { tensor } else { fp32 };
+        let memory = op.bytes / bandwidth;
+        seconds += compute.max(memory);
         if memory > compute {
             bandwidth_seconds += memory;
         }
-        // bf16 autocast: products on the tensor cores, activations stored in 2 bytes;
-        // element-wise work stays on the CUDA cores in f32.
-        let compute_bf16 = op.flops / if op.matmul { bf16 } else { fp32 };
-        seconds_bf16 += compute_bf16.max(op.values_moved * 2.0 / bandwidth);
     }
     // AdamW and the gradient norm: parameter, gradient, two moments read, three written, and
-    // the gradient read once more for its norm; about 15 operations a value.
-    let optimiser_values = trainable * 8.0;
+    // the gradient read once more for its norm; about 15 operations a value, in f32.
+    let optimiser_bytes = trainable * 8.0 * 4.0;
     let optimiser_flops = trainable * 15.0;
     flops += optimiser_flops;
-    values += optimiser_values;
-    let optimiser_seconds = (optimiser_values * 4.0 / bandwidth).max(optimiser_flops / fp32);
-    seconds_f32 += optimiser_seconds;
-    seconds_bf16 += optimiser_seconds;
+    bytes += optimiser_bytes;
+    let optimiser_seconds = (optimiser_bytes / bandwidth).max(optimiser_flops / fp32);
+    seconds += optimiser_seconds;
     bandwidth_seconds += optimiser_seconds;
-    let launches = ops.len() + c.graph.params.iter().filter(|p| p.trainable).count() * 2;
+    launches += c.graph.params.iter().filter(|p| p.trainable).count() * 2;
     let memory_bytes = 4.0 * (c.plan.arena_len as f64 + frozen + trainable * 4.0 + inputs);
     Estimate {
         gpu,
+        precision: c.precision,
         flops,
         matmul_flops,
-        bytes_f32: values * 4.0,
-        seconds_f32,
-        seconds_bf16,
+        tensor_flops,
+        bytes,
+        seconds,
         launches,
         launch_seconds: launches as f64 * 5e-6,
         memory_bytes,
-        bandwidth_bound_share: if seconds_f32 > 0.0 {
-            bandwidth_seconds / seconds_f32
+        bandwidth_bound_share: if seconds > 0.0 {
+            bandwidth_seconds / seconds
         } else {
             0.0
         },

@@ -10,7 +10,7 @@
 //! consecutive operations pin it down) and passes between them only empty handles.
 
 use super::compile::Compiled;
-use super::graph::{numel, Graph, Id, InputKind, Op};
+use super::graph::{numel, Dtype, Graph, Id, InputKind, Op};
 use super::lower::Output;
 use super::plan::Place;
 use kdc_backend::{Backend, BackendError, BufferId, Launch, View};
@@ -69,6 +69,7 @@ struct Kernel {
     node: Id,
     position: usize,
     op: Op,
+    dtype: Dtype,
     input_shapes: Vec<Vec<usize>>,
     shape: Vec<usize>,
     inputs: Vec<View>,
@@ -112,6 +113,7 @@ impl Operator for Kernel {
                 output,
                 shape: &self.shape,
                 scratch: self.scratch,
+                dtype: self.dtype,
             });
             if started.is_some() {
                 backend.synchronize();
@@ -210,6 +212,7 @@ impl Executable {
                 node: i,
                 position,
                 op: node.op.clone(),
+                dtype: node.dtype,
                 input_shapes: g.input_shapes(i),
                 shape: node.shape.clone(),
                 inputs: node
@@ -259,7 +262,7 @@ impl Executable {
             .collect();
         let compiled = {
             let b = lock(&backend);
-            super::compile::compile_graph(g, named, usize::MAX, &**b)
+            super::compile::compile_graph(g, named, usize::MAX, Dtype::F32, &**b)
         };
         Executable::new(compiled, backend).expect("the CPU can hold a test graph")
     }

@@ -7,7 +7,7 @@
 use std::fmt;
 
 pub use kdc_backend::op::{
-    broadcast_shapes, numel, Binary, LossKind, Op, Reduce, Unary, F32, NORMALIZE_EPS,
+    broadcast_shapes, numel, Binary, Dtype, LossKind, Op, Reduce, Unary, F32, NORMALIZE_EPS,
 };
 
 pub type Id = usize;
@@ -67,6 +67,9 @@ pub struct Node {
     pub grad: bool,
     /// For explanations: where the node came from (`student.vision.layer0.attn`).
     pub label: String,
+    /// The value's type: f32 as built; the autocast pass types nodes bf16 under
+    /// `precision(bf16)` (see [`Dtype`]).
+    pub dtype: Dtype,
 }
 
 /// A parameter of the step: a model weight or a learnable part of the loss.
@@ -116,6 +119,7 @@ impl Graph {
             shape,
             grad,
             label: self.scope.join("."),
+            dtype: Dtype::F32,
         });
         self.nodes.len() - 1
     }

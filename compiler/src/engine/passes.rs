@@ -10,9 +10,19 @@
 //! * **matmul + add** — `A·B + C`, with `C` broadcast to the product (a linear layer's bias, a
 //!   residual stream), becomes one `MatMulAdd`: the output is written once with `C` and the
 //!   product accumulates into it inside the GEMM, where two kernels would read and write the
-//!   product twice. Only when the product has no other reader.
+//!   product twice. Only when the product has no other reader, and under autocast only when the
+//!   product and the sum have one type (a bf16 product added to an f32 residual stream stays
+//!   two operations, so the product is rounded before the addition, as PyTorch rounds it).
+//! * **autocast** (only under `precision(bf16)`, before the fusion) — types every value f32
+//!   or bf16 as PyTorch's automatic mixed precision does: matrix products take bf16 factors
+//!   and give bf16; layer norms, softmaxes, normalisations, reductions, `exp`, `log` and the
+//!   losses give f32; every other operation gives bf16 when its computed inputs are all bf16
+//!   (parameters, batch inputs and constants adapt to the other operand, as autocast casts a
+//!   weight), else f32. Backward operations follow the same rules, so the gradient of a
+//!   product is two bf16 products. Parameters, their gradients' accumulation in the optimiser,
+//!   AdamW's state and the loss stay f32.
 
-use super::graph::{numel, Binary, Graph, Id, Op};
+use super::graph::{numel, Binary, Dtype, Graph, Id, Op, Unary};
 
 /// What one pass did.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -33,8 +43,8 @@ pub fn live_ops(g: &Graph, outputs: &[Id]) -> usize {
         .count()
 }
 
-/// Runs every pass; returns their reports in order.
-pub fn optimize(g: &mut Graph, outputs: &[Id]) -> Vec<PassReport> {
+/// Runs every pass (autocast when `precision` is bf16); returns their reports in order.
+pub fn optimize(g: &mut Graph, outputs: &[Id], precision: Dtype) -> Vec<PassReport> {
     let built = g.nodes.iter().filter(|n| !n.op.is_source()).count();
     let live = live_ops(g, outputs);
     let mut reports = vec![PassReport {
@@ -51,6 +61,15 @@ pub fn optimize(g: &mut Graph, outputs: &[Id]) -> Vec<PassReport> {
         after: after_cse,
         rewrites,
     });
+    if precision == Dtype::Bf16 {
+        let rewrites = autocast(g, outputs);
+        reports.push(PassReport {
+            name: "autocast bf16",
+            before: after_cse,
+            after: after_cse,
+            rewrites,
+        });
+    }
     let rewrites = fuse_matmul_add(g, outputs);
     reports.push(PassReport {
         name: "matmul + add",
@@ -67,7 +86,7 @@ fn common_subexpressions(g: &mut Graph, outputs: &[Id]) -> usize {
     let mut canonical: Vec<Id> = (0..g.nodes.len()).collect();
     // Operators hash by value (their float constants by bits): two nodes are the same
     // computation when operator, inputs and shape are equal.
-    let mut seen: HashMap<(Op, Vec<Id>, Vec<usize>), Id> = HashMap::new();
+    let mut seen: HashMap<(Op, Vec<Id>, Vec<usize>, Dtype), Id> = HashMap::new();
     let mut rewrites = 0;
     for i in 0..g.nodes.len() {
         let inputs: Vec<Id> = g.nodes[i].inputs.iter().map(|&x| canonical[x]).collect();
@@ -76,7 +95,12 @@ fn common_subexpressions(g: &mut Graph, outputs: &[Id]) -> usize {
         if !live[i] || node.op.is_source() {
             continue;
         }
-        let key = (node.op.clone(), node.inputs.clone(), node.shape.clone());
+        let key = (
+            node.op.clone(),
+            node.inputs.clone(),
+            node.shape.clone(),
+            node.dtype,
+        );
         match seen.get(&key) {
             Some(&first) => {
                 canonical[i] = first;
@@ -126,6 +150,7 @@ fn fuse_matmul_add(g: &mut Graph, outputs: &[Id]) -> usize {
                 && readers[m] == 1
                 && m != other
                 && g.nodes[m].shape == shape
+                && g.nodes[m].dtype == g.nodes[i].dtype
                 && numel(&g.nodes[other].shape) <= numel(&shape)
         };
         let (m, c) = if fusable(x, y) {
@@ -144,6 +169,95 @@ fn fuse_matmul_add(g: &mut Graph, outputs: &[Id]) -> usize {
         rewrites += 1;
     }
     rewrites
+}
+
+/// How an operation's output type follows from autocast.
+enum Rule {
+    /// Always bf16 (matrix products).
+    Bf16,
+    /// Always f32 (PyTorch autocast's f32 list, and indices).
+    F32,
+    /// bf16 when its computed inputs are all bf16 and there is at least one.
+    Follow,
+    /// A parameter, a batch input or a constant: f32, adapting to the other operands.
+    Source,
+}
+
+fn rule(op: &Op) -> Rule {
+    match op {
+        Op::Input(_) | Op::Param(_) | Op::Fill(_) | Op::Constant(_) | Op::Eye | Op::CausalMask => {
+            Rule::Source
+        }
+        Op::MatMul { .. } | Op::MatMulAdd { .. } => Rule::Bf16,
+        Op::Unary(Unary::Exp | Unary::Log) => Rule::F32,
+        Op::Reduce { .. }
+        | Op::ReduceBackward { .. }
+        | Op::Softmax { .. }
+        | Op::LogSoftmax { .. }
+        | Op::SoftmaxBackward { .. }
+        | Op::LogSoftmaxBackward { .. }
+        | Op::Normalize { .. }
+        | Op::NormalizeBackward { .. }
+        | Op::LayerNorm { .. }
+        | Op::LayerNormBackward { .. }
+        | Op::LayerNormParamGrads { .. }
+        | Op::Loss(_)
+        | Op::LossBackward { .. }
+        // Positions: exact integers that bf16 could not hold beyond 256.
+        | Op::Arg { .. } => Rule::F32,
+        Op::Unary(_)
+        | Op::UnaryBackward(_)
+        | Op::Binary(_)
+        | Op::Permute(_)
+        | Op::Reshape
+        | Op::Broadcast
+        | Op::SumTo
+        | Op::Where
+        | Op::TopK { .. }
+        | Op::TopKBackward { .. }
+        | Op::Embedding
+        | Op::EmbeddingBackward
+        | Op::GatherRows
+        | Op::ScatterRows
+        | Op::Concat { .. }
+        | Op::Slice { .. }
+        | Op::SliceBackward { .. }
+        | Op::Detach => Rule::Follow,
+    }
+}
+
+/// Types the live nodes (see the module documentation); returns how many are bf16.
+fn autocast(g: &mut Graph, outputs: &[Id]) -> usize {
+    let live = g.live(outputs);
+    let mut count = 0;
+    for i in 0..g.nodes.len() {
+        let dtype = match rule(&g.nodes[i].op) {
+            Rule::Bf16 => Dtype::Bf16,
+            Rule::F32 | Rule::Source => Dtype::F32,
+            Rule::Follow => {
+                let computed = g.nodes[i]
+                    .inputs
+                    .iter()
+                    .filter(|&&x| !matches!(rule(&g.nodes[x].op), Rule::Source));
+                let mut any = false;
+                let mut all = true;
+                for &x in computed {
+                    any = true;
+                    all &= g.nodes[x].dtype == Dtype::Bf16;
+                }
+                if any && all {
+                    Dtype::Bf16
+                } else {
+                    Dtype::F32
+                }
+            }
+        };
+        g.nodes[i].dtype = dtype;
+        if live[i] && dtype == Dtype::Bf16 {
+            count += 1;
+        }
+    }
+    count
 }
 
 #[cfg(test)]
@@ -166,7 +280,7 @@ mod tests {
     fn a_bias_add_fuses_into_its_product() {
         let (mut g, [x, w, b, _, y]) = linear();
         let loss = g.reduce(Reduce::Sum, y, None);
-        let reports = optimize(&mut g, &[loss]);
+        let reports = optimize(&mut g, &[loss], Dtype::F32);
         assert_eq!(reports[2].rewrites, 1);
         assert_eq!(reports[2].after, reports[2].before - 1);
         assert_eq!(
@@ -184,7 +298,7 @@ mod tests {
         let (mut g, [_, _, _, xw, y]) = linear();
         let z = g.mul(xw, y);
         let loss = g.reduce(Reduce::Sum, z, None);
-        let reports = optimize(&mut g, &[loss]);
+        let reports = optimize(&mut g, &[loss], Dtype::F32);
         assert_eq!(reports[2].rewrites, 0);
         assert_eq!(g.nodes[y].op, Op::Binary(Binary::Add));
     }
@@ -200,11 +314,75 @@ mod tests {
         let eb = g.unary(crate::engine::graph::Unary::Exp, b);
         let s = g.add2(ea, eb);
         let loss = g.reduce(Reduce::Sum, s, None);
-        let reports = optimize(&mut g, &[loss]);
+        let reports = optimize(&mut g, &[loss], Dtype::F32);
         assert_eq!(reports[1].rewrites, 2, "{reports:?}");
         assert_eq!(g.nodes[s].inputs, vec![ea, ea]);
         // The duplicates are no longer read.
         let live = g.live(&[loss]);
         assert!(!live[b] && !live[eb]);
+    }
+
+    /// A pre-norm block's shapes: `h = x + gelu(ln(x)·w1 + b1)·w2`, read by a softmax.
+    #[test]
+    fn autocast_types_products_and_their_followers_and_keeps_the_residual_unfused() {
+        use crate::engine::graph::Unary;
+        let mut g = Graph::default();
+        let pixels = g.input(InputKind::Pixels { model: "x".into() }, vec![4, 3]);
+        // A computed f32 residual stream (batch inputs, like parameters, adapt).
+        let x = g.unary(Unary::Neg, pixels);
+        let (gain, bias) = (g.param("g", vec![3], true), g.param("b", vec![3], true));
+        let (w1, b1) = (
+            g.param("w1", vec![3, 5], true),
+            g.param("b1", vec![5], true),
+        );
+        let w2 = g.param("w2", vec![5, 3], true);
+        let ln = g.layer_norm(x, gain, bias, 1e-5);
+        let p1 = g.matmul(ln, w1);
+        let h1 = g.add2(p1, b1);
+        let act = g.unary(Unary::Gelu, h1);
+        let p2 = g.matmul(act, w2);
+        let h = g.add2(x, p2);
+        let s = g.softmax(h, 1);
+        let pos = g.arg(act, true, Some(1));
+        let e = g.unary(Unary::Exp, act);
+        let loss = g.reduce(Reduce::Sum, s, None);
+        let l2 = g.reduce(Reduce::Sum, pos, None);
+        let l3 = g.reduce(Reduce::Sum, e, None);
+        let outputs = [loss, l2, l3];
+        let mut f32_graph = g.clone();
+        let reports = optimize(&mut g, &outputs, Dtype::Bf16);
+        let names: Vec<&str> = reports.iter().map(|r| r.name).collect();
+        assert_eq!(
+            names,
+            [
+                "dead code",
+                "common subexpr",
+                "autocast bf16",
+                "matmul + add"
+            ]
+        );
+        let dtype = |id: Id| g.nodes[id].dtype;
+        // Products, the bias add (a parameter adapts) and the activation on it: bf16; the bias
+        // add fused into its product.
+        assert_eq!(
+            g.nodes[h1].op,
+            Op::MatMulAdd {
+                ta: false,
+                tb: false
+            }
+        );
+        for id in [h1, act, p2] {
+            assert_eq!(dtype(id), Dtype::Bf16, "{:?}", g.nodes[id].op);
+        }
+        // The residual stream (f32 input + bf16 product) is f32 and stays an addition, so the
+        // product is rounded before it; layer norm, softmax, exp, reductions, positions: f32.
+        assert_eq!(g.nodes[h].op, Op::Binary(Binary::Add));
+        for id in [x, ln, h, s, pos, e, loss, l2, l3] {
+            assert_eq!(dtype(id), Dtype::F32, "{:?}", g.nodes[id].op);
+        }
+        // Without autocast nothing is typed bf16 and the residual fuses.
+        optimize(&mut f32_graph, &outputs, Dtype::F32);
+        assert!(f32_graph.nodes.iter().all(|n| n.dtype == Dtype::F32));
+        assert!(matches!(f32_graph.nodes[h].op, Op::MatMulAdd { .. }));
     }
 }

@@ -2,7 +2,7 @@
 //! each graph pass did, the memory plan and the backend's kernels.
 
 use crate::engine::compile::{self, Compiled};
-use crate::engine::graph::numel;
+use crate::engine::graph::{numel, Dtype};
 use crate::ir::Recipe;
 use kdc_backend::Backend;
 use std::collections::BTreeMap;
@@ -124,13 +124,29 @@ fn kernel_of(backend: &str, op: &str) -> &'static str {
 
 /// Every stage's compiled step on a CUDA GPU, estimated (`--stage graph --device cuda`): the
 /// kernels each operation launches, operations and bytes per step, the memory it needs
-/// against the GPU's, and a roofline time in f32 and under bf16 autocast.
+/// against the GPU's, and a roofline time in the recipe's arithmetic and in the other one
+/// (f32, bf16 autocast).
 pub fn cuda(recipe: &Recipe, backend: &dyn Backend, gpu: crate::engine::cost::Gpu) -> String {
     let mut out = String::new();
     let gib = |bytes: f64| bytes / (1u64 << 30) as f64;
     for (index, stage) in recipe.stages.iter().enumerate() {
         let compiled = compile::compile(recipe, index, &compile::Options::train(), backend);
         let e = crate::engine::cost::estimate(&compiled, gpu);
+        // The other arithmetic, for comparison.
+        let other_precision = match compiled.precision {
+            Dtype::F32 => Dtype::Bf16,
+            Dtype::Bf16 => Dtype::F32,
+        };
+        let other = compile::compile(
+            recipe,
+            index,
+            &compile::Options {
+                precision: Some(other_precision),
+                ..compile::Options::train()
+            },
+            backend,
+        );
+        let o = crate::engine::cost::estimate(&other, gpu);
         let _ = writeln!(
             out,
             "stage {} (batch {}) on one {} ({} GiB, {} TB/s, {} TFLOP/s FP32, {} TFLOP/s BF16 tensor): a roofline estimate",
@@ -144,10 +160,18 @@ pub fn cuda(recipe: &Recipe, backend: &dyn Backend, gpu: crate::engine::cost::Gp
         );
         let _ = writeln!(
             out,
-            "  work       {:.3} TFLOP per step ({:.1} % in matrix products), {:.2} GB moved in f32",
+            "  work       {:.3} TFLOP per step ({:.1} % in matrix products{}), {:.2} GB moved",
             e.flops / 1e12,
             100.0 * e.matmul_flops / e.flops.max(1.0),
-            e.bytes_f32 / 1e9
+            if e.tensor_flops > 0.0 {
+                format!(
+                    ", {:.1} % on the tensor cores",
+                    100.0 * e.tensor_flops / e.flops.max(1.0)
+                )
+            } else {
+                String::new()
+            },
+            e.bytes / 1e9
         );
         let fits = if gib(e.memory_bytes) <= gpu.memory_gib * 0.95 {
             "fits"
@@ -161,12 +185,20 @@ pub fn cuda(recipe: &Recipe, backend: &dyn Backend, gpu: crate::engine::cost::Gp
             gpu.memory_gib,
             gib(compiled.plan.arena_len as f64 * 4.0)
         );
+        let arithmetic = |d: Dtype| match d {
+            Dtype::F32 => "in f32 (products as SGEMM on the CUDA cores)",
+            Dtype::Bf16 => {
+                "with bf16 autocast (products on the tensor cores, activations in f32 memory)"
+            }
+        };
         let _ = writeln!(
             out,
-            "  time       ≥ {:.2} ms per step in f32 (products as SGEMM on the CUDA cores; {:.0} % of it bound by bandwidth), ≥ {:.2} ms with bf16 autocast (products on the tensor cores); plus {} kernel launches ≈ {:.2} ms of launch latency",
-            e.seconds_f32 * 1e3,
+            "  time       ≥ {:.2} ms per step {}, as the recipe asks ({:.0} % of it bound by bandwidth); ≥ {:.2} ms {}; plus {} kernel launches ≈ {:.2} ms of launch latency",
+            e.seconds * 1e3,
+            arithmetic(e.precision),
             100.0 * e.bandwidth_bound_share,
-            e.seconds_bf16 * 1e3,
+            o.seconds * 1e3,
+            arithmetic(o.precision),
             e.launches,
             e.launch_seconds * 1e3
         );
@@ -182,11 +214,14 @@ pub fn cuda(recipe: &Recipe, backend: &dyn Backend, gpu: crate::engine::cost::Gp
                 .iter()
                 .map(|&i| compiled.graph.nodes[i].shape.clone())
                 .collect();
-            match kdc_cuda::dispatch::plan(&node.op, &shapes, &node.shape) {
+            match kdc_cuda::dispatch::plan(&node.op, &shapes, &node.shape, node.dtype) {
                 Ok(steps) => {
                     for step in steps {
                         let name = match step {
                             kdc_cuda::dispatch::Step::Kernel(call) => call.kernel.to_string(),
+                            kdc_cuda::dispatch::Step::Gemm(g) if g.bf16 => {
+                                "cuBLAS GemmEx bf16 (strided batched)".to_string()
+                            }
                             kdc_cuda::dispatch::Step::Gemm(_) => {
                                 "cuBLAS SGEMM (strided batched)".to_string()
                             }

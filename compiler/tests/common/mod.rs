@@ -24,6 +24,7 @@ pub fn fixed_step(
         batch: Some(batch),
         target: Target::Train,
         tap_params: taps,
+        precision: None,
     };
     let backend = device::cpu();
     let compiled = compile::compile(recipe, 0, &options, &**exec::lock(&backend));
