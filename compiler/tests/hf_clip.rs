@@ -112,6 +112,90 @@ fn towers_match_hugging_face() {
 /// embeddings from the recipe, every parameter frozen, no backward pass, outputs by name.
 #[test]
 fn a_forward_only_graph_encodes_like_hugging_face() {
+    let io = fixture("io.safetensors");
+    let (exec, got) = teacher_embeddings(None);
+    for (tap, fixture) in [
+        ("teacher.image", "image_embeds_unnormalized"),
+        ("teacher.text", "text_embeds_unnormalized"),
+    ] {
+        let d = max_diff(&got[tap], &io[fixture].1);
+        assert!(d < 1e-4, "{tap}: max |difference| {d}");
+    }
+    let compiled = exec.compiled();
+    assert_eq!(
+        compiled.built.backward, 0,
+        "a forward graph has no backward pass"
+    );
+    assert!(compiled.grads().is_empty());
+    assert!(compiled.graph.params.iter().all(|p| !p.trainable));
+    assert!(compiled.terms.is_empty());
+    assert!(exec
+        .output_view(&kdc::engine::lower::Output::Loss)
+        .is_none());
+}
+
+/// bf16 autocast against PyTorch's own (`torch.autocast("cpu", dtype=torch.bfloat16)` on the
+/// same model and inputs: tests/fixtures/make_autocast_fixture.py). The two round at a few
+/// different places (PyTorch scales attention scores after their product and rounds each step
+/// of quick_gelu; kdc scales the queries before it and rounds quick_gelu once), so their
+/// rounding errors are of one size but not the same bits. What must hold: kdc's bf16
+/// embeddings are within two bf16 ulps of PyTorch's; autocast moves kdc's embeddings away from
+/// f32 about as far as it moves PyTorch's (neither less rounding nor more, such as a bf16
+/// residual stream, would); and the two bf16 results are no further apart than two
+/// independent bf16 roundings of one computation (the root of the sum of their squares).
+#[test]
+fn bf16_autocast_encodes_like_pytorch_autocast() {
+    let reference = fixture("autocast_bf16.safetensors");
+    let io = fixture("io.safetensors");
+    let (_, f32) = teacher_embeddings(None);
+    let (exec, bf16) = teacher_embeddings(Some(kdc_backend::Dtype::Bf16));
+    assert_eq!(exec.compiled().precision, kdc_backend::Dtype::Bf16);
+    let rms = |a: &[f32], b: &[f32]| {
+        let sum: f64 = a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum();
+        (sum / a.len() as f64).sqrt()
+    };
+    for (tap, fixture) in [
+        ("teacher.image", "image_embeds_unnormalized"),
+        ("teacher.text", "text_embeds_unnormalized"),
+    ] {
+        let (torch_bf16, torch_f32) = (&reference[fixture].1, &io[fixture].1);
+        let scale = torch_bf16.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let worst = max_diff(&bf16[tap], torch_bf16);
+        let kdc_effect = rms(&bf16[tap], &f32[tap]);
+        let torch_effect = rms(torch_bf16, torch_f32);
+        let apart = rms(&bf16[tap], torch_bf16);
+        eprintln!(
+            "[autocast] {tap}: kdc bf16 vs torch autocast: worst {worst:.3e} (largest value {scale:.3}), rms {apart:.3e}; rms bf16 − f32: kdc {kdc_effect:.3e}, torch {torch_effect:.3e}"
+        );
+        assert!(
+            worst <= 2.0f32.powi(-6) * scale,
+            "{tap}: {worst} from PyTorch's autocast (largest value {scale})"
+        );
+        let ratio = kdc_effect / torch_effect;
+        assert!(
+            (0.5..2.0).contains(&ratio),
+            "{tap}: autocast moves kdc's embeddings {kdc_effect:.3e}, PyTorch's {torch_effect:.3e}"
+        );
+        let independent = (kdc_effect.powi(2) + torch_effect.powi(2)).sqrt();
+        assert!(
+            apart <= 1.1 * independent,
+            "{tap}: kdc's and PyTorch's bf16 embeddings are {apart:.3e} apart, more than independent roundings ({independent:.3e})"
+        );
+    }
+}
+
+fn fixture(name: &str) -> std::collections::HashMap<String, (Vec<usize>, Vec<f32>)> {
+    weights::read_safetensors(&root().join("tests/fixtures/hf_clip_tiny").join(name)).unwrap()
+}
+
+/// The teacher of the small recipe (the fixture's model) encoding the fixture's images and
+/// captions with a forward-only graph in `precision` (None: as evaluation does, f32).
+fn teacher_embeddings(
+    precision: Option<kdc_backend::Dtype>,
+) -> (
+    Executable,
+    std::collections::HashMap<&'static str, Vec<f32>>,
+) {
     use kdc::engine::compile::{self, Options};
     use kdc::engine::exec;
     use kdc::engine::lower::Output;
@@ -128,19 +212,13 @@ fn a_forward_only_graph_encodes_like_hugging_face() {
         .position(|m| m.name == "teacher")
         .unwrap();
     let backend = kdc::engine::device::cpu();
-    let options = Options::forward(vec![(teacher, Tap::Image), (teacher, Tap::Text)], 3);
+    let options = Options {
+        precision,
+        ..Options::forward(vec![(teacher, Tap::Image), (teacher, Tap::Text)], 3)
+    };
     let compiled = compile::compile(&recipe, 0, &options, &**exec::lock(&backend));
-    assert_eq!(
-        compiled.built.backward, 0,
-        "a forward graph has no backward pass"
-    );
-    assert!(compiled.grads().is_empty());
-    assert!(compiled.graph.params.iter().all(|p| !p.trainable));
-    assert!(compiled.terms.is_empty());
-
-    let dir = root().join("tests/fixtures/hf_clip_tiny");
-    let model = weights::read_safetensors(&dir.join("model.safetensors")).unwrap();
-    let io = weights::read_safetensors(&dir.join("io.safetensors")).unwrap();
+    let model = fixture("model.safetensors");
+    let io = fixture("io.safetensors");
     let mut exec = Executable::new(compiled, backend).unwrap();
     let params = exec.compiled().graph.params.clone();
     for (p, param) in params.iter().enumerate() {
@@ -159,13 +237,9 @@ fn a_forward_only_graph_encodes_like_hugging_face() {
         exec.set_input(i, &io[fixture].1);
     }
     exec.execute();
-    for (tap, fixture) in [
-        ("teacher.image", "image_embeds_unnormalized"),
-        ("teacher.text", "text_embeds_unnormalized"),
-    ] {
-        let got = exec.output(&Output::Tensor(tap.into()));
-        let d = max_diff(&got, &io[fixture].1);
-        assert!(d < 1e-4, "{tap}: max |difference| {d}");
+    let mut out = std::collections::HashMap::new();
+    for tap in ["teacher.image", "teacher.text"] {
+        out.insert(tap, exec.output(&Output::Tensor(tap.into())));
     }
-    assert!(exec.output_view(&Output::Loss).is_none());
+    (exec, out)
 }

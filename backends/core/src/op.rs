@@ -402,9 +402,9 @@ impl Op {
 /// Under `precision(bf16)` the engine's autocast pass types the graph as PyTorch's automatic
 /// mixed precision does and hands each operation its output's type in [`crate::Launch`]:
 ///
-/// * a matrix product (`MatMul`, `MatMulAdd`) typed `Bf16` reads its two factors rounded to
-///   bf16, accumulates in f32 (a `MatMulAdd` adds its third input, as it is, in f32) and
-///   rounds its output;
+/// * a matrix product (`MatMul`, `MatMulAdd`) typed `Bf16` reads its inputs rounded to bf16
+///   (a `MatMulAdd`'s addend too: a linear layer's bias, cast with the layer as autocast
+///   does), accumulates in f32 and rounds its output;
 /// * any other operation typed `Bf16` runs in f32 and rounds its output.
 ///
 /// `F32` operations are unchanged.

@@ -83,9 +83,9 @@ impl Backend for CpuBackend {
         dtype: Dtype,
     ) -> usize {
         match op {
-            // The two factors rounded to bf16 (held as f32).
+            // The inputs rounded to bf16 (held as f32).
             Op::MatMul { .. } | Op::MatMulAdd { .. } if dtype == Dtype::Bf16 => {
-                numel(&input_shapes[0]) + numel(&input_shapes[1])
+                input_shapes.iter().map(|s| numel(s)).sum()
             }
             // Each row's mean and reciprocal standard deviation.
             Op::LayerNorm { .. }
@@ -166,16 +166,16 @@ impl Backend for CpuBackend {
             let out = std::slice::from_raw_parts_mut(out, l.output.len);
             let scratch = std::slice::from_raw_parts_mut(scratch, l.scratch.len);
             if l.dtype == Dtype::Bf16 && matches!(l.op, Op::MatMul { .. } | Op::MatMulAdd { .. }) {
-                // bf16 factors, f32 accumulation: the product runs on rounded copies.
-                let (a, b) = scratch.split_at_mut(inputs[0].len());
-                let b = &mut b[..inputs[1].len()];
-                for (copy, x) in [(&mut *a, inputs[0]), (&mut *b, inputs[1])] {
+                // bf16 inputs, f32 accumulation: the product runs on rounded copies.
+                let mut rest = &mut scratch[..];
+                let mut rounded: Vec<&[f32]> = Vec::with_capacity(inputs.len());
+                for x in &inputs {
+                    let (copy, tail) = std::mem::take(&mut rest).split_at_mut(x.len());
                     copy.copy_from_slice(x);
                     crate::util::map_inplace(copy, round_bf16);
+                    rounded.push(copy);
+                    rest = tail;
                 }
-                let mut rounded = inputs.clone();
-                rounded[0] = a;
-                rounded[1] = b;
                 run(l.op, &rounded, l.input_shapes, l.shape, out, &mut []);
             } else {
                 run(l.op, &inputs, l.input_shapes, l.shape, out, scratch);

@@ -28,7 +28,8 @@
 //! An operation typed [`Dtype::Bf16`] ends with a kernel that rounds its output to bf16 in
 //! place. A bf16 matrix product first converts its two factors to bfloat16 in its scratch
 //! (A at float offset 0, B after it) and runs a bf16 GEMM on them (cuBLAS's GemmEx with f32
-//! accumulation on the tensor cores; the tiled kernel's bf16 variant in emulation).
+//! accumulation on the tensor cores; the tiled kernel's bf16 variant in emulation); a
+//! `MatMulAdd` rounds its addend once broadcast into the output, before the GEMM adds onto it.
 
 use std::fmt;
 
@@ -420,6 +421,16 @@ impl Planner<'_> {
                     g.a.offset = a_at;
                     g.b.index = scratch;
                     g.b.offset = b_at;
+                }
+            }
+            // A MatMulAdd's addend, broadcast into the output, is rounded before the product
+            // accumulates onto it.
+            if let Some(gemm) = steps.iter().position(|s| matches!(s, Step::Gemm(_))) {
+                if gemm > 0 {
+                    steps.insert(
+                        gemm,
+                        Step::Kernel(launch::remap(launch::round_bf16(self.n()), &[self.out()])),
+                    );
                 }
             }
             steps.splice(0..0, [cast(0, a_at), cast(1, b_at)]);

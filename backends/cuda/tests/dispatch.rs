@@ -335,7 +335,8 @@ fn is_bf16(values: &[f32]) -> bool {
 
 /// bf16 autocast's products: both backends read the factors as bf16, accumulate in f32 and
 /// round the result; both agree with a float64 product of the rounded factors; and a
-/// `MatMulAdd` adds its third input unrounded before the result's rounding.
+/// `MatMulAdd` adds its third input rounded to bf16 (a bias cast with its layer) before the
+/// result's rounding.
 #[test]
 fn bf16_products_match_the_cpu_and_a_float64_reference() {
     let mut rng = Rng::new(11);
@@ -394,8 +395,7 @@ fn bf16_products_match_the_cpu_and_a_float64_reference() {
                             acc += r(av) * r(bv);
                         }
                         want[(beta * m + i) * n + j] = round_bf16(acc as f32);
-                        want_add[(beta * m + i) * n + j] =
-                            round_bf16((acc + bias.1[j] as f64) as f32);
+                        want_add[(beta * m + i) * n + j] = round_bf16((acc + r(bias.1[j])) as f32);
                     }
                 }
             }

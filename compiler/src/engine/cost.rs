@@ -141,7 +141,14 @@ pub fn operations(c: &Compiled) -> Vec<OpCost> {
                 // MatMulAdd's third input in f32), then the rounding pass over the output.
                 let conversions = factors * 6.0;
                 let product = factors * 2.0 + (read - factors) * 4.0 + out_len * 4.0;
-                (conversions + product + out_len * 8.0, 4)
+                // A MatMulAdd also rounds its addend once broadcast into the output.
+                let addend = if matches!(node.op, Op::MatMulAdd { .. }) {
+                    out_len * 8.0
+                } else {
+                    0.0
+                };
+                let launches = if addend > 0.0 { 5 } else { 4 };
+                (conversions + product + addend + out_len * 8.0, launches)
             }
             (true, false) => (values_moved * 4.0 + out_len * 8.0, 2),
         };

@@ -12,7 +12,8 @@
 //!   product accumulates into it inside the GEMM, where two kernels would read and write the
 //!   product twice. Only when the product has no other reader, and under autocast only when the
 //!   product and the sum have one type (a bf16 product added to an f32 residual stream stays
-//!   two operations, so the product is rounded before the addition, as PyTorch rounds it).
+//!   two operations, so the product is rounded before the addition, as PyTorch rounds it; a
+//!   bias, which autocast casts with its linear layer, fuses and is read as bf16).
 //! * **autocast** (only under `precision(bf16)`, before the fusion) — types every value f32
 //!   or bf16 as PyTorch's automatic mixed precision does: matrix products take bf16 factors
 //!   and give bf16; layer norms, softmaxes, normalisations, reductions, `exp`, `log` and the
