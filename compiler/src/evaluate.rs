@@ -305,7 +305,8 @@ pub fn run(
     base: &crate::manifest::Base,
     backend: SharedBackend,
 ) -> Result<Report, EvalError> {
-    match spec {
+    let device = backend.clone();
+    let report = match spec {
         EvalSpec::ZeroShot {
             model,
             data,
@@ -315,6 +316,12 @@ pub fn run(
         EvalSpec::Retrieval { model, data, k, .. } => {
             retrieval(recipe, *model, data, k, params, base, backend)
         }
+    }?;
+    // A device that failed on the way leaves NaN embeddings: its error, not their scores.
+    let error = crate::engine::exec::lock(&device).take_error();
+    match error {
+        Some(e) => Err(EvalError::Backend(e)),
+        None => Ok(report),
     }
 }
 

@@ -311,3 +311,55 @@ fn compare_step(precision: &str, tol: f64) {
     params.report(tol);
     updates.report(f64::INFINITY);
 }
+
+/// A step with an operation the CUDA kernels cannot run (a tensor of 2³¹ values: the kernels
+/// index with int) fails when it is made ready, with the operation and the reason, before
+/// anything is allocated or launched: never a panic in the middle of training.
+#[test]
+fn a_step_the_cuda_kernels_cannot_run_is_refused_before_it_runs() {
+    use kdc::engine::compile::compile_graph;
+    use kdc::engine::exec::Executable;
+    use kdc::engine::graph::{Dtype, Graph, Op, Reduce, F32};
+    use kdc::engine::lower::Output;
+
+    let mut g = Graph::default();
+    let huge = g.add(Op::Fill(F32(1.0)), vec![], vec![1 << 31]);
+    let sum = g.reduce(Reduce::Sum, huge, None);
+    let backend: SharedBackend = Arc::new(Mutex::new(Box::new(EmulatedBackend::new())));
+    let compiled = {
+        let b = kdc::engine::exec::lock(&backend);
+        compile_graph(g, vec![(Output::Loss, sum)], usize::MAX, Dtype::F32, &**b)
+    };
+    let err = match Executable::new(compiled, backend) {
+        Ok(_) => panic!("a step with 2³¹ values was accepted"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains("cannot run this step") && err.contains("Fill") && err.contains("2³¹"),
+        "{err}"
+    );
+}
+
+/// A device that fails in the middle of a step (simulated: the emulated device faults at its
+/// 40th kernel launch, as a GPU reports an illegal address asynchronously): the step returns
+/// the device's error — not a panic, and not a "loss is not finite" error from the NaNs the
+/// skipped work leaves — and the trainer has not counted the step.
+#[test]
+fn a_device_fault_in_the_middle_of_a_step_is_an_error_of_the_step() {
+    let (recipe, base) = recipe("fp32");
+    let shared: SharedBackend = Arc::new(Mutex::new(Box::new(EmulatedBackend::failing_after(39))));
+    let options = Options {
+        base,
+        ..Default::default()
+    };
+    let mut trainer = Trainer::on(&recipe, 0, &options, shared).unwrap();
+    let err = match trainer.train_step() {
+        Ok(log) => panic!("a faulted step succeeded: {log:?}"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains("device failed") && err.contains("simulated fault at kernel launch 40"),
+        "{err}"
+    );
+    assert_eq!(trainer.steps_done(), 0);
+}

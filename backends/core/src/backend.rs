@@ -86,10 +86,25 @@ pub enum BackendError {
     /// The device is not there or not usable (no GPU, no driver).
     #[error("{0}")]
     Unavailable(String),
+    /// The device failed while running work (a launch that failed, a fault, a library error):
+    /// what it reported. The work issued after it did not run.
+    #[error("the {device} device failed: {message}")]
+    Device {
+        device: &'static str,
+        message: String,
+    },
+    /// The backend's kernels cannot run an operation of the step (found before it runs).
+    #[error("the {device} backend cannot run this step: {reason}")]
+    Unsupported {
+        device: &'static str,
+        /// Which operation, on which shapes, and why.
+        reason: String,
+    },
 }
 
 /// A device that runs compiled steps. Every method that takes views panics if a view lies
 /// outside its buffer or a buffer is unknown: those are programming errors of the engine.
+/// Failures of the device itself are not panics: see [`Backend::take_error`].
 pub trait Backend: Send {
     /// `cpu`, `cuda`, …
     fn name(&self) -> &'static str;
@@ -115,6 +130,21 @@ pub trait Backend: Send {
 
     /// Copies a view to the host (`dst.len() == src.len`), after everything issued before.
     fn download(&mut self, src: View, dst: &mut [f32]);
+
+    /// Whether this backend can run `op` on inputs of `input_shapes` into an output of `shape`
+    /// typed `dtype`, or why not. The engine asks for every operation of a step before it
+    /// allocates or runs anything, so that [`Backend::launch`] never meets an operation it
+    /// cannot run. Every operation by default.
+    fn check(
+        &self,
+        op: &Op,
+        input_shapes: &[Vec<usize>],
+        shape: &[usize],
+        dtype: Dtype,
+    ) -> Result<(), String> {
+        let _ = (op, input_shapes, shape, dtype);
+        Ok(())
+    }
 
     /// Runs one operation.
     fn launch(&mut self, launch: &Launch<'_>);
@@ -145,6 +175,16 @@ pub trait Backend: Send {
 
     /// Waits for everything issued.
     fn synchronize(&mut self);
+
+    /// The first error the device reported since the last call, if any. A backend whose
+    /// device can fail while running work (a GPU's asynchronous faults, a failed kernel
+    /// compilation, a library error) records the first failure instead of panicking, skips the
+    /// work issued after it (downloads then read NaN) and returns it here; the engine asks
+    /// after each step and each evaluation, before it trusts what it downloaded. `None` by
+    /// default: the CPU does not fail this way.
+    fn take_error(&mut self) -> Option<BackendError> {
+        None
+    }
 
     /// The device as its driver names it (`NVIDIA A100-SXM4-80GB`); the backend's name by
     /// default.

@@ -48,6 +48,9 @@ pub struct CudaBackend {
     /// Bytes allocated now, and the most at once.
     allocated: usize,
     peak: usize,
+    /// The first failure of the device not yet taken ([`Backend::take_error`]); work issued
+    /// after it is skipped.
+    error: Option<BackendError>,
 }
 
 /// Why the CUDA backend cannot start on this machine, or `None` when its libraries are there.
@@ -131,6 +134,7 @@ impl CudaBackend {
             device_name,
             allocated: 0,
             peak: 0,
+            error: None,
         })
     }
 
@@ -154,50 +158,70 @@ impl CudaBackend {
     }
 
     /// The kernel `name`, compiling its file with NVRTC the first time one of its kernels runs.
-    fn function(&mut self, name: &'static str) -> &CudaFunction {
-        if !self.functions.contains_key(name) {
-            let file = kernels::file_of(name)
-                .unwrap_or_else(|| panic!("cuda backend: no kernel file defines {name}"));
-            let module = match self.modules.get(file.name) {
-                Some(m) => m.clone(),
-                None => {
-                    let options = cudarc::nvrtc::CompileOptions {
-                        arch: Some(self.arch),
-                        include_paths: self.include_paths.clone(),
-                        ..Default::default()
-                    };
-                    let ptx = cudarc::nvrtc::compile_ptx_with_opts(file.nvrtc_source(), options)
-                        .unwrap_or_else(|e| {
-                            panic!(
-                                "NVRTC could not compile kernels/{} for {}{}: {e:?}",
-                                file.name,
-                                self.arch,
-                                if file.needs_cuda_headers && self.include_paths.is_empty() {
-                                    format!(" (it needs cuda_bf16.h: set {INCLUDE_ENV})")
-                                } else {
-                                    String::new()
-                                }
-                            )
-                        });
-                    let module = self
-                        .ctx
-                        .load_module(ptx)
-                        .unwrap_or_else(|e| panic!("loading kernels/{}: {e:?}", file.name));
-                    self.modules.insert(file.name, module.clone());
-                    module
-                }
-            };
-            let function = module
-                .load_function(name)
-                .unwrap_or_else(|e| panic!("kernel {name}: {e:?}"));
-            self.functions.insert(name, function);
+    fn function(&mut self, name: &'static str) -> Result<CudaFunction, String> {
+        if let Some(f) = self.functions.get(name) {
+            return Ok(f.clone());
         }
-        &self.functions[name]
+        let file =
+            kernels::file_of(name).ok_or_else(|| format!("no kernel file defines {name}"))?;
+        let module = match self.modules.get(file.name) {
+            Some(m) => m.clone(),
+            None => {
+                let options = cudarc::nvrtc::CompileOptions {
+                    arch: Some(self.arch),
+                    include_paths: self.include_paths.clone(),
+                    ..Default::default()
+                };
+                let ptx = cudarc::nvrtc::compile_ptx_with_opts(file.nvrtc_source(), options)
+                    .map_err(|e| {
+                        format!(
+                            "NVRTC could not compile kernels/{} for {}{}: {e:?}",
+                            file.name,
+                            self.arch,
+                            if file.needs_cuda_headers && self.include_paths.is_empty() {
+                                format!(" (it needs cuda_bf16.h: set {INCLUDE_ENV})")
+                            } else {
+                                String::new()
+                            }
+                        )
+                    })?;
+                let module = self
+                    .ctx
+                    .load_module(ptx)
+                    .map_err(|e| format!("loading kernels/{}: {e:?}", file.name))?;
+                self.modules.insert(file.name, module.clone());
+                module
+            }
+        };
+        let function = module
+            .load_function(name)
+            .map_err(|e| format!("kernel {name}: {e:?}"))?;
+        self.functions.insert(name, function.clone());
+        Ok(function)
+    }
+
+    /// Records the device's first failure (later ones follow from it).
+    fn fail(&mut self, message: String) {
+        if self.error.is_none() {
+            self.error = Some(BackendError::Device {
+                device: "cuda",
+                message,
+            });
+        }
+    }
+
+    /// Runs `work` unless the device has failed, recording its failure.
+    fn guard(&mut self, work: impl FnOnce(&mut Self) -> Result<(), String>) {
+        if self.error.is_none() {
+            if let Err(message) = work(self) {
+                self.fail(message);
+            }
+        }
     }
 
     /// Launches `call` with its buffer arguments bound to `addresses` (device addresses of
     /// element 0 of each position).
-    fn run(&mut self, call: &KernelCall, addresses: &[u64]) {
+    fn run(&mut self, call: &KernelCall, addresses: &[u64]) -> Result<(), String> {
         // Every argument's bytes, kept alive (8-byte aligned) until the launch is issued.
         let mut storage: Vec<Vec<u64>> = call
             .args
@@ -227,7 +251,7 @@ impl CudaBackend {
             .iter_mut()
             .map(|w| w.as_mut_ptr() as *mut c_void)
             .collect();
-        let function = self.function(call.kernel).cu_function();
+        let function = self.function(call.kernel)?.cu_function();
         // SAFETY: the arguments match the kernel's parameters (launch.rs builds both sides
         // from one description, and the emulated tests run the same calls); every address
         // lies in a live allocation of this context.
@@ -241,12 +265,12 @@ impl CudaBackend {
                 &mut params,
             )
         }
-        .unwrap_or_else(|e| panic!("launching {}: {e:?}", call.kernel));
+        .map_err(|e| format!("launching {}: {e:?}", call.kernel))
     }
 
     /// A row-major batched product on cuBLAS (column-major): C = A·B is computed as
     /// Cᵀ = Bᵀ·Aᵀ, which reads the row-major operands in place.
-    fn gemm(&mut self, g: &Gemm, addresses: &[u64]) {
+    fn gemm(&mut self, g: &Gemm, addresses: &[u64]) -> Result<(), String> {
         let op = |o: &Operand| {
             if o.transposed {
                 blas_sys::cublasOperation_t::CUBLAS_OP_T
@@ -289,7 +313,7 @@ impl CudaBackend {
                 )
             }
             .result()
-            .unwrap_or_else(|e| panic!("cuBLAS bf16 GEMM: {e:?}"));
+            .map_err(|e| format!("cuBLAS bf16 GEMM: {e:?}"));
         }
         // SAFETY: cuBLAS reads and writes within the operands' allocations (dispatch sizes
         // the product from the operation's shapes); the handle is bound to this stream.
@@ -316,7 +340,7 @@ impl CudaBackend {
             )
         }
         .result()
-        .unwrap_or_else(|e| panic!("cuBLAS SGEMM: {e:?}"));
+        .map_err(|e| format!("cuBLAS SGEMM: {e:?}"))
     }
 
     fn whole(&self, view: View) -> u64 {
@@ -327,6 +351,18 @@ impl CudaBackend {
 impl Backend for CudaBackend {
     fn name(&self) -> &'static str {
         "cuda"
+    }
+
+    fn check(
+        &self,
+        op: &kdc_backend::Op,
+        input_shapes: &[Vec<usize>],
+        shape: &[usize],
+        dtype: kdc_backend::Dtype,
+    ) -> Result<(), String> {
+        dispatch::plan(op, input_shapes, shape, dtype)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
     }
 
     fn scratch_len(
@@ -374,81 +410,97 @@ impl Backend for CudaBackend {
 
     fn upload(&mut self, dst: View, src: &[f32]) {
         assert_eq!(src.len(), dst.len, "cuda backend: upload length");
-        let stream = self.stream.clone();
-        let slice = self.buffers[dst.buffer.0]
-            .as_mut()
-            .expect("cuda backend: upload into a freed buffer");
-        let mut view = slice.slice_mut(dst.offset..dst.offset + dst.len);
-        stream
-            .memcpy_htod(src, &mut view)
-            .unwrap_or_else(|e| panic!("cuda upload: {e:?}"));
+        self.guard(|b| {
+            let stream = b.stream.clone();
+            let slice = b.buffers[dst.buffer.0]
+                .as_mut()
+                .expect("cuda backend: upload into a freed buffer");
+            let mut view = slice.slice_mut(dst.offset..dst.offset + dst.len);
+            stream
+                .memcpy_htod(src, &mut view)
+                .map_err(|e| format!("upload: {e:?}"))
+        });
     }
 
     fn download(&mut self, src: View, dst: &mut [f32]) {
         assert_eq!(dst.len(), src.len, "cuda backend: download length");
-        let view = self
-            .slice(src.buffer)
-            .slice(src.offset..src.offset + src.len);
-        self.stream
-            .memcpy_dtoh(&view, dst)
-            .unwrap_or_else(|e| panic!("cuda download: {e:?}"));
-        self.stream
-            .synchronize()
-            .unwrap_or_else(|e| panic!("cuda synchronize: {e:?}"));
+        // What a failed device leaves: NaN, never stale values.
+        dst.fill(f32::NAN);
+        self.guard(|b| {
+            let view = b.slice(src.buffer).slice(src.offset..src.offset + src.len);
+            b.stream
+                .memcpy_dtoh(&view, dst)
+                .map_err(|e| format!("download: {e:?}"))?;
+            b.stream
+                .synchronize()
+                .map_err(|e| format!("synchronize: {e:?}"))
+        });
+        if self.error.is_some() {
+            dst.fill(f32::NAN);
+        }
     }
 
     fn launch(&mut self, l: &Launch<'_>) {
-        let steps = dispatch::plan(l.op, l.input_shapes, l.shape, l.dtype)
-            .unwrap_or_else(|e| panic!("cuda backend: {e}"));
-        let mut addresses: Vec<u64> = l.inputs.iter().map(|v| self.whole(*v)).collect();
-        addresses.push(self.whole(l.output));
-        addresses.push(self.whole(l.scratch));
-        for step in &steps {
-            match step {
-                Step::Kernel(call) => self.run(call, &addresses),
-                Step::Gemm(g) => self.gemm(g, &addresses),
-                Step::Upload(values) => {
-                    let output = View {
-                        len: values.len(),
-                        ..l.output
-                    };
-                    self.upload(output, values)
+        self.guard(|b| {
+            // Checked when the step was made ready (`check`); an error here is a device
+            // failure of no kind, kept as one rather than a panic.
+            let steps = dispatch::plan(l.op, l.input_shapes, l.shape, l.dtype)
+                .map_err(|e| e.to_string())?;
+            let mut addresses: Vec<u64> = l.inputs.iter().map(|v| b.whole(*v)).collect();
+            addresses.push(b.whole(l.output));
+            addresses.push(b.whole(l.scratch));
+            for step in &steps {
+                if b.error.is_some() {
+                    break;
+                }
+                match step {
+                    Step::Kernel(call) => b.run(call, &addresses)?,
+                    Step::Gemm(g) => b.gemm(g, &addresses)?,
+                    Step::Upload(values) => {
+                        let output = View {
+                            len: values.len(),
+                            ..l.output
+                        };
+                        b.upload(output, values)
+                    }
                 }
             }
-        }
+            Ok(())
+        });
     }
 
     fn copy(&mut self, dst: View, src: View) {
         assert_eq!(dst.len, src.len, "cuda backend: copy length");
-        let stream = self.stream.clone();
-        let from = self
-            .slice(src.buffer)
-            .slice(src.offset..src.offset + src.len);
-        let (from_ptr, _sync) = from.device_ptr(&stream);
-        let to = self.whole(dst);
-        // SAFETY: both ranges lie in live allocations and do not overlap (the engine's rule).
-        unsafe { drv::memcpy_dtod_async(to, from_ptr, src.len * 4, stream.cu_stream()) }
-            .unwrap_or_else(|e| panic!("cuda copy: {e:?}"));
+        self.guard(|b| {
+            let stream = b.stream.clone();
+            let from = b.slice(src.buffer).slice(src.offset..src.offset + src.len);
+            let (from_ptr, _sync) = from.device_ptr(&stream);
+            let to = b.whole(dst);
+            // SAFETY: both ranges lie in live allocations and do not overlap (the engine's
+            // rule).
+            unsafe { drv::memcpy_dtod_async(to, from_ptr, src.len * 4, stream.cu_stream()) }
+                .map_err(|e| format!("copy: {e:?}"))
+        });
     }
 
     fn add_into(&mut self, dst: View, src: View) {
         let addresses = [self.whole(dst), self.whole(src)];
-        self.run(&launch::add_into(dst.len), &addresses);
+        self.guard(|b| b.run(&launch::add_into(dst.len), &addresses));
     }
 
     fn scale(&mut self, x: View, factor: f32) {
         let addresses = [self.whole(x)];
-        self.run(&launch::scale(x.len, factor), &addresses);
+        self.guard(|b| b.run(&launch::scale(x.len, factor), &addresses));
     }
 
     fn lerp(&mut self, dst: View, src: View, weight: f32) {
         let addresses = [self.whole(dst), self.whole(src)];
-        self.run(&launch::lerp(dst.len, weight), &addresses);
+        self.guard(|b| b.run(&launch::lerp(dst.len, weight), &addresses));
     }
 
     fn clamp(&mut self, x: View, lo: f32, hi: f32) {
         let addresses = [self.whole(x)];
-        self.run(&launch::clamp(x.len, lo, hi), &addresses);
+        self.guard(|b| b.run(&launch::clamp(x.len, lo, hi), &addresses));
     }
 
     fn l2_norm(&mut self, xs: &[View]) -> f64 {
@@ -463,28 +515,30 @@ impl Backend for CudaBackend {
             })
             .collect();
         let total: usize = calls.iter().map(|c| c.2).sum();
-        if total == 0 {
-            return 0.0;
+        if total == 0 || self.error.is_some() {
+            return if self.error.is_some() { f64::NAN } else { 0.0 };
         }
-        let partial: CudaSlice<f64> = self
-            .stream
-            .alloc_zeros(total)
-            .unwrap_or_else(|e| panic!("cuda l2_norm: {e:?}"));
-        let base = partial.device_ptr(&self.stream).0;
-        let mut at = 0;
-        for (x, call, partials) in &calls {
-            let addresses = [
-                self.whole(*x),
-                base + (at * std::mem::size_of::<f64>()) as u64,
-            ];
-            self.run(call, &addresses);
-            at += partials;
-        }
-        let host = self
-            .stream
-            .clone_dtoh(&partial)
-            .unwrap_or_else(|e| panic!("cuda l2_norm: {e:?}"));
-        host.iter().sum::<f64>().sqrt()
+        let mut norm = f64::NAN;
+        self.guard(|b| {
+            let partial: CudaSlice<f64> = b
+                .stream
+                .alloc_zeros(total)
+                .map_err(|e| format!("l2_norm: {e:?}"))?;
+            let base = partial.device_ptr(&b.stream).0;
+            let mut at = 0;
+            for (x, call, partials) in &calls {
+                let addresses = [b.whole(*x), base + (at * std::mem::size_of::<f64>()) as u64];
+                b.run(call, &addresses)?;
+                at += partials;
+            }
+            let host = b
+                .stream
+                .clone_dtoh(&partial)
+                .map_err(|e| format!("l2_norm: {e:?}"))?;
+            norm = host.iter().sum::<f64>().sqrt();
+            Ok(())
+        });
+        norm
     }
 
     fn adamw(&mut self, param: View, grad: View, m: View, v: View, hyper: &AdamW) {
@@ -494,12 +548,18 @@ impl Backend for CudaBackend {
             self.whole(m),
             self.whole(v),
         ];
-        self.run(&launch::adamw(param.len, hyper), &addresses);
+        self.guard(|b| b.run(&launch::adamw(param.len, hyper), &addresses));
     }
 
     fn synchronize(&mut self) {
-        self.stream
-            .synchronize()
-            .unwrap_or_else(|e| panic!("cuda synchronize: {e:?}"));
+        self.guard(|b| {
+            b.stream
+                .synchronize()
+                .map_err(|e| format!("synchronize: {e:?}"))
+        });
+    }
+
+    fn take_error(&mut self) -> Option<BackendError> {
+        self.error.take()
     }
 }

@@ -11,7 +11,9 @@
 //! view, or leaves part of its output unwritten, shows. An error the emulator reports (an absent
 //! shuffle lane, a divergent barrier, a write out of bounds) is a bug in a kernel or in the
 //! dispatcher: the backend panics with the emulator's message, as it does on an operation the
-//! dispatcher cannot run ([`dispatch::Unsupported`]).
+//! dispatcher cannot run ([`dispatch::Unsupported`]). A device's own failure is not a bug of
+//! kdc's; [`EmulatedBackend::failing_after`] simulates one, so that the engine's handling of it
+//! (through [`Backend::take_error`]) is tested as a GPU would exercise it.
 
 use kdc_backend::{AdamW, Backend, BackendError, BufferId, Launch, Op, View};
 
@@ -24,6 +26,11 @@ pub struct EmulatedBackend {
     buffers: Vec<Option<DeviceBuf>>,
     schedule: Schedule,
     isolate: bool,
+    /// Kernel launches so far, and the one at which a simulated device fault happens.
+    launches: usize,
+    fault_at: Option<usize>,
+    /// The first device failure not yet taken: work issued after it is skipped.
+    error: Option<BackendError>,
 }
 
 impl Default for EmulatedBackend {
@@ -47,6 +54,19 @@ impl EmulatedBackend {
             buffers: Vec::new(),
             schedule: Schedule::Parallel,
             isolate: false,
+            launches: 0,
+            fault_at: None,
+            error: None,
+        }
+    }
+
+    /// A backend whose device fails at its `launches + 1`-th kernel launch (test support): as
+    /// a GPU reports a fault, it records the failure, skips all work after it (downloads read
+    /// NaN) and returns it from [`Backend::take_error`].
+    pub fn failing_after(launches: usize) -> EmulatedBackend {
+        EmulatedBackend {
+            fault_at: Some(launches),
+            ..EmulatedBackend::new()
         }
     }
 
@@ -211,6 +231,21 @@ impl EmulatedBackend {
                 slots[s] = Some(b);
             }
         }
+        if self.error.is_some() {
+            return;
+        }
+        if self.fault_at == Some(self.launches) {
+            self.error = Some(BackendError::Device {
+                device: "cuda-emulated",
+                message: format!(
+                    "simulated fault at kernel launch {} ({what}: {})",
+                    self.launches + 1,
+                    call.kernel
+                ),
+            });
+            return;
+        }
+        self.launches += 1;
         let mut bufs: Vec<&mut DeviceBuf> = slots
             .into_iter()
             .map(|b| b.expect("every bound buffer is live"))
@@ -242,6 +277,18 @@ fn assert_disjoint(what: &str, views: &[View]) {
 impl Backend for EmulatedBackend {
     fn name(&self) -> &'static str {
         "cuda-emulated"
+    }
+
+    fn check(
+        &self,
+        op: &kdc_backend::Op,
+        input_shapes: &[Vec<usize>],
+        shape: &[usize],
+        dtype: kdc_backend::Dtype,
+    ) -> Result<(), String> {
+        dispatch::plan(op, input_shapes, shape, dtype)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
     }
 
     fn scratch_len(
@@ -278,6 +325,10 @@ impl Backend for EmulatedBackend {
             src.len,
             "kdc-cuda emulated: download of another length"
         );
+        if self.error.is_some() {
+            dst.fill(f32::NAN);
+            return;
+        }
         dst.copy_from_slice(&self.read(src));
     }
 
@@ -345,6 +396,9 @@ impl Backend for EmulatedBackend {
             total += self.buffer(partial).read::<f64>().iter().sum::<f64>();
             self.buffers.pop();
         }
+        if self.error.is_some() {
+            return f64::NAN;
+        }
         total.sqrt()
     }
 
@@ -359,4 +413,8 @@ impl Backend for EmulatedBackend {
     }
 
     fn synchronize(&mut self) {}
+
+    fn take_error(&mut self) -> Option<BackendError> {
+        self.error.take()
+    }
 }

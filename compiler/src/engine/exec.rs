@@ -166,6 +166,19 @@ impl Executable {
         let plan = &compiled.plan;
         let (arena, params, inputs) = {
             let mut b = lock(&backend);
+            // Every operation the step runs, checked on this backend before anything is
+            // allocated or launched.
+            for &i in &plan.order {
+                let node = &g.nodes[i];
+                if plan.shares_input(g, i) {
+                    continue;
+                }
+                b.check(&node.op, &g.input_shapes(i), &node.shape, node.dtype)
+                    .map_err(|reason| BackendError::Unsupported {
+                        device: b.name(),
+                        reason: format!("%{i} ({}): {reason}", node.label),
+                    })?;
+            }
             let arena = b.alloc(plan.arena_len)?;
             let mut params = Vec::with_capacity(g.params.len());
             for p in &g.params {

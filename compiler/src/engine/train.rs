@@ -404,6 +404,7 @@ impl<'r> Trainer<'r> {
     pub fn evaluate(&mut self, step: u64) -> Result<Evaluation, TrainError> {
         let inputs = self.prepare(step, step)?;
         self.exec.execute();
+        self.device_error()?;
         let compiled = self.exec.compiled();
         let g = &compiled.graph;
         Ok(Evaluation {
@@ -443,6 +444,14 @@ impl<'r> Trainer<'r> {
         })
     }
 
+    /// A failure the device reported while running the work issued so far.
+    fn device_error(&self) -> Result<(), TrainError> {
+        match exec::lock(self.exec.backend()).take_error() {
+            Some(e) => Err(TrainError::Backend(e)),
+            None => Ok(()),
+        }
+    }
+
     /// One optimiser step. Returns what it measured.
     pub fn train_step(&mut self) -> Result<StepLog, TrainError> {
         let started = Instant::now();
@@ -471,6 +480,7 @@ impl<'r> Trainer<'r> {
         for micro in 0..accumulate {
             self.prepare(t * accumulate + micro, t)?;
             self.exec.execute();
+            self.device_error()?;
             loss += self.exec.scalar(&Output::Loss) / accumulate as f64;
             for (term, label) in terms.iter_mut().zip(&labels) {
                 *term += self.exec.scalar(&Output::Term(label.clone())) / accumulate as f64;
@@ -552,6 +562,9 @@ impl<'r> Trainer<'r> {
             b.lerp(p, q, (1.0 - decay) as f32);
         }
         b.synchronize();
+        if let Some(e) = b.take_error() {
+            return Err(TrainError::Backend(e));
+        }
         drop(b);
         self.done += 1;
         Ok(StepLog {
