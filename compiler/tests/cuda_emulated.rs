@@ -39,6 +39,9 @@ fn cuda_backend() -> Box<dyn Backend> {
 /// The test recipe's constant learning rate.
 const LR: f32 = 1e-3;
 
+/// AdamW's ε in the test recipe (the default).
+const ADAMW_EPS: f32 = 1e-6;
+
 /// The batch of the test's variant of the recipe (the demo's is 16): the emulator runs every
 /// CUDA thread as an OS thread, and its time grows with the blocks launched.
 const BATCH: usize = 4;
@@ -293,7 +296,27 @@ fn compare_step(precision: &str, tol: f64) {
             );
             continue;
         }
-        params.add(name, got, want);
+        // AdamW's first step moves an element by lr·g/(|g| + ε) (ε = 1e-6, the recipe's
+        // default): where |g| is within a hundred ε, that ratio amplifies the backends'
+        // rounding noise in g (a gradient of 5.7e-7 differing by 4e-4 of itself moved its
+        // element 1e-4 apart, relative to the tensor), and a gradient at noise level may even
+        // change sign. Those elements are held to the bound that always holds, 2·lr; the rest
+        // are compared.
+        let (mut got, want) = (got.clone(), want.clone());
+        if let Some((_, g)) = cpu.eval.grads.iter().find(|(n, _)| n == name) {
+            for (i, gi) in g.iter().enumerate() {
+                if gi.abs() <= 100.0 * ADAMW_EPS {
+                    assert!(
+                        (got[i] - want[i]).abs() <= 2.0 * LR * 1.001,
+                        "{name}[{i}] after the update: {} vs {}",
+                        got[i],
+                        want[i]
+                    );
+                    got[i] = want[i];
+                }
+            }
+        }
+        params.add(name, &got, &want);
         let dw: Vec<f32> = want.iter().zip(before).map(|(a, b)| a - b).collect();
         let dg: Vec<f32> = got.iter().zip(before).map(|(a, b)| a - b).collect();
         if dw.iter().any(|&d| d != 0.0) {

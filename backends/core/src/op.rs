@@ -333,6 +333,20 @@ pub enum Op {
     },
     /// Blocks gradients.
     Detach,
+    /// Scaled dot-product attention in one operation, never holding the scores:
+    /// `softmax(scale·q·kᵀ + bias)·v` per batch item. Inputs q `[.., m, d]`, k `[.., n, d]`,
+    /// v `[.., n, e]` (equal leading axes) and optionally an additive bias (a causal or padding
+    /// mask) that broadcasts to the scores `[.., m, n]`; output `[.., m, e]`. The softmax is taken
+    /// in f32 with the row's maximum subtracted.
+    Attention {
+        scale: F32,
+    },
+    /// The gradient of `Attention`: inputs (q, k, v, [bias], do) → dq, dk and dv flattened and
+    /// concatenated, `[len(q) + len(k) + len(v)]` (the bias gets none: it is a mask). The
+    /// probabilities are recomputed, as flash attention does.
+    AttentionBackward {
+        scale: F32,
+    },
 }
 
 impl Op {
@@ -386,6 +400,8 @@ impl Op {
             Op::Loss(l) => l.kind(),
             Op::LossBackward { .. } => "LossBackward",
             Op::Detach => "Detach",
+            Op::Attention { .. } => "Attention",
+            Op::AttentionBackward { .. } => "AttentionBackward",
         }
     }
 
@@ -447,6 +463,97 @@ pub fn round_bf16(x: f32) -> f32 {
 pub fn round_bf16_slice(xs: &mut [f32]) {
     for x in xs {
         *x = round_bf16(*x);
+    }
+}
+
+/// The dimensions of an [`Op::Attention`] (or its backward) on inputs of `shapes`: q, k, v
+/// and, when there are four inputs (three for the forward), the bias.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AttentionDims {
+    /// The leading axes, and their product.
+    pub lead: Vec<usize>,
+    pub batch: usize,
+    pub m: usize,
+    pub n: usize,
+    pub d: usize,
+    pub e: usize,
+    /// The bias's element strides along the leading axes (0 where it broadcasts), along the
+    /// query rows and along the keys; `None` without a bias.
+    pub bias: Option<(Vec<usize>, usize, usize)>,
+}
+
+impl AttentionDims {
+    /// The dimensions, or why the shapes do not fit (`has_bias`: the fourth shape is a bias).
+    pub fn of(shapes: &[Vec<usize>], has_bias: bool) -> Result<AttentionDims, String> {
+        let (q, k, v) = match shapes {
+            [q, k, v, ..] => (q, k, v),
+            _ => return Err("attention takes q, k and v".into()),
+        };
+        let r = q.len();
+        if r < 2 || k.len() != r || v.len() != r {
+            return Err(format!(
+                "q {q:?}, k {k:?}, v {v:?} are not [.., rows, width] of one rank"
+            ));
+        }
+        let lead = q[..r - 2].to_vec();
+        if k[..r - 2] != lead[..] || v[..r - 2] != lead[..] {
+            return Err(format!(
+                "q {q:?}, k {k:?}, v {v:?} differ in their leading axes"
+            ));
+        }
+        let (m, d, n, e) = (q[r - 2], q[r - 1], k[r - 2], v[r - 1]);
+        if k[r - 1] != d || v[r - 2] != n {
+            return Err(format!("k {k:?} and v {v:?} do not fit q {q:?}"));
+        }
+        let bias = if has_bias {
+            let b = shapes.get(3).ok_or("the bias is missing")?;
+            let mut scores = lead.clone();
+            scores.extend([m, n]);
+            if b.len() > scores.len() {
+                return Err(format!(
+                    "the bias {b:?} does not broadcast to the scores {scores:?}"
+                ));
+            }
+            // Row-major strides of the bias, right-aligned to the scores; 0 where it broadcasts.
+            let mut strides = vec![0; scores.len()];
+            let mut stride = 1;
+            for (i, &dim) in b.iter().enumerate().rev() {
+                let at = scores.len() - b.len() + i;
+                if dim != scores[at] && dim != 1 {
+                    return Err(format!(
+                        "the bias {b:?} does not broadcast to the scores {scores:?}"
+                    ));
+                }
+                strides[at] = if dim == 1 { 0 } else { stride };
+                stride *= dim;
+            }
+            Some((strides[..r - 2].to_vec(), strides[r - 2], strides[r - 1]))
+        } else {
+            None
+        };
+        Ok(AttentionDims {
+            batch: lead.iter().product(),
+            lead,
+            m,
+            n,
+            d,
+            e,
+            bias,
+        })
+    }
+
+    /// The bias's offset for batch item `beta` (the leading axes flattened row-major).
+    pub fn bias_offset(&self, beta: usize) -> usize {
+        let Some((strides, _, _)) = &self.bias else {
+            return 0;
+        };
+        let mut rest = beta;
+        let mut offset = 0;
+        for (a, &dim) in self.lead.iter().enumerate().rev() {
+            offset += (rest % dim) * strides[a];
+            rest /= dim;
+        }
+        offset
     }
 }
 

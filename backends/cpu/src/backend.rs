@@ -7,8 +7,8 @@
 //! integers; the index kernels read them as such.
 
 use kdc_backend::{
-    numel, round_bf16, AdamW, Backend, BackendError, Binary, BufferId, Dtype, Launch, LossKind, Op,
-    Reduce, Unary, View,
+    numel, round_bf16, AdamW, AttentionDims, Backend, BackendError, Binary, BufferId, Dtype,
+    Launch, LossKind, Op, Reduce, Unary, View,
 };
 
 /// The CPU backend. Operations run synchronously on the calling thread and rayon's pool.
@@ -301,6 +301,19 @@ fn run(
         }
         Op::Permute(perm) => crate::permute(inputs[0], &shapes[0], perm, out),
         Op::Reshape | Op::Detach => out.copy_from_slice(inputs[0]),
+        Op::Attention { scale } => {
+            let bias = inputs.get(3).copied();
+            let dims = AttentionDims::of(shapes, bias.is_some())
+                .unwrap_or_else(|e| panic!("kdc-cpu: Attention: {e}"));
+            crate::attention(&dims, inputs[0], inputs[1], inputs[2], bias, scale.0, out);
+        }
+        Op::AttentionBackward { scale } => {
+            let (dout, rest) = inputs.split_last().expect("inputs");
+            let bias = rest.get(3).copied();
+            let dims = AttentionDims::of(&shapes[..rest.len()], bias.is_some())
+                .unwrap_or_else(|e| panic!("kdc-cpu: AttentionBackward: {e}"));
+            crate::attention_backward(&dims, rest[0], rest[1], rest[2], bias, dout, scale.0, out);
+        }
         Op::Broadcast => crate::broadcast_to(inputs[0], &shapes[0], out, out_shape),
         Op::SumTo => crate::sum_to(inputs[0], &shapes[0], out, out_shape),
         Op::Reduce { kind, axis } => {

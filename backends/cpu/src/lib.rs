@@ -30,6 +30,7 @@
 
 #![warn(missing_docs)]
 
+mod attention;
 mod backend;
 mod binary;
 mod layer_norm;
@@ -50,6 +51,7 @@ use std::fmt::Debug;
 
 use num_traits::Float;
 
+pub use attention::{attention, attention_backward};
 pub use backend::CpuBackend;
 pub use binary::{
     add, binary, binary_backward, broadcast_shape, broadcast_to, div, mul, select, sub, sum_to,

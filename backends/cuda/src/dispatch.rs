@@ -169,6 +169,11 @@ pub fn scratch_len(op: &Op, input_shapes: &[Vec<usize>], _shape: &[usize], dtype
         Op::MatMul { .. } | Op::MatMulAdd { .. } if dtype == Dtype::Bf16 => {
             bf16_factors(input_shapes).2
         }
+        // Each query row's log-sum-exp and Σ p·dp.
+        Op::AttentionBackward { .. } => {
+            let q = input_shapes.first().map_or(&[][..], |s| &s[..]);
+            2 * q[..q.len().saturating_sub(1)].iter().product::<usize>()
+        }
         // The rows' mean and reciprocal standard deviation.
         Op::LayerNorm { .. } | Op::LayerNormParamGrads { .. } => 2 * first().0,
         Op::Loss(LossKind::CrossEntropyDiagonal) => first().0,
@@ -347,6 +352,32 @@ impl Planner<'_> {
         })
     }
 
+    /// An attention's dimensions from the first three (or four, with a bias) input shapes.
+    fn attention_dims(&self, has_bias: bool) -> Result<kdc_backend::AttentionDims, Unsupported> {
+        let dims =
+            kdc_backend::AttentionDims::of(self.shapes, has_bias).or_else(|e| self.fail(e))?;
+        self.ensure(
+            dims.bias.is_none() || dims.lead.len() <= launch::ATTENTION_MAX_LEAD,
+            || {
+                format!(
+                    "a bias over more than {} leading axes",
+                    launch::ATTENTION_MAX_LEAD
+                )
+            },
+        )?;
+        Ok(dims)
+    }
+
+    /// Whether a block's `floats` of shared memory fit.
+    fn attention_fits(&self, floats: usize) -> Result<(), Unsupported> {
+        self.ensure(floats * 4 <= launch::MAX_SHARED_BYTES, || {
+            format!(
+                "a row of {floats} scores does not fit a block's {} KiB of shared memory",
+                launch::MAX_SHARED_BYTES / 1024
+            )
+        })
+    }
+
     /// The arity an operation takes.
     fn arity(&self) -> Result<usize, Unsupported> {
         Ok(match self.op {
@@ -354,6 +385,23 @@ impl Planner<'_> {
                 return self.fail("a source: the runner sets its value, no kernel computes it")
             }
             Op::Fill(_) | Op::Constant(_) | Op::Eye | Op::CausalMask => 0,
+            // q, k, v and an optional bias (then the output gradient).
+            Op::Attention { .. } | Op::AttentionBackward { .. } => {
+                let least = if matches!(self.op, Op::Attention { .. }) {
+                    3
+                } else {
+                    4
+                };
+                match self.shapes.len() {
+                    k if k == least || k == least + 1 => k,
+                    k => {
+                        return self.fail(format!(
+                            "{k} inputs where it takes {least} or {}",
+                            least + 1
+                        ))
+                    }
+                }
+            }
             Op::Unary(_)
             | Op::Permute(_)
             | Op::Reshape
@@ -514,6 +562,60 @@ impl Planner<'_> {
                     Step::Kernel(launch::remap(bias, &[2, out])),
                     Step::Gemm(gemm),
                 ])
+            }
+            Op::Attention { scale } => {
+                let dims = self.attention_dims(self.shapes.len() == 4)?;
+                let mut shape = dims.lead.clone();
+                shape.extend([dims.m, dims.e]);
+                self.ensure(self.shape == &shape[..], || {
+                    format!("the output is {:?}, not {shape:?}", self.shape)
+                })?;
+                self.attention_fits(dims.n)?;
+                let bias = if dims.bias.is_some() { 3 } else { 0 };
+                self.kernel(launch::attention(&dims, scale.0), &[0, 1, 2, bias, out])
+            }
+            Op::AttentionBackward { scale } => {
+                let k = self.shapes.len();
+                let dims = Planner {
+                    shapes: &self.shapes[..k - 1],
+                    ..*self
+                }
+                .attention_dims(k == 5)?;
+                let (qn, kn, vn) = (
+                    dims.batch * dims.m * dims.d,
+                    dims.batch * dims.n * dims.d,
+                    dims.batch * dims.n * dims.e,
+                );
+                self.ensure(self.shape == [qn + kn + vn], || {
+                    format!("the output is {:?}, not [{}]", self.shape, qn + kn + vn)
+                })?;
+                self.ensure(
+                    numel(&self.shapes[k - 1]) == dims.batch * dims.m * dims.e,
+                    || "the output gradient is not of the output's size".into(),
+                )?;
+                self.attention_fits(dims.n.max(dims.m) * 2)?;
+                let (bias, dout, scratch) = (if k == 5 { 3 } else { 0 }, k - 1, self.scratch());
+                let rows = launch::remap(
+                    launch::attention_backward_rows(&dims, scale.0),
+                    &[0, 1, 2, bias, dout, out, scratch],
+                );
+                let mut keys = launch::remap(
+                    launch::attention_backward_keys(&dims, scale.0),
+                    &[0, 1, 2, bias, dout, scratch, out, out],
+                );
+                // dk and dv after dq in the packed output: the call's last two buffers.
+                let mut bufs = 0;
+                for arg in &mut keys.args {
+                    if let Arg::Buf { offset, .. } = arg {
+                        bufs += 1;
+                        match bufs {
+                            7 => *offset = qn,
+                            8 => *offset = qn + kn,
+                            _ => {}
+                        }
+                    }
+                }
+                Ok(vec![Step::Kernel(rows), Step::Kernel(keys)])
             }
             Op::Permute(perm) => {
                 let s = &self.shapes[0];

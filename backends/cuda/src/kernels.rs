@@ -127,6 +127,15 @@ pub const FILES: &[KernelFile] = &[
         false
     ),
     kernel_file!("topk.cu", ["kdc_topk_f32", "kdc_topk_backward_f32"], false),
+    kernel_file!(
+        "attention.cu",
+        [
+            "kdc_attention_f32",
+            "kdc_attention_backward_rows_f32",
+            "kdc_attention_backward_keys_f32",
+        ],
+        false
+    ),
     kernel_file!("optim.cu", ["kdc_adamw_f32", "kdc_sum_squares_f64"], false),
     kernel_file!("matmul.cu", ["kdc_matmul_f32", "kdc_matmul_bf16"], true),
     kernel_file!(

@@ -1095,3 +1095,106 @@ pub fn sum_to(x_shape: &[usize], out_shape: &[usize]) -> KernelCall {
         args: vec![Arg::I32(int(n_out)), Arg::Bytes(bytes), buf(0), buf(1)],
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Fused attention (kernels/attention.cu).
+
+/// Leading axes the attention kernels take for a bias (the scores' rank minus two).
+pub const ATTENTION_MAX_LEAD: usize = 3;
+
+/// Dynamic shared memory a block may use (CUDA's default limit without opting in).
+pub const MAX_SHARED_BYTES: usize = 48 * 1024;
+
+/// The kernels' `KdcAttention`; panics past [`ATTENTION_MAX_LEAD`] leading axes with a bias
+/// (dispatch checks first).
+fn attention_bytes(dims: &kdc_backend::AttentionDims, scale: f32) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    push_i32s(
+        &mut bytes,
+        &[
+            int(dims.batch),
+            int(dims.m),
+            int(dims.n),
+            int(dims.d),
+            int(dims.e),
+        ],
+    );
+    bytes.extend(scale.to_ne_bytes());
+    let mut lead_dims = [1i32; ATTENTION_MAX_LEAD];
+    let mut lead_strides = [0i32; ATTENTION_MAX_LEAD];
+    let (has_bias, rank, si, sj) = match &dims.bias {
+        Some((strides, si, sj)) => {
+            assert!(
+                dims.lead.len() <= ATTENTION_MAX_LEAD,
+                "kdc-cuda: attention with more than {ATTENTION_MAX_LEAD} leading axes"
+            );
+            for (x, (&dim, &stride)) in dims.lead.iter().zip(strides).enumerate() {
+                lead_dims[x] = int(dim);
+                lead_strides[x] = int(stride);
+            }
+            (1, dims.lead.len(), *si, *sj)
+        }
+        None => (0, 0, 0, 0),
+    };
+    push_i32s(&mut bytes, &[has_bias, int(rank)]);
+    push_i32s(&mut bytes, &lead_dims);
+    push_i32s(&mut bytes, &lead_strides);
+    push_i32s(&mut bytes, &[int(si), int(sj)]);
+    bytes
+}
+
+/// One block per row of `rows`, `floats` of shared memory per block.
+fn attention_call(
+    kernel: &'static str,
+    rows: usize,
+    widest: usize,
+    floats: usize,
+    args: Vec<Arg>,
+) -> KernelCall {
+    KernelCall {
+        kernel,
+        grid: [
+            u32::try_from(rows.max(1)).expect("kdc-cuda: attention rows exceed the grid"),
+            1,
+            1,
+        ],
+        block: [reduction_block(widest), 1, 1],
+        shared_bytes: (floats * 4) as u32,
+        args,
+    }
+}
+
+/// `o = softmax(scale·q·kᵀ + bias)·v`; buffers (q, k, v, bias, o) — bias any buffer when there
+/// is none.
+pub fn attention(dims: &kdc_backend::AttentionDims, scale: f32) -> KernelCall {
+    attention_call(
+        "kdc_attention_f32",
+        dims.batch * dims.m,
+        dims.n.max(dims.e),
+        dims.n,
+        with_bufs(vec![Arg::Bytes(attention_bytes(dims, scale))], 5),
+    )
+}
+
+/// The query rows' pass of the backward: buffers (q, k, v, bias, dout, dq, stats), stats
+/// `[batch·m, 2]` (log-sum-exp, Σ p·dp).
+pub fn attention_backward_rows(dims: &kdc_backend::AttentionDims, scale: f32) -> KernelCall {
+    attention_call(
+        "kdc_attention_backward_rows_f32",
+        dims.batch * dims.m,
+        dims.n.max(dims.d),
+        2 * dims.n,
+        with_bufs(vec![Arg::Bytes(attention_bytes(dims, scale))], 7),
+    )
+}
+
+/// The keys' pass: buffers (q, k, v, bias, dout, stats, dk, dv).
+pub fn attention_backward_keys(dims: &kdc_backend::AttentionDims, scale: f32) -> KernelCall {
+    attention_call(
+        "kdc_attention_backward_keys_f32",
+        dims.batch * dims.n,
+        dims.m.max(dims.d).max(dims.e),
+        2 * dims.m,
+        with_bufs(vec![Arg::Bytes(attention_bytes(dims, scale))], 8),
+    )
+}

@@ -454,6 +454,57 @@ fn bf16_outputs_are_rounded_on_both_backends() {
     }
 }
 
+/// Fused attention and its gradient: leading axes [2, 3] (batch, heads), odd sizes, no bias,
+/// a causal-shaped [m, n] bias and a padding-shaped [2, 1, 1, n] one with masked keys; and a
+/// single query row over many keys (a pooled row).
+#[test]
+fn fused_attention_and_its_gradient() {
+    let mut rng = Rng::new(13);
+    for (m, n, d, e) in [(5, 7, 4, 3), (1, 37, 8, 8), (9, 11, 5, 6)] {
+        let qs = vec![2, 3, m, d];
+        let ks = vec![2, 3, n, d];
+        let vs = vec![2, 3, n, e];
+        let mut padding = vec![0.0f32; 2 * n];
+        padding[n - 1] = -1e9;
+        padding[n + 2] = -1e9;
+        let biases: Vec<Option<(Vec<usize>, Vec<f32>)>> = vec![
+            None,
+            Some(rand(&mut rng, &[m, n], -2.0, 2.0)),
+            Some(t(&[2, 1, 1, n], padding)),
+        ];
+        for bias in biases {
+            let mut inputs = vec![
+                rand(&mut rng, &qs, -1.5, 1.5),
+                rand(&mut rng, &ks, -1.5, 1.5),
+                rand(&mut rng, &vs, -1.0, 1.0),
+            ];
+            inputs.extend(bias.clone());
+            let what = format!(
+                "attention m={m} n={n} d={d} e={e} bias {:?}",
+                bias.as_ref().map(|b| &b.0)
+            );
+            let scale = F32(1.0 / (d as f32).sqrt());
+            compare(
+                &what,
+                Op::Attention { scale },
+                inputs.clone(),
+                &[2, 3, m, e],
+                TOL,
+            );
+            let mut backward = inputs.clone();
+            backward.push(rand(&mut rng, &[2, 3, m, e], -1.0, 1.0));
+            let total = 6 * (m * d + n * d + n * e);
+            compare(
+                &format!("{what} backward"),
+                Op::AttentionBackward { scale },
+                backward,
+                &[total],
+                TOL,
+            );
+        }
+    }
+}
+
 #[test]
 fn data_movement_permute_reshape_broadcast_sum_to_concat_slice() {
     let mut rng = Rng::new(4);

@@ -239,6 +239,31 @@ pub fn backward(graph: &mut Graph, loss: Id) -> Vec<(usize, Id)> {
                     }
                 }
             }
+            Op::Attention { scale } => {
+                // One backward operation recomputes the probabilities and gives dq, dk and dv
+                // packed; the bias (a mask) gets no gradient.
+                let (q, k, v) = (x(0), x(1), x(2));
+                if node.inputs.len() == 4 && graph.nodes[x(3)].grad {
+                    panic!("an attention bias is a mask: it takes no gradient");
+                }
+                let shapes = [q, k, v].map(|i| graph.shape(i).to_vec());
+                let lens = shapes.clone().map(|s| s.iter().product::<usize>());
+                let mut inputs = node.inputs.clone();
+                inputs.push(g);
+                let packed = graph.add(
+                    Op::AttentionBackward { scale: *scale },
+                    inputs,
+                    vec![lens.iter().sum()],
+                );
+                let mut start = 0;
+                for ((input, shape), len) in [q, k, v].into_iter().zip(shapes).zip(lens) {
+                    if graph.nodes[input].grad {
+                        let flat = graph.slice(packed, 0, start, len);
+                        contributions.push((input, graph.reshape(flat, shape)));
+                    }
+                    start += len;
+                }
+            }
             Op::Detach
             | Op::Input(_)
             | Op::Fill(_)

@@ -119,26 +119,30 @@ pub fn self_attention(
     };
     let xq = pick(g, x, rows);
     let query = linear(g, xq, proj[0].0, Some(proj[0].1));
-    let q = g.scale(query, (d as f32).powf(-0.5));
     let key = linear(g, x, proj[1].0, Some(proj[1].1));
     let value = linear(g, x, proj[2].0, Some(proj[2].1));
-    let (q, k, v) = (split(g, q, r), split(g, key, t), split(g, value, t));
-    let mut scores = g.matmul_t(q, k, false, true);
+    let scale = (d as f32).powf(-0.5);
+    let (q, k, v) = (split(g, query, r), split(g, key, t), split(g, value, t));
+    let bias = bias.map(|bias| match rows {
+        Rows::All => bias,
+        // The picked rows' lines of the mask: [t, t] -> [b, t, t] -> [b, 1, 1, t].
+        _ => {
+            let full = g.reshape(bias, vec![1, t, t]);
+            let full = g.broadcast(full, vec![b, t, t]);
+            let line = pick(g, full, rows);
+            g.reshape(line, vec![b, 1, 1, t])
+        }
+    });
+    // One fused operation: the scores and probabilities never take step memory.
+    let o = g.attention(q, k, v, bias, scale);
+    // The probabilities as their own operations, for a tap that reads them (dead code, never
+    // run, otherwise).
+    let qs = g.scale(q, scale);
+    let mut scores = g.matmul_t(qs, k, false, true);
     if let Some(bias) = bias {
-        let bias = match rows {
-            Rows::All => bias,
-            // The picked rows' lines of the mask: [t, t] -> [b, t, t] -> [b, 1, 1, t].
-            _ => {
-                let full = g.reshape(bias, vec![1, t, t]);
-                let full = g.broadcast(full, vec![b, t, t]);
-                let line = pick(g, full, rows);
-                g.reshape(line, vec![b, 1, 1, t])
-            }
-        };
         scores = g.add2(scores, bias);
     }
     let p = g.softmax(scores, 3);
-    let o = g.matmul(p, v);
     let o = g.permute(o, vec![0, 2, 1, 3]);
     let o = g.reshape(o, vec![b, r, w]);
     Attention {

@@ -84,7 +84,9 @@ pub fn per_element(op: &Op) -> f64 {
         Op::LayerNormParamGrads { .. } => 4.0,
         Op::TopK { .. } | Op::TopKBackward { .. } => 8.0,
         Op::Loss(_) | Op::LossBackward { .. } => 6.0,
+        // Counted from their dimensions in `operations`.
         Op::MatMul { .. } | Op::MatMulAdd { .. } => 0.0,
+        Op::Attention { .. } | Op::AttentionBackward { .. } => 0.0,
     }
 }
 
@@ -128,6 +130,27 @@ pub fn operations(c: &Compiled) -> Vec<OpCost> {
                     0.0
                 };
                 (2.0 * out_len * k as f64 + extra, true)
+            }
+            Op::Attention { .. } | Op::AttentionBackward { .. } => {
+                let forward = matches!(node.op, Op::Attention { .. });
+                let count = node.inputs.len() - usize::from(!forward);
+                let owned: Vec<Vec<usize>> = shapes[..count].iter().map(|s| s.to_vec()).collect();
+                // q, k, v and the bias when there is one (the backward's last input is dout).
+                let dims = kdc_backend::AttentionDims::of(&owned, count == 4)
+                    .expect("a checked attention");
+                let (mn, d, e) = (
+                    (dims.batch * dims.m * dims.n) as f64,
+                    dims.d as f64,
+                    dims.e as f64,
+                );
+                // Forward: the scores (2d), their softmax (about 5) and the weighted sum (2e) per
+                // query–key pair. Backward: the scores twice (once per pass), dp twice, dq, dk, dv.
+                let flops = if forward {
+                    mn * (2.0 * d + 5.0 + 2.0 * e)
+                } else {
+                    mn * (4.0 * d + 4.0 * e + 2.0 * d + 2.0 * d + 2.0 * e + 10.0)
+                };
+                (flops, false)
             }
             ref op => (per_element(op) * out_len.max(read), false),
         };

@@ -364,6 +364,18 @@ impl Graph {
         self.add(Op::Concat { axis }, vec![a, b], shape)
     }
 
+    /// Fused scaled dot-product attention: `softmax(scale·q·kᵀ + bias)·v` over the last two
+    /// axes (q `[.., m, d]`, k `[.., n, d]`, v `[.., n, e]` → `[.., m, e]`), never holding the
+    /// scores (`Op::Attention`).
+    pub fn attention(&mut self, q: Id, k: Id, v: Id, bias: Option<Id>, scale: f32) -> Id {
+        let mut shape = self.shape(q).to_vec();
+        let r = shape.len();
+        shape[r - 1] = self.shape(v)[r - 1];
+        let mut inputs = vec![q, k, v];
+        inputs.extend(bias);
+        self.add(Op::Attention { scale: F32(scale) }, inputs, shape)
+    }
+
     pub fn slice(&mut self, x: Id, axis: usize, start: usize, len: usize) -> Id {
         let mut shape = self.shape(x).to_vec();
         assert!(start + len <= shape[axis]);

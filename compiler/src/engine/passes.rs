@@ -223,7 +223,11 @@ fn rule(op: &Op) -> Rule {
         | Op::Concat { .. }
         | Op::Slice { .. }
         | Op::SliceBackward { .. }
-        | Op::Detach => Rule::Follow,
+        | Op::Detach
+        // Attention's softmax is f32 inside the operation; its output (and gradients) follow
+        // q, k and v.
+        | Op::Attention { .. }
+        | Op::AttentionBackward { .. } => Rule::Follow,
     }
 }
 
