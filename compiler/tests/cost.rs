@@ -45,6 +45,23 @@ fn matmul_operations_of_a_vit_forward_match_the_architecture() {
     // per output value.
     let bias_adds = batch as f64
         * (p * w + (layers - 1.0) * t * (4.0 * w + m + w) + (w + 2.0 * t * w + w + m + w));
+    // Attention's scores and weighted sum run inside the fused attention operation (2d + 2e
+    // per query–key pair, plus about 5 for the softmax), not as matrix products.
+    let heads = 4.0;
+    let pairs = heads * ((layers - 1.0) * t * t + t);
+    let attention_products =
+        batch as f64 * ((layers - 1.0) * 2.0 * 2.0 * t * t * w + 2.0 * 2.0 * t * w);
+    let attention: f64 = operations(&step)
+        .iter()
+        .filter(|o| o.kind == "Attention")
+        .map(|o| o.flops)
+        .sum();
+    let attention_expected = attention_products + batch as f64 * 5.0 * pairs;
+    assert!(
+        (attention - attention_expected).abs() <= 1.0,
+        "attention FLOPs {attention} against {attention_expected}"
+    );
+    let expected = expected - attention_products;
     assert!(
         (measured - expected - bias_adds).abs() <= 1.0,
         "matmul FLOPs {measured} against {expected} (+ at most {bias_adds} fused additions)"
