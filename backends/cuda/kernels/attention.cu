@@ -44,27 +44,36 @@ __device__ __forceinline__ float kdc_attn_score(const KdcAttention& a, const flo
     return s;
 }
 
+// Row i of batch item β: p[j] = exp(s_j − max) for every key j (unnormalised; the block
+// strides over j), the row's maximum in *mx and Σ_j p[j] in *sum, both on every thread.
+__device__ __forceinline__ void kdc_attn_row(const KdcAttention& a, const float* q,
+                                             const float* k, const float* bias, long long beta,
+                                             int i, float* p, float* mx, float* sum) {
+    const long long boff = kdc_attn_bias_offset(a, beta);
+    float m = -KDC_INF;
+    for (int j = threadIdx.x; j < a.n; j += blockDim.x) {
+        p[j] = kdc_attn_score(a, q, k, bias, beta, i, j, boff);
+        m = kdc_max_nan(m, p[j]);
+    }
+    m = kdc_block_max(m);
+    float s = 0.0f;
+    for (int j = threadIdx.x; j < a.n; j += blockDim.x) {
+        p[j] = expf(p[j] - m);
+        s += p[j];
+    }
+    *mx = m;
+    *sum = kdc_block_sum(s);
+}
+
 // o[β, i] = Σ_j p_j v[β, j], p the softmax of row i's scores. Block per query row.
 extern "C" __global__ void kdc_attention_f32(KdcAttention a, const float* q, const float* k,
                                              const float* v, const float* bias, float* o) {
     float* s = (float*)kdc_dynamic_shared();
     const long long row = blockIdx.x;
     const long long beta = row / a.m;
-    const int i = (int)(row % a.m);
-    const long long boff = kdc_attn_bias_offset(a, beta);
-    float mx = -KDC_INF;
-    for (int j = threadIdx.x; j < a.n; j += blockDim.x) {
-        s[j] = kdc_attn_score(a, q, k, bias, beta, i, j, boff);
-        mx = kdc_max_nan(mx, s[j]);
-    }
-    mx = kdc_block_max(mx);
-    float sum = 0.0f;
-    for (int j = threadIdx.x; j < a.n; j += blockDim.x) {
-        const float p = expf(s[j] - mx);
-        s[j] = p;
-        sum += p;
-    }
-    const float inv = 1.0f / kdc_block_sum(sum);
+    float mx, sum;
+    kdc_attn_row(a, q, k, bias, beta, (int)(row % a.m), s, &mx, &sum);
+    const float inv = 1.0f / sum;
     const float* vb = v + beta * a.n * a.e;
     for (int c = threadIdx.x; c < a.e; c += blockDim.x) {
         float acc = 0.0f;
@@ -84,20 +93,8 @@ extern "C" __global__ void kdc_attention_backward_rows_f32(KdcAttention a, const
     float* ds = p + a.n;
     const long long row = blockIdx.x;
     const long long beta = row / a.m;
-    const int i = (int)(row % a.m);
-    const long long boff = kdc_attn_bias_offset(a, beta);
-    float mx = -KDC_INF;
-    for (int j = threadIdx.x; j < a.n; j += blockDim.x) {
-        p[j] = kdc_attn_score(a, q, k, bias, beta, i, j, boff);
-        mx = kdc_max_nan(mx, p[j]);
-    }
-    mx = kdc_block_max(mx);
-    float sum = 0.0f;
-    for (int j = threadIdx.x; j < a.n; j += blockDim.x) {
-        p[j] = expf(p[j] - mx);
-        sum += p[j];
-    }
-    sum = kdc_block_sum(sum);
+    float mx, sum;
+    kdc_attn_row(a, q, k, bias, beta, (int)(row % a.m), p, &mx, &sum);
     const float inv = 1.0f / sum;
     const float* doi = dout + row * a.e;
     const float* vb = v + beta * a.n * a.e;
