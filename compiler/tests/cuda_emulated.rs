@@ -55,6 +55,11 @@ fn zero_in_exact_arithmetic(name: &str) -> bool {
 }
 
 fn recipe(precision: &str) -> (kdc::ir::Recipe, kdc::manifest::Base) {
+    recipe_with(precision, "")
+}
+
+/// The test recipe with `extra` appended to its train line (`| accumulate(2)`).
+fn recipe_with(precision: &str, extra: &str) -> (kdc::ir::Recipe, kdc::manifest::Base) {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .unwrap()
@@ -73,7 +78,7 @@ fn recipe(precision: &str) -> (kdc::ir::Recipe, kdc::manifest::Base) {
         .replace(
             train,
             &format!(
-                "train = adamw(lr: {LR}, weight_decay: 0.1) | steps(200) | seed(0) | precision({precision})"
+                "train = adamw(lr: {LR}, weight_decay: 0.1) | steps(200) | seed(0) | precision({precision}){extra}"
             ),
         )
         .replace(
@@ -385,4 +390,33 @@ fn a_device_fault_in_the_middle_of_a_step_is_an_error_of_the_step() {
         "{err}"
     );
     assert_eq!(trainer.steps_done(), 0);
+}
+
+/// Batches drawn ahead: the CUDA backend uploads micro-batch n + 1 while n runs, into a second
+/// set of input buffers (the emulated backend lets an unfenced upload land only at the fence,
+/// and panics when an operation touches it before). Two optimiser steps of two accumulated
+/// micro-batches each — four batches through the two sets — give the CPU's losses (one set, no
+/// overlap) step by step; a batch read from the wrong set, or a step reading its own batch
+/// before the copy was fenced, would not.
+#[test]
+fn batches_drawn_ahead_reach_the_micro_batch_that_reads_them() {
+    let (recipe, base) = recipe_with("fp32", " | accumulate(2)");
+    let losses = |backend: Box<dyn Backend>| -> Vec<f64> {
+        let shared: SharedBackend = Arc::new(Mutex::new(backend));
+        let options = Options {
+            base: base.clone(),
+            ..Default::default()
+        };
+        let mut trainer = Trainer::on(&recipe, 0, &options, shared).unwrap();
+        (0..2).map(|_| trainer.train_step().unwrap().loss).collect()
+    };
+    let cpu = losses(Box::new(kdc_cpu::CpuBackend::new()));
+    let cuda = losses(cuda_backend());
+    eprintln!("[cuda-emulated vs cpu] accumulated steps: {cuda:?} vs {cpu:?}");
+    for (step, (got, want)) in cuda.iter().zip(&cpu).enumerate() {
+        let e = scalar_err(*got, *want);
+        assert!(e <= TOL, "step {}: {got} vs {want} ({e:.3e})", step + 1);
+    }
+    // Different batches: a step that read a stale set would repeat a loss.
+    assert!(cpu.windows(2).all(|w| w[0] != w[1]), "{cpu:?}");
 }

@@ -4,8 +4,9 @@
 //! offset in one arena, every parameter, batch input and optimiser slot in a buffer of its
 //! own. A backend owns those buffers (host memory on the CPU, device memory on a GPU) and runs
 //! one operation at a time on views into them. Values cross between host and device only
-//! through [`Backend::upload`] and [`Backend::download`]: batches in, the loss and the
-//! per-term values out, checkpoints both ways. Parameters, gradients and optimiser state stay
+//! through [`Backend::upload`] and [`Backend::download`]: batches in (the next one through
+//! [`Backend::upload_async`] while the current step runs), the loss and the per-term values
+//! out, checkpoints both ways. Parameters, gradients and optimiser state stay
 //! on the device; the optimiser's update is a backend operation.
 //!
 //! Operations are issued in order. A backend may run them asynchronously (a GPU stream), as
@@ -130,6 +131,28 @@ pub trait Backend: Send {
 
     /// Copies a view to the host (`dst.len() == src.len`), after everything issued before.
     fn download(&mut self, src: View, dst: &mut [f32]);
+
+    /// Starts copying host values into a view without waiting for the work already issued:
+    /// a GPU stages them in pinned host memory and copies on a stream of its own, so that the
+    /// next batch travels while the current step computes. Operations see the values only
+    /// after [`Backend::fence_uploads`]. The caller guarantees that no operation issued and
+    /// not yet finished reads or writes `dst` (the engine uploads into the input buffers the
+    /// running step does not read: see [`Backend::overlaps_uploads`]). By default
+    /// [`Backend::upload`].
+    fn upload_async(&mut self, dst: View, src: &[f32]) {
+        self.upload(dst, src);
+    }
+
+    /// Operations issued after this see every [`Backend::upload_async`] issued before it
+    /// (a GPU's compute stream waits for its copy stream). Nothing to do by default.
+    fn fence_uploads(&mut self) {}
+
+    /// Whether [`Backend::upload_async`] overlaps the work already issued. When it does, the
+    /// engine keeps two sets of batch input buffers and fills one while a step reads the other;
+    /// when it does not (the CPU runs each step to its end before returning), one set.
+    fn overlaps_uploads(&self) -> bool {
+        false
+    }
 
     /// Whether this backend can run `op` on inputs of `input_shapes` into an output of `shape`
     /// typed `dtype`, or why not. The engine asks for every operation of a step before it

@@ -16,6 +16,6 @@ pub mod op;
 
 pub use backend::{AdamW, Backend, BackendError, BufferId, Launch, View};
 pub use op::{
-    broadcast_shapes, numel, round_bf16, round_bf16_slice, AttentionDims, Binary, Dtype, LossKind,
-    Op, Reduce, Unary, F32,
+    broadcast_shapes, is_row_bias, numel, round_bf16, round_bf16_slice, AttentionDims, Binary,
+    Dtype, LossKind, Op, Reduce, Unary, F32,
 };

@@ -565,6 +565,17 @@ pub fn numel(shape: &[usize]) -> usize {
     shape.iter().product()
 }
 
+/// Whether a `MatMulAdd`'s addend of shape `addend` is one vector along the last axis of its
+/// output of shape `out` (a linear layer's bias): what a GEMM epilogue adds to each row as it
+/// writes the product (cuBLASLt's bias epilogue), instead of a broadcast of the addend into the
+/// output that the product then accumulates onto.
+pub fn is_row_bias(addend: &[usize], out: &[usize]) -> bool {
+    match out.last() {
+        Some(&n) => out.len() >= 2 && addend.last() == Some(&n) && numel(addend) == n,
+        None => false,
+    }
+}
+
 /// The broadcast of two shapes (NumPy rules), or `None`.
 pub fn broadcast_shapes(a: &[usize], b: &[usize]) -> Option<Vec<usize>> {
     let rank = a.len().max(b.len());

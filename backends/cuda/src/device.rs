@@ -8,9 +8,13 @@
 //!   products and constant uploads — the same plan the emulated backend runs in the tests.
 //!   Kernels are the CUDA C files of [`crate::kernels`], compiled by NVRTC for this GPU's
 //!   architecture at first use and cached per file; matrix products go to cuBLAS
-//!   (strided-batched SGEMM).
-//! - Order: everything is issued on one stream, so each operation sees the effects of the ones
-//!   before it; `download`, `l2_norm` and `synchronize` wait.
+//!   (strided-batched SGEMM, or GemmEx in bf16), a linear layer's product and bias to cuBLASLt
+//!   in one call (its bias epilogue: [`crate::lt`]).
+//! - Order: every operation is issued on one compute stream, so each sees the effects of the
+//!   ones before it; `download`, `l2_norm` and `synchronize` wait. Batches drawn ahead
+//!   ([`Backend::upload_async`]) are copied into pinned host memory and sent on a second
+//!   stream while the compute stream runs the current step; [`Backend::fence_uploads`] makes
+//!   the compute stream wait for them.
 //!
 //! Without a GPU, [`CudaBackend::new`] returns [`BackendError::Unavailable`] with the reason
 //! (no driver library, no device): cudarc loads the CUDA libraries lazily and would panic on
@@ -19,10 +23,11 @@
 use crate::dispatch::{self, Gemm, Operand, Step};
 use crate::kernels;
 use crate::launch::{self, Arg, KernelCall};
+use crate::lt::Lt;
 use cudarc::cublas::{sys as blas_sys, CudaBlas};
 use cudarc::driver::{
-    result as drv, sys as drv_sys, CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream,
-    DevicePtr,
+    result as drv, sys as drv_sys, CudaContext, CudaEvent, CudaFunction, CudaModule, CudaSlice,
+    CudaStream, DevicePtr, PinnedHostSlice,
 };
 use kdc_backend::{AdamW, Backend, BackendError, BufferId, Launch, View};
 use std::collections::HashMap;
@@ -37,7 +42,13 @@ pub const INCLUDE_ENV: &str = "KDC_CUDA_INCLUDE";
 pub struct CudaBackend {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
+    /// Where batches drawn ahead are copied to the device, beside the compute stream.
+    copy_stream: Arc<CudaStream>,
+    /// Per destination buffer: its pinned host staging memory, and the copy that last read it
+    /// (the host waits for that copy before writing the staging memory again).
+    staging: HashMap<usize, Staging>,
     blas: CudaBlas,
+    lt: Lt,
     buffers: Vec<Option<CudaSlice<f32>>>,
     modules: HashMap<&'static str, Arc<CudaModule>>,
     functions: HashMap<&'static str, CudaFunction>,
@@ -53,6 +64,13 @@ pub struct CudaBackend {
     error: Option<BackendError>,
 }
 
+/// Page-locked host memory an asynchronous upload is staged in.
+struct Staging {
+    pinned: PinnedHostSlice<f32>,
+    /// Recorded on the copy stream after the last copy out of `pinned`.
+    copied: Option<CudaEvent>,
+}
+
 /// Why the CUDA backend cannot start on this machine, or `None` when its libraries are there.
 pub fn missing_library() -> Option<&'static str> {
     // SAFETY: these only try to load the shared libraries.
@@ -65,6 +83,9 @@ pub fn missing_library() -> Option<&'static str> {
         }
         if !cudarc::cublas::sys::is_culib_present() {
             return Some("cuBLAS (libcublas.so.12) is not found: install the CUDA toolkit or the PyPI wheel nvidia-cublas-cu12 and put its lib/ on LD_LIBRARY_PATH");
+        }
+        if !cudarc::cublaslt::sys::is_culib_present() {
+            return Some("cuBLASLt (libcublasLt.so.12) is not found: install the CUDA toolkit or the PyPI wheel nvidia-cublas-cu12 and put its lib/ on LD_LIBRARY_PATH");
         }
     }
     None
@@ -108,23 +129,33 @@ impl CudaBackend {
             }
             _ => unavailable(format!("GPU {ordinal} cannot be opened: {e:?}")),
         })?;
-        // One stream: the engine issues operations in order and never shares a buffer
-        // across streams, so cudarc's per-buffer events are not needed.
-        // SAFETY: only this backend uses the context, from one stream.
+        // The engine issues operations in order on one compute stream; the copy stream only
+        // writes input buffers the running step does not read, and the compute stream waits
+        // for it at each fence: cudarc's per-buffer events are not needed.
+        // SAFETY: only this backend uses the context; the two streams are ordered by the
+        // backend's own events.
         unsafe { ctx.disable_event_tracking() };
-        let stream = ctx.default_stream();
+        let stream = ctx
+            .new_stream()
+            .map_err(|e| unavailable(format!("creating the compute stream: {e:?}")))?;
+        let copy_stream = ctx
+            .new_stream()
+            .map_err(|e| unavailable(format!("creating the copy stream: {e:?}")))?;
         let blas =
             CudaBlas::new(stream.clone()).map_err(|e| unavailable(format!("cuBLAS: {e:?}")))?;
         let (major, minor) = ctx
             .compute_capability()
             .map_err(|e| unavailable(format!("{e:?}")))?;
         let device_name = ctx.name().unwrap_or_else(|_| "NVIDIA GPU".into());
+        let lt = Lt::new(stream.clone(), major).map_err(unavailable)?;
         let include_paths = std::env::var(INCLUDE_ENV)
             .map(|p| vec![p])
             .unwrap_or_default();
         Ok(CudaBackend {
             ctx,
             stream,
+            copy_stream,
+            staging: HashMap::new(),
             blas,
             buffers: Vec::new(),
             modules: HashMap::new(),
@@ -132,8 +163,9 @@ impl CudaBackend {
             arch: arch_of(major, minor),
             include_paths,
             device_name,
-            allocated: 0,
-            peak: 0,
+            allocated: lt.workspace_bytes(),
+            peak: lt.workspace_bytes(),
+            lt,
             error: None,
         })
     }
@@ -271,6 +303,20 @@ impl CudaBackend {
     /// A row-major batched product on cuBLAS (column-major): C = A·B is computed as
     /// Cᵀ = Bᵀ·Aᵀ, which reads the row-major operands in place.
     fn gemm(&mut self, g: &Gemm, addresses: &[u64]) -> Result<(), String> {
+        if let Some(bias) = &g.bias {
+            if self.lt.gemm_bias(g, addresses)? {
+                return Ok(());
+            }
+            // No cuBLASLt algorithm for this layout: the bias broadcast into the output, then
+            // the product accumulated onto it.
+            self.run(&bias.broadcast, addresses)?;
+            let product = Gemm {
+                accumulate: true,
+                bias: None,
+                ..g.clone()
+            };
+            return self.gemm(&product, addresses);
+        }
         let op = |o: &Operand| {
             if o.transposed {
                 blas_sys::cublasOperation_t::CUBLAS_OP_T
@@ -393,6 +439,14 @@ impl Backend for CudaBackend {
     }
 
     fn free(&mut self, buffer: BufferId) {
+        if let Some(staging) = self.staging.remove(&buffer.0) {
+            // The copy out of the staging memory, into the buffer, finishes first.
+            if let Some(event) = &staging.copied {
+                if let Err(e) = event.synchronize() {
+                    self.fail(format!("waiting for an upload: {e:?}"));
+                }
+            }
+        }
         if let Some(b) = self.buffers.get_mut(buffer.0) {
             if let Some(slice) = b.take() {
                 self.allocated -= slice.len() * 4;
@@ -420,6 +474,62 @@ impl Backend for CudaBackend {
                 .memcpy_htod(src, &mut view)
                 .map_err(|e| format!("upload: {e:?}"))
         });
+    }
+
+    fn upload_async(&mut self, dst: View, src: &[f32]) {
+        assert_eq!(src.len(), dst.len, "cuda backend: upload length");
+        let to = self.whole(dst);
+        let capacity = self.slice(dst.buffer).len();
+        self.guard(|b| {
+            let staging = match b.staging.entry(dst.buffer.0) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    // SAFETY: the memory is written below before any copy reads it.
+                    let pinned = unsafe { b.ctx.alloc_pinned::<f32>(capacity) }.map_err(|e| {
+                        format!("allocating {capacity} floats of pinned memory: {e:?}")
+                    })?;
+                    e.insert(Staging {
+                        pinned,
+                        copied: None,
+                    })
+                }
+            };
+            // The previous copy out of this staging memory must be done before it is written.
+            if let Some(event) = &staging.copied {
+                event
+                    .synchronize()
+                    .map_err(|e| format!("waiting for an upload: {e:?}"))?;
+            }
+            let host = staging
+                .pinned
+                .as_mut_slice()
+                .map_err(|e| format!("pinned memory: {e:?}"))?;
+            let host = &mut host[dst.offset..dst.offset + dst.len];
+            host.copy_from_slice(src);
+            // SAFETY: `host` is page-locked and stays alive and unwritten until the event
+            // recorded after the copy has passed; `to` lies in a live allocation no running
+            // operation touches (the caller's guarantee).
+            unsafe { drv::memcpy_htod_async(to, host, b.copy_stream.cu_stream()) }
+                .map_err(|e| format!("upload: {e:?}"))?;
+            let event = b
+                .copy_stream
+                .record_event(None)
+                .map_err(|e| format!("upload: {e:?}"))?;
+            staging.copied = Some(event);
+            Ok(())
+        });
+    }
+
+    fn fence_uploads(&mut self) {
+        self.guard(|b| {
+            b.stream
+                .join(&b.copy_stream)
+                .map_err(|e| format!("waiting for the copy stream: {e:?}"))
+        });
+    }
+
+    fn overlaps_uploads(&self) -> bool {
+        true
     }
 
     fn download(&mut self, src: View, dst: &mut [f32]) {

@@ -21,7 +21,14 @@
 //!
 //! Matrix products are [`Step::Gemm`]: the CUDA backend hands them to cuBLAS (strided-batched,
 //! with row-major operands read as column-major transposes), the emulated one runs
-//! [`Gemm::kernel`], the tiled kernel of kernels/matmul.cu.
+//! [`Gemm::kernels`], the tiled kernel of kernels/matmul.cu. A `MatMulAdd` whose addend is a
+//! linear layer's bias ([`kdc_backend::is_row_bias`]) is one GEMM with a [`Bias`]: cuBLASLt's
+//! bias epilogue adds it as the product is written (no broadcast of the bias into the output,
+//! no second pass over it); its equivalent without the epilogue — the broadcast, then the
+//! product accumulated onto it — is what the emulator runs, and the GPU when cuBLASLt has no
+//! algorithm for the layout. Other addends (a residual) are broadcast into the output first.
+//! cuBLASLt's GELU epilogues are not used: they compute GELU's tanh approximation, and CLIP's
+//! towers use the exact GELU or QuickGELU.
 //!
 //! # bf16 autocast
 //!
@@ -29,11 +36,12 @@
 //! place. A bf16 matrix product first converts its two factors to bfloat16 in its scratch
 //! (A at float offset 0, B after it) and runs a bf16 GEMM on them (cuBLAS's GemmEx with f32
 //! accumulation on the tensor cores; the tiled kernel's bf16 variant in emulation); a
-//! `MatMulAdd` rounds its addend once broadcast into the output, before the GEMM adds onto it.
+//! `MatMulAdd` rounds its addend once broadcast into the output, before the GEMM adds onto it
+//! (a bias, rounded in a copy in the scratch after the factors).
 
 use std::fmt;
 
-use kdc_backend::{numel, Dtype, LossKind, Op};
+use kdc_backend::{is_row_bias, numel, Dtype, LossKind, Op};
 
 use crate::kernels::{BinaryCode, PairLossCode, ReduceCode, RowLossCode, UnaryCode};
 use crate::launch::{self, Arg, KernelCall, MatmulLayout, MAX_RANK};
@@ -69,8 +77,8 @@ pub struct Operand {
 
 /// `C_β (+)= op(A_β)·op(B_β)` for `β < batch`: `op(A)` is `[m, k]`, `op(B)` is `[k, n]`, C is
 /// `[m, n]`, all row-major as [`Operand`] describes. With `accumulate` the product is added to
-/// what C holds; otherwise C is overwritten.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// what C holds; otherwise C is overwritten. With a [`Bias`], the bias is added to every row.
+#[derive(Clone, Debug, PartialEq)]
 pub struct Gemm {
     pub batch: usize,
     pub m: usize,
@@ -83,13 +91,47 @@ pub struct Gemm {
     /// Whether A and B hold bfloat16 values (their offsets still count floats; their leading
     /// dimensions and strides count elements). C is f32 either way.
     pub bf16: bool,
+    /// A vector of `n` floats added to every row of each product (never with `accumulate`).
+    pub bias: Option<Bias>,
+}
+
+/// The bias a [`Gemm`]'s epilogue adds to every row of the result.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Bias {
+    /// Buffer position of the `n` floats.
+    pub index: usize,
+    /// Floats from the start of that buffer's view.
+    pub offset: usize,
+    /// The same without the epilogue: this kernel broadcasts the bias into C, and the product
+    /// accumulates onto it.
+    pub broadcast: KernelCall,
 }
 
 impl Gemm {
-    /// The product as a launch of the tiled kernel of kernels/matmul.cu (the fallback and
-    /// reference; buffer positions as the operands'). Panics if `c.transposed` (no plan makes
-    /// one).
+    /// The product as launches of this crate's kernels (what the emulator runs, and the
+    /// reference): a bias's broadcast, then the tiled kernel of kernels/matmul.cu.
+    pub fn kernels(&self) -> Vec<KernelCall> {
+        match &self.bias {
+            Some(bias) => vec![
+                bias.broadcast.clone(),
+                Gemm {
+                    accumulate: true,
+                    bias: None,
+                    ..self.clone()
+                }
+                .kernel(),
+            ],
+            None => vec![self.kernel()],
+        }
+    }
+
+    /// The product alone as a launch of the tiled kernel of kernels/matmul.cu (buffer positions
+    /// as the operands'). Panics if `c.transposed` (no plan makes one) or with a bias.
     pub fn kernel(&self) -> KernelCall {
+        assert!(
+            self.bias.is_none(),
+            "kdc-cuda: a GEMM with a bias runs as Gemm::kernels"
+        );
         assert!(
             !self.c.transposed,
             "kdc-cuda: a GEMM result is never transposed"
@@ -167,7 +209,7 @@ pub fn scratch_len(op: &Op, input_shapes: &[Vec<usize>], _shape: &[usize], dtype
     match op {
         // The two factors as bf16, two to a float.
         Op::MatMul { .. } | Op::MatMulAdd { .. } if dtype == Dtype::Bf16 => {
-            bf16_factors(input_shapes).2
+            bf16_factors(input_shapes).2 + bf16_bias(input_shapes, _shape)
         }
         // Each query row's log-sum-exp and Σ p·dp.
         Op::AttentionBackward { .. } => {
@@ -189,6 +231,28 @@ pub fn scratch_len(op: &Op, input_shapes: &[Vec<usize>], _shape: &[usize], dtype
 fn bf16_factors(input_shapes: &[Vec<usize>]) -> (usize, usize, usize) {
     let half = |i: usize| input_shapes.get(i).map_or(0, |s| numel(s).div_ceil(2));
     (0, half(0), half(0) + half(1))
+}
+
+/// `call` with its buffers remapped to `positions`, the scratch's (`scratch`) read or written
+/// at `offset` floats into it.
+fn in_scratch(call: KernelCall, positions: &[usize], scratch: usize, offset: usize) -> KernelCall {
+    let mut call = launch::remap(call, positions);
+    for arg in &mut call.args {
+        if let Arg::Buf { index, offset: at } = arg {
+            if *index == scratch {
+                *at = offset;
+            }
+        }
+    }
+    call
+}
+
+/// Floats of a bf16 product's scratch after its factors: a bias's rounded copy.
+fn bf16_bias(input_shapes: &[Vec<usize>], shape: &[usize]) -> usize {
+    match input_shapes.get(2) {
+        Some(addend) if is_row_bias(addend, shape) => numel(addend),
+        _ => 0,
+    }
 }
 
 /// Checks and builds the steps of one operation.
@@ -349,6 +413,7 @@ impl Planner<'_> {
             },
             accumulate,
             bf16: false,
+            bias: None,
         })
     }
 
@@ -446,22 +511,13 @@ impl Planner<'_> {
             return Ok(steps);
         }
         if matches!(self.op, Op::MatMul { .. } | Op::MatMulAdd { .. }) {
-            let (a_at, b_at, _) = bf16_factors(self.shapes);
+            let (a_at, b_at, bias_at) = bf16_factors(self.shapes);
             let scratch = self.scratch();
             let cast = |input: usize, at: usize| {
-                let mut call = launch::remap(
-                    launch::f32_to_bf16(numel(&self.shapes[input])),
-                    &[input, scratch],
-                );
-                for arg in &mut call.args {
-                    if let Arg::Buf { index, offset } = arg {
-                        if *index == scratch {
-                            *offset = at;
-                        }
-                    }
-                }
-                Step::Kernel(call)
+                let call = launch::f32_to_bf16(numel(&self.shapes[input]));
+                Step::Kernel(in_scratch(call, &[input, scratch], scratch, at))
             };
+            let mut bias_rounding = Vec::new();
             for step in &mut steps {
                 if let Step::Gemm(g) = step {
                     g.bf16 = true;
@@ -469,6 +525,23 @@ impl Planner<'_> {
                     g.a.offset = a_at;
                     g.b.index = scratch;
                     g.b.offset = b_at;
+                    if let Some(bias) = &mut g.bias {
+                        // The bias rounded in a copy after the factors, read from there by the
+                        // epilogue (and by its broadcast).
+                        let n = numel(&self.shapes[2]);
+                        let at = |call, positions: &[usize]| {
+                            in_scratch(call, positions, scratch, bias_at)
+                        };
+                        let copy = launch::broadcast_to(&[n], &[n]);
+                        bias_rounding.push(Step::Kernel(at(copy, &[bias.index, scratch])));
+                        bias_rounding.push(Step::Kernel(at(launch::round_bf16(n), &[scratch])));
+                        bias.broadcast = at(
+                            launch::broadcast_to(&self.shapes[2], self.shape),
+                            &[scratch, self.out()],
+                        );
+                        bias.index = scratch;
+                        bias.offset = bias_at;
+                    }
                 }
             }
             // A MatMulAdd's addend, broadcast into the output, is rounded before the product
@@ -481,6 +554,7 @@ impl Planner<'_> {
                     );
                 }
             }
+            steps.splice(0..0, bias_rounding);
             steps.splice(0..0, [cast(0, a_at), cast(1, b_at)]);
         }
         steps.push(Step::Kernel(launch::remap(
@@ -555,12 +629,21 @@ impl Planner<'_> {
             }
             Op::MatMul { ta, tb } => Ok(vec![Step::Gemm(self.gemm(*ta, *tb, false)?)]),
             Op::MatMulAdd { ta, tb } => {
-                let gemm = self.gemm(*ta, *tb, true)?;
                 self.broadcasts(&self.shapes[2], self.shape)?;
-                let bias = launch::broadcast_to(&self.shapes[2], self.shape);
+                let broadcast =
+                    launch::remap(launch::broadcast_to(&self.shapes[2], self.shape), &[2, out]);
+                if is_row_bias(&self.shapes[2], self.shape) {
+                    let mut gemm = self.gemm(*ta, *tb, false)?;
+                    gemm.bias = Some(Bias {
+                        index: 2,
+                        offset: 0,
+                        broadcast,
+                    });
+                    return Ok(vec![Step::Gemm(gemm)]);
+                }
                 Ok(vec![
-                    Step::Kernel(launch::remap(bias, &[2, out])),
-                    Step::Gemm(gemm),
+                    Step::Kernel(broadcast),
+                    Step::Gemm(self.gemm(*ta, *tb, true)?),
                 ])
             }
             Op::Attention { scale } => {

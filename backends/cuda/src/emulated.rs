@@ -31,6 +31,10 @@ pub struct EmulatedBackend {
     fault_at: Option<usize>,
     /// The first device failure not yet taken: work issued after it is skipped.
     error: Option<BackendError>,
+    /// Uploads issued with [`Backend::upload_async`] and not yet fenced: as on a GPU's copy
+    /// stream, their values land only at [`Backend::fence_uploads`], and an operation that
+    /// touches one before that is a bug of the engine's (it panics).
+    pending: Vec<(View, Vec<f32>)>,
 }
 
 impl Default for EmulatedBackend {
@@ -57,6 +61,7 @@ impl EmulatedBackend {
             launches: 0,
             fault_at: None,
             error: None,
+            pending: Vec::new(),
         }
     }
 
@@ -99,6 +104,18 @@ impl EmulatedBackend {
             v.offset + v.len <= floats,
             "kdc-cuda emulated: view {v:?} outside its buffer of {floats} floats"
         );
+    }
+
+    /// Panics when `views` touch memory an unfenced upload is still copying into.
+    fn unfenced(&self, what: &str, views: &[View]) {
+        for v in views {
+            if let Some((p, _)) = self.pending.iter().find(|(p, _)| p.overlaps(v)) {
+                panic!(
+                    "kdc-cuda emulated: {what} touches {v:?}, which an upload not yet fenced \
+                     ({p:?}) is still copying into"
+                );
+            }
+        }
     }
 
     fn read(&self, v: View) -> Vec<f32> {
@@ -156,7 +173,11 @@ impl EmulatedBackend {
         for step in steps {
             match step {
                 Step::Kernel(call) => self.launch_bound(what, call, &bound, &mut temps),
-                Step::Gemm(g) => self.launch_bound(what, &g.kernel(), &bound, &mut temps),
+                Step::Gemm(g) => {
+                    for call in g.kernels() {
+                        self.launch_bound(what, &call, &bound, &mut temps)
+                    }
+                }
                 Step::Upload(values) => {
                     let out = views.len() - 2;
                     match bound[out] {
@@ -257,6 +278,7 @@ impl EmulatedBackend {
 
     /// One buffer operation: a kernel over `views`, which it reads and writes in place.
     fn in_place(&mut self, what: &str, call: KernelCall, views: &[View], written: &[bool]) {
+        self.unfenced(what, views);
         let fresh = vec![false; views.len()];
         self.run(what, &[Step::Kernel(call)], views, &fresh, written);
     }
@@ -312,11 +334,31 @@ impl Backend for EmulatedBackend {
 
     fn free(&mut self, buffer: BufferId) {
         self.buffer(buffer);
+        // A GPU waits for the copies into a buffer before it frees it.
+        self.pending.retain(|(p, _)| p.buffer != buffer);
         self.buffers[buffer.0] = None;
     }
 
     fn upload(&mut self, dst: View, src: &[f32]) {
+        self.unfenced("upload", &[dst]);
         self.write(dst, src);
+    }
+
+    fn upload_async(&mut self, dst: View, src: &[f32]) {
+        self.check(dst);
+        assert_eq!(src.len(), dst.len, "kdc-cuda emulated: upload length");
+        self.unfenced("upload_async", &[dst]);
+        self.pending.push((dst, src.to_vec()));
+    }
+
+    fn fence_uploads(&mut self) {
+        for (dst, values) in std::mem::take(&mut self.pending) {
+            self.write(dst, &values);
+        }
+    }
+
+    fn overlaps_uploads(&self) -> bool {
+        true
     }
 
     fn download(&mut self, src: View, dst: &mut [f32]) {
@@ -329,6 +371,7 @@ impl Backend for EmulatedBackend {
             dst.fill(f32::NAN);
             return;
         }
+        self.unfenced("download", &[src]);
         dst.copy_from_slice(&self.read(src));
     }
 
@@ -344,6 +387,7 @@ impl Backend for EmulatedBackend {
         let mut views: Vec<View> = l.inputs.to_vec();
         views.push(l.output);
         views.push(l.scratch);
+        self.unfenced(l.op.kind(), &views);
         let n = l.inputs.len();
         let fresh: Vec<bool> = (0..n + 2).map(|i| i >= n).collect();
         let written: Vec<bool> = (0..n + 2).map(|i| i == n).collect();

@@ -30,3 +30,5 @@ pub mod emulated;
 /// The CUDA backend itself (feature `cuda`).
 #[cfg(feature = "cuda")]
 pub mod device;
+#[cfg(feature = "cuda")]
+mod lt;

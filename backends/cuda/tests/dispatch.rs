@@ -903,24 +903,40 @@ fn every_operation_plans_and_the_unsupported_ones_say_which() {
         assert!(e.to_string().contains(op.kind()), "{e}");
     }
     // Matrix products are GEMM steps (for cuBLAS), and the fallback kernel is the tiled one.
-    let steps = dispatch::plan(
-        &Op::MatMulAdd {
-            ta: false,
-            tb: true,
-        },
-        &[vec![2, 5, 7], vec![9, 7], vec![9]],
-        &[2, 5, 9],
-        Dtype::F32,
-    )
-    .unwrap();
-    let Step::Gemm(g) = &steps[1] else {
+    // A linear layer's bias is the GEMM's epilogue (one step; without cuBLASLt, its broadcast
+    // and the product accumulated onto it); a residual addend is broadcast into the output
+    // first, and the product accumulates onto it.
+    let matmul_add = |addend: Vec<usize>| {
+        dispatch::plan(
+            &Op::MatMulAdd {
+                ta: false,
+                tb: true,
+            },
+            &[vec![2, 5, 7], vec![9, 7], addend],
+            &[2, 5, 9],
+            Dtype::F32,
+        )
+        .unwrap()
+    };
+    let steps = matmul_add(vec![9]);
+    let [Step::Gemm(g)] = &steps[..] else {
         panic!("{steps:?}")
     };
-    assert_eq!((g.batch, g.m, g.n, g.k, g.accumulate), (2, 5, 9, 7, true));
+    assert_eq!((g.batch, g.m, g.n, g.k, g.accumulate), (2, 5, 9, 7, false));
     assert_eq!(
         (g.a.batch_stride, g.b.batch_stride, g.b.ld, g.c.index),
         (35, 0, 7, 3)
     );
+    let bias = g.bias.as_ref().expect("a bias epilogue");
+    assert_eq!((bias.index, bias.offset), (2, 0));
+    let kernels: Vec<&str> = g.kernels().iter().map(|k| k.kernel).collect();
+    assert_eq!(kernels, ["kdc_strided_copy_f32", "kdc_matmul_f32"]);
+    let steps = matmul_add(vec![2, 5, 9]);
+    let [Step::Kernel(broadcast), Step::Gemm(g)] = &steps[..] else {
+        panic!("{steps:?}")
+    };
+    assert_eq!(broadcast.kernel, "kdc_strided_copy_f32");
+    assert!(g.accumulate && g.bias.is_none());
     assert_eq!(g.kernel().kernel, "kdc_matmul_f32");
     // A constant is an upload; a view with nothing to compute still copies when planned.
     let c = Op::Constant(vec![F32(1.0), F32(2.0)]);
@@ -934,4 +950,16 @@ fn every_operation_plans_and_the_unsupported_ones_say_which() {
             .unwrap()
             .is_empty()
     );
+}
+
+/// What cuBLASLt is told about an operand's alignment: the largest power of two dividing its
+/// address, capped at 256 bytes (an arena view at an odd float offset is 4-byte aligned).
+#[test]
+fn operand_alignment_is_the_largest_power_of_two_dividing_the_address() {
+    use kdc_cuda::launch::alignment;
+    assert_eq!(alignment(0x7f00_0000_0000), 256);
+    assert_eq!(alignment(0x7f00_0000_0104), 4);
+    assert_eq!(alignment(0x7f00_0000_0110), 16);
+    assert_eq!(alignment(0x7f00_0000_0180), 128);
+    assert_eq!(alignment(0x7f00_0000_0200), 256);
 }

@@ -154,23 +154,31 @@ pub fn operations(c: &Compiled) -> Vec<OpCost> {
             }
             ref op => (per_element(op) * out_len.max(read), false),
         };
-        let values_moved = read + out_len;
+        // A MatMulAdd's addend: a linear layer's bias is added by the GEMM's epilogue as it
+        // writes the product; any other addend (a residual) is first broadcast into the output,
+        // which the GEMM then reads back to accumulate onto (a launch, and the output written
+        // and read once more).
+        let broadcast_addend = matches!(node.op, Op::MatMulAdd { .. })
+            && !kdc_backend::is_row_bias(shapes[2], &node.shape);
+        let values_moved = read + out_len + if broadcast_addend { 2.0 * out_len } else { 0.0 };
         let bf16 = node.dtype == Dtype::Bf16;
         let (bytes, launches) = match (bf16, matmul) {
-            (false, _) => (values_moved * 4.0, 1),
+            (false, true) => (values_moved * 4.0, 1 + usize::from(broadcast_addend)),
+            (false, false) => (values_moved * 4.0, 1),
             (true, true) => {
                 let factors = (numel(shapes[0]) + numel(shapes[1])) as f64;
                 // Conversions (read f32, write bf16), the product reading bf16 factors (and a
                 // MatMulAdd's third input in f32), then the rounding pass over the output.
                 let conversions = factors * 6.0;
                 let product = factors * 2.0 + (read - factors) * 4.0 + out_len * 4.0;
-                // A MatMulAdd also rounds its addend once broadcast into the output.
-                let addend = if matches!(node.op, Op::MatMulAdd { .. }) {
-                    out_len * 8.0
-                } else {
-                    0.0
+                // A MatMulAdd's addend is rounded: a bias in a copy (two launches over its n
+                // values), any other addend once broadcast into the output (the broadcast, the
+                // rounding pass, the GEMM reading it back).
+                let (addend, launches) = match node.op {
+                    Op::MatMulAdd { .. } if broadcast_addend => (out_len * 16.0, 6),
+                    Op::MatMulAdd { .. } => ((read - factors) * 16.0, 6),
+                    _ => (0.0, 4),
                 };
-                let launches = if addend > 0.0 { 5 } else { 4 };
                 (conversions + product + addend + out_len * 8.0, launches)
             }
             (true, false) => (values_moved * 4.0 + out_len * 8.0, 2),

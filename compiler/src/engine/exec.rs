@@ -47,6 +47,8 @@ struct Shared {
     next: AtomicUsize,
     profiling: AtomicU8,
     profile: Mutex<BTreeMap<String, (f64, u64)>>,
+    /// Which set of batch input buffers the step reads (0 or 1; always 0 with one set).
+    bank: AtomicUsize,
 }
 
 /// What flows along luminal's edges between kernels: nothing (the data is on the backend).
@@ -73,6 +75,9 @@ struct Kernel {
     input_shapes: Vec<Vec<usize>>,
     shape: Vec<usize>,
     inputs: Vec<View>,
+    /// The inputs when the step reads the second set of batch input buffers, if the operation
+    /// reads a batch input and there are two sets.
+    banked: Option<Vec<View>>,
     /// The output's view; None when it is the input's memory (a reshape): nothing to run.
     output: Option<View>,
     scratch: View,
@@ -106,9 +111,13 @@ impl Operator for Kernel {
         let started = (profiling != 0).then(std::time::Instant::now);
         {
             let mut backend = lock(&self.shared.backend);
+            let inputs = match (&self.banked, self.shared.bank.load(Ordering::Relaxed)) {
+                (Some(banked), 1) => banked,
+                _ => &self.inputs,
+            };
             backend.launch(&Launch {
                 op: &self.op,
-                inputs: &self.inputs,
+                inputs,
                 input_shapes: &self.input_shapes,
                 output,
                 shape: &self.shape,
@@ -152,8 +161,10 @@ pub struct Executable {
     arena: BufferId,
     /// Per parameter: its buffer (every parameter has one, used by this graph or not).
     params: Vec<View>,
-    /// Per input: its buffer.
-    inputs: Vec<View>,
+    /// Per set of batch input buffers (two when the backend uploads while a step runs, so
+    /// that the next batch fills one set while the step reads the other), per input: its
+    /// buffer.
+    banks: Vec<Vec<View>>,
     /// Per node: where its value is (None: not computed).
     views: Vec<Option<View>>,
 }
@@ -164,7 +175,7 @@ impl Executable {
     pub fn new(compiled: Compiled, backend: SharedBackend) -> Result<Executable, BackendError> {
         let g = &compiled.graph;
         let plan = &compiled.plan;
-        let (arena, params, inputs) = {
+        let (arena, params, banks) = {
             let mut b = lock(&backend);
             // Every operation the step runs, checked on this backend before anything is
             // allocated or launched.
@@ -185,12 +196,17 @@ impl Executable {
                 let len = numel(&p.shape);
                 params.push(View::whole(b.alloc(len)?, len));
             }
-            let mut inputs = Vec::with_capacity(g.inputs.len());
-            for input in &g.inputs {
-                let len = numel(&input.shape);
-                inputs.push(View::whole(b.alloc(len)?, len));
+            let sets = if b.overlaps_uploads() { 2 } else { 1 };
+            let mut banks = Vec::with_capacity(sets);
+            for _ in 0..sets {
+                let mut inputs = Vec::with_capacity(g.inputs.len());
+                for input in &g.inputs {
+                    let len = numel(&input.shape);
+                    inputs.push(View::whole(b.alloc(len)?, len));
+                }
+                banks.push(inputs);
             }
-            (arena, params, inputs)
+            (arena, params, banks)
         };
         let views: Vec<Option<View>> = g
             .nodes
@@ -199,7 +215,7 @@ impl Executable {
             .map(|(i, node)| match (&node.op, plan.place[i]) {
                 (_, Place::Dead) => None,
                 (Op::Param(p), _) => Some(params[*p]),
-                (Op::Input(k), _) => Some(inputs[*k]),
+                (Op::Input(k), _) => Some(banks[0][*k]),
                 (_, Place::Arena(offset)) => Some(View {
                     buffer: arena,
                     offset,
@@ -213,6 +229,7 @@ impl Executable {
             next: AtomicUsize::new(0),
             profiling: AtomicU8::new(0),
             profile: Mutex::new(BTreeMap::new()),
+            bank: AtomicUsize::new(0),
         });
         let mut graph = Box::new(LGraph::new());
         let mut nodes: Vec<Option<NodeIndex>> = vec![None; g.nodes.len()];
@@ -221,6 +238,10 @@ impl Executable {
             let node = &g.nodes[i];
             let alias = plan.shares_input(g, i);
             let scratch = plan.scratch[i].clone();
+            let reads_input = node
+                .inputs
+                .iter()
+                .any(|&n| matches!(g.nodes[n].op, Op::Input(_)));
             let kernel = Kernel {
                 node: i,
                 position,
@@ -233,6 +254,15 @@ impl Executable {
                     .iter()
                     .map(|&n| views[n].expect("inputs of a computed node are computed"))
                     .collect(),
+                banked: (reads_input && banks.len() > 1).then(|| {
+                    node.inputs
+                        .iter()
+                        .map(|&n| match g.nodes[n].op {
+                            Op::Input(k) => banks[1][k],
+                            _ => views[n].expect("inputs of a computed node are computed"),
+                        })
+                        .collect()
+                }),
                 output: if alias { None } else { views[i] },
                 scratch: View {
                     buffer: arena,
@@ -260,7 +290,7 @@ impl Executable {
             graph,
             arena,
             params,
-            inputs,
+            banks,
             views,
         })
     }
@@ -333,14 +363,38 @@ impl Executable {
             .position(|i| &i.kind == kind)
     }
 
-    /// Copies values into input `i`.
+    /// Copies values into input `i` of the set the next [`Executable::execute`] reads.
     pub fn set_input(&mut self, i: usize, values: &[f32]) {
-        lock(&self.shared.backend).upload(self.inputs[i], values);
+        let bank = self.shared.bank.load(Ordering::Relaxed);
+        lock(&self.shared.backend).upload(self.banks[bank][i], values);
+    }
+
+    /// Starts copying values into input `i` of the other set of input buffers (the only set
+    /// when there is one), for the run after [`Executable::swap_inputs`]: with two sets the
+    /// copy overlaps the step issued last, which reads the current set.
+    pub fn stage_input(&mut self, i: usize, values: &[f32]) {
+        let next = self.next_bank();
+        lock(&self.shared.backend).upload_async(self.banks[next][i], values);
+    }
+
+    /// Makes the staged inputs the ones the next run reads (the step waits for their copies).
+    pub fn swap_inputs(&mut self) {
+        let next = self.next_bank();
+        lock(&self.shared.backend).fence_uploads();
+        self.shared.bank.store(next, Ordering::Relaxed);
+    }
+
+    fn next_bank(&self) -> usize {
+        (self.shared.bank.load(Ordering::Relaxed) + 1) % self.banks.len()
     }
 
     /// The view of a named output, if the graph has it.
     pub fn output_view(&self, name: &Output) -> Option<View> {
-        self.compiled.output(name).and_then(|id| self.views[id])
+        let id = self.compiled.output(name)?;
+        match self.compiled.graph.nodes[id].op {
+            Op::Input(k) => Some(self.banks[self.shared.bank.load(Ordering::Relaxed)][k]),
+            _ => self.views[id],
+        }
     }
 
     /// A named output's values after the last run. Panics if the graph has no such output.
@@ -403,7 +457,7 @@ impl Drop for Executable {
     fn drop(&mut self) {
         let mut b = lock(&self.shared.backend);
         b.free(self.arena);
-        for v in self.params.iter().chain(&self.inputs) {
+        for v in self.params.iter().chain(self.banks.iter().flatten()) {
             b.free(v.buffer);
         }
     }

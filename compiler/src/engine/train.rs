@@ -130,6 +130,20 @@ pub struct Trainer<'r> {
     /// Optimiser steps in one pass over the data.
     pub steps_per_epoch: u64,
     done: u64,
+    /// The micro-batch already in the other set of input buffers (drawn while the previous
+    /// one ran), if any.
+    staged: Option<Staged>,
+    /// Why drawing the next micro-batch ahead failed: reported when that batch is needed.
+    prefetch_error: Option<TrainError>,
+}
+
+/// A micro-batch drawn ahead.
+struct Staged {
+    /// Its index, counted over the stage.
+    step: u64,
+    /// Where the data stood before it was drawn: what a checkpoint records, so that a resumed
+    /// run draws it again.
+    before: Option<Position>,
 }
 
 /// The optimiser's buffers go back to the backend with the trainer (the executable frees its
@@ -264,6 +278,8 @@ impl<'r> Trainer<'r> {
             total_steps,
             steps_per_epoch: per_epoch.max(1),
             done: 0,
+            staged: None,
+            prefetch_error: None,
         })
     }
 
@@ -332,9 +348,13 @@ impl<'r> Trainer<'r> {
         Ok(())
     }
 
-    /// Where the next batch starts in the stage's data (None for synthetic data).
+    /// Where the next batch starts in the stage's data (None for synthetic data); a batch
+    /// drawn ahead for the next step does not count as read.
     pub fn data_position(&self) -> Option<Position> {
-        self.batches.position()
+        match &self.staged {
+            Some(staged) => staged.before,
+            None => self.batches.position(),
+        }
     }
 
     /// Samples read and skipped so far.
@@ -356,9 +376,40 @@ impl<'r> Trainer<'r> {
         &self.exec.compiled().graph
     }
 
-    /// Sets every input of one micro-batch: the batch drawn for `batch_step`, and each loss
+    /// Makes micro-batch `batch_step` (at optimiser step `t`) the one the next run reads:
+    /// the one drawn ahead when it is that batch, otherwise drawn now. Returns the batch's
+    /// values when it was drawn now.
+    fn prepare(&mut self, batch_step: u64, t: u64) -> Result<Option<Filled>, TrainError> {
+        if let Some(e) = self.prefetch_error.take() {
+            return Err(e);
+        }
+        let filled = match &self.staged {
+            Some(staged) if staged.step == batch_step => None,
+            _ => Some(self.stage(batch_step, t)?),
+        };
+        self.staged = None;
+        self.exec.swap_inputs();
+        Ok(filled)
+    }
+
+    /// Draws micro-batch `batch_step` ahead, while the step issued last may still run, when it
+    /// belongs to this stage: its copy to the device overlaps that step. A failure waits for
+    /// [`Trainer::prepare`] of that batch.
+    fn prefetch(&mut self, batch_step: u64, t: u64) {
+        if t >= self.total_steps {
+            return;
+        }
+        if let Err(e) = self.stage(batch_step, t) {
+            self.staged = None;
+            self.prefetch_error = Some(e);
+        }
+    }
+
+    /// Fills the set of input buffers the next run reads after [`Executable::swap_inputs`]
+    /// with every input of one micro-batch: the batch drawn for `batch_step`, and each loss
     /// weight and scheduled scalar at optimiser step `t`. Shared by training and evaluation.
-    fn prepare(&mut self, batch_step: u64, t: u64) -> Result<Filled, TrainError> {
+    fn stage(&mut self, batch_step: u64, t: u64) -> Result<Filled, TrainError> {
+        let before = self.batches.position();
         let compiled = self.exec.compiled();
         let batch = self.batches.next(
             self.recipe,
@@ -367,7 +418,7 @@ impl<'r> Trainer<'r> {
             batch_step,
         )?;
         for (index, values) in &batch {
-            self.exec.set_input(*index, values);
+            self.exec.stage_input(*index, values);
         }
         let stage = &self.recipe.stages[self.stage_index];
         let clock = self.clock();
@@ -394,15 +445,24 @@ impl<'r> Trainer<'r> {
             })
             .collect();
         for (index, value) in scalars {
-            self.exec.set_input(index, &[value]);
+            self.exec.stage_input(index, &[value]);
         }
+        self.staged = Some(Staged {
+            step: batch_step,
+            before,
+        });
         Ok(batch)
     }
 
     /// The loss, each term and every gradient at `step` (one micro-batch), without updating
     /// anything: for tests against other implementations.
     pub fn evaluate(&mut self, step: u64) -> Result<Evaluation, TrainError> {
-        let inputs = self.prepare(step, step)?;
+        // Drawn now (a batch drawn ahead for training is drawn again), so that its values can
+        // be returned.
+        self.staged = None;
+        let inputs = self
+            .prepare(step, step)?
+            .expect("a batch drawn now has its values");
         self.exec.execute();
         self.device_error()?;
         let compiled = self.exec.compiled();
@@ -478,8 +538,12 @@ impl<'r> Trainer<'r> {
         let mut loss = 0.0;
         let mut terms = vec![0.0; labels.len()];
         for micro in 0..accumulate {
-            self.prepare(t * accumulate + micro, t)?;
+            let index = t * accumulate + micro;
+            self.prepare(index, t)?;
             self.exec.execute();
+            // The next micro-batch is drawn and sent while this one runs.
+            let next_t = if micro + 1 == accumulate { t + 1 } else { t };
+            self.prefetch(index + 1, next_t);
             self.device_error()?;
             loss += self.exec.scalar(&Output::Loss) / accumulate as f64;
             for (term, label) in terms.iter_mut().zip(&labels) {

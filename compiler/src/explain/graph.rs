@@ -219,6 +219,10 @@ pub fn cuda(recipe: &Recipe, backend: &dyn Backend, gpu: crate::engine::cost::Gp
                     for step in steps {
                         let name = match step {
                             kdc_cuda::dispatch::Step::Kernel(call) => call.kernel.to_string(),
+                            kdc_cuda::dispatch::Step::Gemm(g) if g.bias.is_some() => {
+                                let ty = if g.bf16 { "bf16" } else { "f32" };
+                                format!("cuBLASLt {ty} + bias epilogue")
+                            }
                             kdc_cuda::dispatch::Step::Gemm(g) if g.bf16 => {
                                 "cuBLAS GemmEx bf16 (strided batched)".to_string()
                             }
