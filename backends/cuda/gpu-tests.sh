@@ -5,7 +5,7 @@
 # ordinary suite (`cargo test --workspace`) runs the same comparisons on the CPU emulator.
 #
 #   NVRTC:   the CUDA toolkit's, or the PyPI wheel nvidia-cuda-nvrtc-cu12 (its lib/ on
-#            LD_LIBRARY_PATH); cuBLAS likewise (nvidia-cublas-cu12).
+#            LD_LIBRARY_PATH); cuBLAS and cuBLASLt likewise (nvidia-cublas-cu12 has both).
 #   headers: KDC_CUDA_INCLUDE=<.../include> with cuda_bf16.h (toolkit, or nvidia-cuda-runtime-cu12)
 set -euo pipefail
 cd "$(dirname "$0")/../.."

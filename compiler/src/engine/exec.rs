@@ -173,6 +173,21 @@ impl Executable {
     /// Allocates the graph's memory on `backend` (the arena, a buffer per parameter and per
     /// input, all zeroed) and builds the luminal graph of its operations.
     pub fn new(compiled: Compiled, backend: SharedBackend) -> Result<Executable, BackendError> {
+        Executable::build(compiled, backend, false)
+    }
+
+    /// The same with two sets of batch input buffers when the backend's uploads overlap the
+    /// work it runs ([`Backend::overlaps_uploads`]): [`Executable::stage_input`] then fills one
+    /// set while a step reads the other (training: the next batch travels during the step).
+    pub fn staged(compiled: Compiled, backend: SharedBackend) -> Result<Executable, BackendError> {
+        Executable::build(compiled, backend, true)
+    }
+
+    fn build(
+        compiled: Compiled,
+        backend: SharedBackend,
+        staged: bool,
+    ) -> Result<Executable, BackendError> {
         let g = &compiled.graph;
         let plan = &compiled.plan;
         let (arena, params, banks) = {
@@ -196,7 +211,7 @@ impl Executable {
                 let len = numel(&p.shape);
                 params.push(View::whole(b.alloc(len)?, len));
             }
-            let sets = if b.overlaps_uploads() { 2 } else { 1 };
+            let sets = if staged && b.overlaps_uploads() { 2 } else { 1 };
             let mut banks = Vec::with_capacity(sets);
             for _ in 0..sets {
                 let mut inputs = Vec::with_capacity(g.inputs.len());
@@ -369,12 +384,15 @@ impl Executable {
         lock(&self.shared.backend).upload(self.banks[bank][i], values);
     }
 
-    /// Starts copying values into input `i` of the other set of input buffers (the only set
-    /// when there is one), for the run after [`Executable::swap_inputs`]: with two sets the
-    /// copy overlaps the step issued last, which reads the current set.
+    /// Copies values into input `i` for the run after [`Executable::swap_inputs`]: with two
+    /// sets of input buffers into the one the step issued last does not read, overlapping it;
+    /// with one set after that step (in the backend's order).
     pub fn stage_input(&mut self, i: usize, values: &[f32]) {
-        let next = self.next_bank();
-        lock(&self.shared.backend).upload_async(self.banks[next][i], values);
+        let mut b = lock(&self.shared.backend);
+        match self.banks.len() {
+            1 => b.upload(self.banks[0][i], values),
+            _ => b.upload_async(self.banks[self.next_bank()][i], values),
+        }
     }
 
     /// Makes the staged inputs the ones the next run reads (the step waits for their copies).

@@ -193,7 +193,7 @@ impl<'r> Trainer<'r> {
             other => TrainError::Backend(other),
         };
         let grads = compiled.grads();
-        let mut exec = Executable::new(compiled, backend.clone()).map_err(memory)?;
+        let mut exec = Executable::staged(compiled, backend.clone()).map_err(memory)?;
         let mut init = values.into_iter();
         for p in 0..exec.compiled().graph.params.len() {
             let (values, _, _) = init.next().expect("one value per parameter");
