@@ -67,7 +67,8 @@ __device__ __forceinline__ void kdc_attn_row(const KdcAttention& a, const float*
 
 // o[β, i] = Σ_j p_j v[β, j], p the softmax of row i's scores. Block per query row.
 extern "C" __global__ void kdc_attention_f32(KdcAttention a, const float* q, const float* k,
-                                             const float* v, const float* bias, float* o) {
+                                             const float* v, const float* bias, float* o,
+                                             int round) {
     float* s = (float*)kdc_dynamic_shared();
     const long long row = blockIdx.x;
     const long long beta = row / a.m;
@@ -78,7 +79,7 @@ extern "C" __global__ void kdc_attention_f32(KdcAttention a, const float* q, con
     for (int c = threadIdx.x; c < a.e; c += blockDim.x) {
         float acc = 0.0f;
         for (int j = 0; j < a.n; j++) acc += s[j] * vb[(long long)j * a.e + c];
-        o[row * a.e + c] = acc * inv;
+        o[row * a.e + c] = kdc_out(acc * inv, round);
     }
 }
 
@@ -88,7 +89,7 @@ extern "C" __global__ void kdc_attention_f32(KdcAttention a, const float* q, con
 extern "C" __global__ void kdc_attention_backward_rows_f32(KdcAttention a, const float* q,
                                                            const float* k, const float* v,
                                                            const float* bias, const float* dout,
-                                                           float* dq, float* stats) {
+                                                           float* dq, float* stats, int round) {
     float* p = (float*)kdc_dynamic_shared();
     float* ds = p + a.n;
     const long long row = blockIdx.x;
@@ -113,7 +114,7 @@ extern "C" __global__ void kdc_attention_backward_rows_f32(KdcAttention a, const
     for (int c = threadIdx.x; c < a.d; c += blockDim.x) {
         float acc = 0.0f;
         for (int j = 0; j < a.n; j++) acc += ds[j] * kb[(long long)j * a.d + c];
-        dq[row * a.d + c] = acc;
+        dq[row * a.d + c] = kdc_out(acc, round);
     }
     if (threadIdx.x == 0) {
         stats[2 * row] = mx + logf(sum);
@@ -128,7 +129,7 @@ extern "C" __global__ void kdc_attention_backward_keys_f32(KdcAttention a, const
                                                            const float* k, const float* v,
                                                            const float* bias, const float* dout,
                                                            const float* stats, float* dk,
-                                                           float* dv) {
+                                                           float* dv, int round) {
     float* p = (float*)kdc_dynamic_shared();
     float* ds = p + a.m;
     const long long key = blockIdx.x;
@@ -150,12 +151,12 @@ extern "C" __global__ void kdc_attention_backward_keys_f32(KdcAttention a, const
     for (int c = threadIdx.x; c < a.d; c += blockDim.x) {
         float acc = 0.0f;
         for (int i = 0; i < a.m; i++) acc += ds[i] * qb[(long long)i * a.d + c];
-        dk[key * a.d + c] = acc;
+        dk[key * a.d + c] = kdc_out(acc, round);
     }
     const float* dob = dout + beta * a.m * a.e;
     for (int c = threadIdx.x; c < a.e; c += blockDim.x) {
         float acc = 0.0f;
         for (int i = 0; i < a.m; i++) acc += p[i] * dob[(long long)i * a.e + c];
-        dv[key * a.e + c] = acc;
+        dv[key * a.e + c] = kdc_out(acc, round);
     }
 }

@@ -49,7 +49,7 @@ __device__ __forceinline__ float kdc_binary(int op, float x, float y) {
 
 // out[e] = a[·] ∘ b[·] for the n elements of the output.
 extern "C" __global__ void kdc_binary_f32(int op, int n, KdcBroadcast s, const float* a,
-                                          const float* b, float* out) {
+                                          const float* b, float* out, int round) {
     for (long long e = kdc_global_index(); e < n; e += kdc_grid_stride()) {
         long long rest = e, oa = 0, ob = 0;
         for (int d = s.rank - 1; d >= 0; d--) {
@@ -58,7 +58,7 @@ extern "C" __global__ void kdc_binary_f32(int op, int n, KdcBroadcast s, const f
             oa += i * s.a_strides[d];
             ob += i * s.b_strides[d];
         }
-        out[e] = kdc_binary(op, a[oa], b[ob]);
+        out[e] = kdc_out(kdc_binary(op, a[oa], b[ob]), round);
     }
 }
 
@@ -73,7 +73,8 @@ struct KdcStrided {
     int out_offset;
 };
 
-extern "C" __global__ void kdc_strided_copy_f32(int n, KdcStrided s, const float* x, float* out) {
+extern "C" __global__ void kdc_strided_copy_f32(int n, KdcStrided s, const float* x, float* out,
+                                                 int round) {
     for (long long e = kdc_global_index(); e < n; e += kdc_grid_stride()) {
         long long rest = e, oi = s.in_offset, oo = s.out_offset;
         for (int d = s.rank - 1; d >= 0; d--) {
@@ -82,7 +83,7 @@ extern "C" __global__ void kdc_strided_copy_f32(int n, KdcStrided s, const float
             oi += i * s.in_strides[d];
             oo += i * s.out_strides[d];
         }
-        out[oo] = x[oi];
+        out[oo] = kdc_out(x[oi], round);
     }
 }
 
@@ -100,7 +101,8 @@ struct KdcSumTo {
 
 // One block per output element (blockIdx.x + blockIdx.y·gridDim.x), its threads striding over
 // the reduced elements.
-extern "C" __global__ void kdc_sum_to_f32(int n_out, KdcSumTo s, const float* x, float* out) {
+extern "C" __global__ void kdc_sum_to_f32(int n_out, KdcSumTo s, const float* x, float* out,
+                                           int round) {
     const long long o = blockIdx.x + (long long)blockIdx.y * gridDim.x;
     if (o >= n_out) return;  // whole block: no barrier is skipped by part of it
     long long rest = o, base = 0;
@@ -118,5 +120,5 @@ extern "C" __global__ void kdc_sum_to_f32(int n_out, KdcSumTo s, const float* x,
         acc += x[off];
     }
     acc = kdc_block_sum(acc);
-    if (threadIdx.x == 0) out[o] = acc;
+    if (threadIdx.x == 0) out[o] = kdc_out(acc, round);
 }

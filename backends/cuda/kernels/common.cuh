@@ -22,6 +22,21 @@ __device__ __forceinline__ void* kdc_dynamic_shared() {
 }
 #endif
 
+// A value rounded to bfloat16 and held in f32 (round to nearest even; a NaN stays a quiet
+// NaN): kdc_backend::round_bf16, bit for bit.
+__device__ __forceinline__ float kdc_round_bf16_value(float x) {
+    const unsigned int bits = __float_as_uint(x);
+    if (x != x) return __uint_as_float((bits | 0x00400000u) & 0xffff0000u);
+    return __uint_as_float((bits + 0x7fffu + ((bits >> 16) & 1u)) & 0xffff0000u);
+}
+
+// What a kernel stores into its output: rounded to bf16 when the output is typed bf16
+// (`round` != 0, the last parameter of the kernels that take it: src/kernels.rs,
+// ROUNDING_KERNELS), so that no separate rounding pass reads and writes the output again.
+__device__ __forceinline__ float kdc_out(float x, int round) {
+    return round ? kdc_round_bf16_value(x) : x;
+}
+
 // The global index of this thread and the grid-stride step, for elementwise loops.
 __device__ __forceinline__ long long kdc_global_index() {
     return (long long)blockIdx.x * blockDim.x + threadIdx.x;

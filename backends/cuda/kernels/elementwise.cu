@@ -74,17 +74,17 @@ __device__ __forceinline__ float kdc_unary_backward(int op, float x, float y, fl
 }
 
 // y[i] = f(x[i]).
-extern "C" __global__ void kdc_unary_f32(int op, int n, const float* x, float* y) {
+extern "C" __global__ void kdc_unary_f32(int op, int n, const float* x, float* y, int round) {
     for (long long i = kdc_global_index(); i < n; i += kdc_grid_stride()) {
-        y[i] = kdc_unary(op, x[i]);
+        y[i] = kdc_out(kdc_unary(op, x[i]), round);
     }
 }
 
 // dx[i] = dy[i]·f'(x[i]), written with x or the forward output y as kdc-cpu does.
 extern "C" __global__ void kdc_unary_backward_f32(int op, int n, const float* x, const float* y,
-                                                  const float* dy, float* dx) {
+                                                  const float* dy, float* dx, int round) {
     for (long long i = kdc_global_index(); i < n; i += kdc_grid_stride()) {
-        dx[i] = kdc_unary_backward(op, x[i], y[i], dy[i]);
+        dx[i] = kdc_out(kdc_unary_backward(op, x[i], y[i], dy[i]), round);
     }
 }
 

@@ -32,7 +32,9 @@
 //!
 //! # bf16 autocast
 //!
-//! An operation typed [`Dtype::Bf16`] ends with a kernel that rounds its output to bf16 in
+//! An operation typed [`Dtype::Bf16`] rounds its output to bf16: as its kernels store it when
+//! they all can ([`crate::kernels::ROUNDING_KERNELS`]: elementwise functions, strided copies,
+//! sums to a shape, fused attention), otherwise with a final kernel that rounds the output in
 //! place. A bf16 matrix product first converts its two factors to bfloat16 in its scratch
 //! (A at float offset 0, B after it) and runs a bf16 GEMM on them (cuBLAS's GemmEx with f32
 //! accumulation on the tensor cores; the tiled kernel's bf16 variant in emulation); a
@@ -43,7 +45,9 @@ use std::fmt;
 
 use kdc_backend::{is_row_bias, numel, Dtype, LossKind, Op};
 
-use crate::kernels::{BinaryCode, PairLossCode, ReduceCode, RowLossCode, UnaryCode};
+use crate::kernels::{
+    BinaryCode, PairLossCode, ReduceCode, RowLossCode, UnaryCode, ROUNDING_KERNELS,
+};
 use crate::launch::{self, Arg, KernelCall, MatmulLayout, MAX_RANK};
 
 /// One piece of device work of an operation, in order.
@@ -200,6 +204,16 @@ fn axis_dims(shape: &[usize], axis: usize) -> (usize, usize, usize) {
         shape[axis],
         shape[axis + 1..].iter().product(),
     )
+}
+
+/// Whether `op` typed bf16 rounds its output in a pass of its own after its kernels (they
+/// cannot round as they store), as [`plan`] makes it; false for one it cannot run.
+pub fn rounding_pass(op: &Op, input_shapes: &[Vec<usize>], shape: &[usize]) -> bool {
+    plan(op, input_shapes, shape, Dtype::Bf16).is_ok_and(|steps| {
+        steps
+            .iter()
+            .any(|s| matches!(s, Step::Kernel(c) if c.kernel == "kdc_round_bf16"))
+    })
 }
 
 /// Floats of scratch memory the steps of `op` (output typed `dtype`) use (buffer position
@@ -532,9 +546,9 @@ impl Planner<'_> {
                         let at = |call, positions: &[usize]| {
                             in_scratch(call, positions, scratch, bias_at)
                         };
-                        let copy = launch::broadcast_to(&[n], &[n]);
+                        let mut copy = launch::broadcast_to(&[n], &[n]);
+                        launch::round_output(&mut copy);
                         bias_rounding.push(Step::Kernel(at(copy, &[bias.index, scratch])));
-                        bias_rounding.push(Step::Kernel(at(launch::round_bf16(n), &[scratch])));
                         bias.broadcast = at(
                             launch::broadcast_to(&self.shapes[2], self.shape),
                             &[scratch, self.out()],
@@ -544,18 +558,27 @@ impl Planner<'_> {
                     }
                 }
             }
-            // A MatMulAdd's addend, broadcast into the output, is rounded before the product
-            // accumulates onto it.
-            if let Some(gemm) = steps.iter().position(|s| matches!(s, Step::Gemm(_))) {
-                if gemm > 0 {
-                    steps.insert(
-                        gemm,
-                        Step::Kernel(launch::remap(launch::round_bf16(self.n()), &[self.out()])),
-                    );
+            // A MatMulAdd's addend is rounded as it is broadcast into the output, before the
+            // product accumulates onto it.
+            for step in &mut steps {
+                if let Step::Kernel(broadcast) = step {
+                    let rounds = launch::round_output(broadcast);
+                    debug_assert!(rounds, "a MatMulAdd's addend goes through a strided copy");
                 }
             }
             steps.splice(0..0, bias_rounding);
             steps.splice(0..0, [cast(0, a_at), cast(1, b_at)]);
+        } else if steps.iter().all(
+            |step| matches!(step, Step::Kernel(call) if ROUNDING_KERNELS.contains(&call.kernel)),
+        ) {
+            // Every kernel of the operation rounds what it stores into the output (they write
+            // disjoint parts of it and none reads it back).
+            for step in &mut steps {
+                if let Step::Kernel(call) = step {
+                    launch::round_output(call);
+                }
+            }
+            return Ok(steps);
         }
         steps.push(Step::Kernel(launch::remap(
             launch::round_bf16(self.n()),

@@ -54,6 +54,21 @@ macro_rules! kernel_file {
     };
 }
 
+/// The kernels whose last parameter is `int round`: nonzero, they round every value they store
+/// into the operation's output to bf16 (`kdc_out` in common.cuh), which is how a bf16-typed
+/// operation of these kernels is planned ([`crate::launch::round_output`]); scratch values
+/// (statistics, partial sums) stay f32.
+pub const ROUNDING_KERNELS: &[&str] = &[
+    "kdc_unary_f32",
+    "kdc_unary_backward_f32",
+    "kdc_binary_f32",
+    "kdc_strided_copy_f32",
+    "kdc_sum_to_f32",
+    "kdc_attention_f32",
+    "kdc_attention_backward_rows_f32",
+    "kdc_attention_backward_keys_f32",
+];
+
 /// Every kernel file kdc ships.
 pub const FILES: &[KernelFile] = &[
     kernel_file!(

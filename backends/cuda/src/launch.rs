@@ -60,6 +60,30 @@ fn int(n: usize) -> i32 {
     i32::try_from(n).unwrap_or_else(|_| panic!("kdc-cuda: size {n} does not fit the kernels' int"))
 }
 
+/// A call of one of [`crate::kernels::ROUNDING_KERNELS`]: its last argument, `round`, starts
+/// 0 (the output stored in f32); [`round_output`] sets it.
+fn storing(mut call: KernelCall) -> KernelCall {
+    debug_assert!(crate::kernels::ROUNDING_KERNELS.contains(&call.kernel));
+    call.args.push(Arg::I32(0));
+    call
+}
+
+/// Makes `call` round what it stores into its output to bf16 (the output of an operation typed
+/// bf16), if its kernel can ([`crate::kernels::ROUNDING_KERNELS`]): then no separate rounding
+/// pass is needed. Returns whether it can.
+pub fn round_output(call: &mut KernelCall) -> bool {
+    if !crate::kernels::ROUNDING_KERNELS.contains(&call.kernel) {
+        return false;
+    }
+    match call.args.last_mut() {
+        Some(Arg::I32(round)) => {
+            *round = 1;
+            true
+        }
+        _ => unreachable!("{}: its last argument is `int round`", call.kernel),
+    }
+}
+
 fn elementwise(kernel: &'static str, n: usize, args: Vec<Arg>) -> KernelCall {
     let blocks = n
         .div_ceil(ELEMENTWISE_BLOCK as usize)
@@ -102,20 +126,20 @@ fn per_lane(kernel: &'static str, lanes: usize, n: usize, args: Vec<Arg>) -> Ker
 
 /// `y = f(x)`; buffers (x, y).
 pub fn unary(op: UnaryCode, n: usize) -> KernelCall {
-    elementwise(
+    storing(elementwise(
         "kdc_unary_f32",
         n,
         vec![Arg::I32(op as i32), Arg::I32(int(n)), buf(0), buf(1)],
-    )
+    ))
 }
 
 /// `dx = dy · f'(x)`; buffers (x, y, dy, dx), y the forward output.
 pub fn unary_backward(op: UnaryCode, n: usize) -> KernelCall {
-    elementwise(
+    storing(elementwise(
         "kdc_unary_backward_f32",
         n,
         with_bufs(vec![Arg::I32(op as i32), Arg::I32(int(n))], 4),
-    )
+    ))
 }
 
 /// `x = value`; buffers (x).
@@ -952,14 +976,14 @@ pub fn binary(
     push_i32s(&mut bytes, &i32s(&dims));
     push_i32s(&mut bytes, &i32s(&s[0]));
     push_i32s(&mut bytes, &i32s(&s[1]));
-    elementwise(
+    storing(elementwise(
         "kdc_binary_f32",
         n,
         with_bufs(
             vec![Arg::I32(op as i32), Arg::I32(int(n)), Arg::Bytes(bytes)],
             3,
         ),
-    )
+    ))
 }
 
 /// A strided copy of the iteration space `dims` from buffer `from` to buffer `to`.
@@ -980,11 +1004,11 @@ fn strided_copy(
     push_i32s(&mut bytes, &i32s(&s[0]));
     push_i32s(&mut bytes, &i32s(&s[1]));
     push_i32s(&mut bytes, &[int(in_offset), int(out_offset)]);
-    elementwise(
+    storing(elementwise(
         "kdc_strided_copy_f32",
         n,
         vec![Arg::I32(int(n)), Arg::Bytes(bytes), buf(from), buf(to)],
-    )
+    ))
 }
 
 /// Axes reordered (`out` has shape `shape[perm[·]]`); buffers (x, out).
@@ -1098,13 +1122,13 @@ pub fn sum_to(x_shape: &[usize], out_shape: &[usize]) -> KernelCall {
     } else {
         (65535, blocks.div_ceil(65535))
     };
-    KernelCall {
+    storing(KernelCall {
         kernel: "kdc_sum_to_f32",
         grid: [gx as u32, gy as u32, 1],
         block: [reduction_block(count), 1, 1],
         shared_bytes: 0,
         args: vec![Arg::I32(int(n_out)), Arg::Bytes(bytes), buf(0), buf(1)],
-    }
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1178,34 +1202,34 @@ fn attention_call(
 /// `o = softmax(scale·q·kᵀ + bias)·v`; buffers (q, k, v, bias, o) — bias any buffer when there
 /// is none.
 pub fn attention(dims: &kdc_backend::AttentionDims, scale: f32) -> KernelCall {
-    attention_call(
+    storing(attention_call(
         "kdc_attention_f32",
         dims.batch * dims.m,
         dims.n.max(dims.e),
         dims.n,
         with_bufs(vec![Arg::Bytes(attention_bytes(dims, scale))], 5),
-    )
+    ))
 }
 
 /// The query rows' pass of the backward: buffers (q, k, v, bias, dout, dq, stats), stats
 /// `[batch·m, 2]` (log-sum-exp, Σ p·dp).
 pub fn attention_backward_rows(dims: &kdc_backend::AttentionDims, scale: f32) -> KernelCall {
-    attention_call(
+    storing(attention_call(
         "kdc_attention_backward_rows_f32",
         dims.batch * dims.m,
         dims.n.max(dims.d),
         2 * dims.n,
         with_bufs(vec![Arg::Bytes(attention_bytes(dims, scale))], 7),
-    )
+    ))
 }
 
 /// The keys' pass: buffers (q, k, v, bias, dout, stats, dk, dv).
 pub fn attention_backward_keys(dims: &kdc_backend::AttentionDims, scale: f32) -> KernelCall {
-    attention_call(
+    storing(attention_call(
         "kdc_attention_backward_keys_f32",
         dims.batch * dims.n,
         dims.m.max(dims.d).max(dims.e),
         2 * dims.m,
         with_bufs(vec![Arg::Bytes(attention_bytes(dims, scale))], 8),
-    )
+    ))
 }

@@ -432,8 +432,59 @@ fn bf16_outputs_are_rounded_on_both_backends() {
         ),
         (Op::Permute(vec![1, 0]), vec![x.clone()], vec![33, 5]),
         (Op::SumTo, vec![x.clone()], vec![33]),
+        (
+            Op::UnaryBackward(Unary::Gelu),
+            vec![x.clone(), x.clone(), x.clone()],
+            vec![5, 33],
+        ),
+        (
+            Op::Slice { axis: 1, start: 4 },
+            vec![x.clone()],
+            vec![5, 20],
+        ),
+        (
+            Op::Concat { axis: 0 },
+            vec![x.clone(), x.clone()],
+            vec![10, 33],
+        ),
+        (Op::Broadcast, vec![y.clone()], vec![5, 33]),
+        (
+            Op::SliceBackward { axis: 1, start: 4 },
+            vec![rand(&mut rng, &[5, 20], -3.0, 3.0)],
+            vec![5, 33],
+        ),
+        (
+            Op::Attention { scale: F32(0.4) },
+            vec![
+                rand(&mut rng, &[2, 3, 5], -1.0, 1.0),
+                rand(&mut rng, &[2, 7, 5], -1.0, 1.0),
+                rand(&mut rng, &[2, 7, 4], -1.0, 1.0),
+            ],
+            vec![2, 3, 4],
+        ),
+        (
+            Op::AttentionBackward { scale: F32(0.4) },
+            vec![
+                rand(&mut rng, &[2, 3, 5], -1.0, 1.0),
+                rand(&mut rng, &[2, 7, 5], -1.0, 1.0),
+                rand(&mut rng, &[2, 7, 4], -1.0, 1.0),
+                rand(&mut rng, &[2, 3, 4], -1.0, 1.0),
+            ],
+            vec![2 * 3 * 5 + 2 * 7 * 5 + 2 * 7 * 4],
+        ),
     ];
     for (op, inputs, shape) in cases {
+        // Kernels that round as they store need no rounding pass (a fill, which does not
+        // round, is followed by one).
+        let shapes: Vec<Vec<usize>> = inputs.iter().map(|i| i.0.clone()).collect();
+        let steps = dispatch::plan(&op, &shapes, &shape, Dtype::Bf16).unwrap();
+        let pass = steps
+            .iter()
+            .any(|s| matches!(s, Step::Kernel(c) if c.kernel == "kdc_round_bf16"));
+        let fill = steps
+            .iter()
+            .any(|s| matches!(s, Step::Kernel(c) if c.kernel == "kdc_fill_f32"));
+        assert_eq!(pass, fill, "{op:?}: {steps:?}");
         let what = format!("bf16 {op:?}");
         let (cpu_out, emu_out) = compare_typed(
             &what,

@@ -10,7 +10,9 @@
 //! trainable value's parameter, gradient and two moments. Under bf16 autocast it counts what
 //! kdc-cuda runs: a bf16 product converts its factors (reads them in f32, writes bf16), runs on
 //! the tensor cores reading 2 bytes a factor value, and rounds its output in a second pass;
-//! every other bf16-typed operation adds the rounding pass (activations stay in f32 memory).
+//! every other bf16-typed operation rounds as its kernels store, or adds a rounding pass where
+//! they cannot (kdc-cuda's plan says which; activations stay in f32 memory). A linear layer's
+//! bias is added in the GEMM's epilogue; another addend is broadcast into the output first.
 //! Real kernels fuse less or more, and small operations are bound by launch latency (about
 //! 5 µs each, counted separately), so treat the result as a lower bound.
 
@@ -171,17 +173,26 @@ pub fn operations(c: &Compiled) -> Vec<OpCost> {
                 // MatMulAdd's third input in f32), then the rounding pass over the output.
                 let conversions = factors * 6.0;
                 let product = factors * 2.0 + (read - factors) * 4.0 + out_len * 4.0;
-                // A MatMulAdd's addend is rounded: a bias in a copy (two launches over its n
-                // values), any other addend once broadcast into the output (the broadcast, the
-                // rounding pass, the GEMM reading it back).
+                // A MatMulAdd's addend is rounded as it is copied: a bias into the scratch (a
+                // launch over its n values), any other addend as it is broadcast into the
+                // output (which the GEMM reads back).
                 let (addend, launches) = match node.op {
-                    Op::MatMulAdd { .. } if broadcast_addend => (out_len * 16.0, 6),
-                    Op::MatMulAdd { .. } => ((read - factors) * 16.0, 6),
+                    Op::MatMulAdd { .. } if broadcast_addend => (out_len * 8.0, 5),
+                    Op::MatMulAdd { .. } => ((read - factors) * 8.0, 5),
                     _ => (0.0, 4),
                 };
                 (conversions + product + addend + out_len * 8.0, launches)
             }
-            (true, false) => (values_moved * 4.0 + out_len * 8.0, 2),
+            // Kernels that round as they store (elementwise, strided copies, sums to a shape,
+            // attention) cost nothing more; the others are followed by a rounding pass.
+            (true, false) => {
+                let owned: Vec<Vec<usize>> = shapes.iter().map(|s| s.to_vec()).collect();
+                if kdc_cuda::dispatch::rounding_pass(&node.op, &owned, &node.shape) {
+                    (values_moved * 4.0 + out_len * 8.0, 2)
+                } else {
+                    (values_moved * 4.0, 1)
+                }
+            }
         };
         out.push(OpCost {
             kind: node.op.kind(),
