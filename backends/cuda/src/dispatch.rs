@@ -241,9 +241,16 @@ pub fn scratch_len(op: &Op, input_shapes: &[Vec<usize>], _shape: &[usize], dtype
     }
 }
 
-/// Where a bf16 product's factors go in its scratch: (A's float offset, B's, floats in all).
+/// Where a bf16 product's factors go in its scratch: (A's float offset, B's, floats in all,
+/// which is where a bias's rounded copy goes). Each part starts on a multiple of 16 floats, as
+/// the memory plan aligns the scratch itself (64 bytes): the tensor-core GEMMs and cuBLASLt's
+/// bias epilogue need aligned pointers.
 fn bf16_factors(input_shapes: &[Vec<usize>]) -> (usize, usize, usize) {
-    let half = |i: usize| input_shapes.get(i).map_or(0, |s| numel(s).div_ceil(2));
+    let half = |i: usize| {
+        input_shapes
+            .get(i)
+            .map_or(0, |s| numel(s).div_ceil(2).next_multiple_of(16))
+    };
     (0, half(0), half(0) + half(1))
 }
 

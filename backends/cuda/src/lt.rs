@@ -98,6 +98,11 @@ impl Lt {
         let ptr = |o: &Operand| addresses[o.index] + (o.offset * 4) as u64;
         let (a, b, c) = (ptr(&g.a), ptr(&g.b), ptr(&g.c));
         let bias_ptr = addresses[bias.index] + (bias.offset * 4) as u64;
+        if alignment(bias_ptr) < 16 {
+            // The epilogue reads the bias in 16-byte vectors (a misaligned one faults on the
+            // device rather than being refused): the plain path instead.
+            return Ok(false);
+        }
         let key = Key {
             dims: [g.batch, g.m, g.n, g.k],
             operands: [&g.a, &g.b, &g.c].map(|o| (o.transposed, o.ld, o.batch_stride)),

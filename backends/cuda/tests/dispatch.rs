@@ -989,6 +989,26 @@ fn every_operation_plans_and_the_unsupported_ones_say_which() {
     assert_eq!(broadcast.kernel, "kdc_strided_copy_f32");
     assert!(g.accumulate && g.bias.is_none());
     assert_eq!(g.kernel().kernel, "kdc_matmul_f32");
+    // In bf16 the factors and the bias's rounded copy sit in the scratch at multiples of 16
+    // floats (the plan aligns the scratch to 64 bytes; cuBLASLt's bias and the tensor-core
+    // GEMM need aligned pointers), within the scratch the plan reserves.
+    let (shapes, shape) = (vec![vec![2, 5, 7], vec![9, 7], vec![9]], vec![2, 5, 9]);
+    let op = Op::MatMulAdd {
+        ta: false,
+        tb: true,
+    };
+    let steps = dispatch::plan(&op, &shapes, &shape, Dtype::Bf16).unwrap();
+    let g = steps
+        .iter()
+        .find_map(|s| match s {
+            Step::Gemm(g) => Some(g),
+            _ => None,
+        })
+        .unwrap();
+    let bias = g.bias.as_ref().unwrap();
+    assert_eq!((g.a.index, g.b.index, bias.index), (4, 4, 4), "{g:?}");
+    assert_eq!((g.a.offset, g.b.offset, bias.offset), (0, 48, 80), "{g:?}");
+    assert_eq!(dispatch::scratch_len(&op, &shapes, &shape, Dtype::Bf16), 89);
     // A constant is an upload; a view with nothing to compute still copies when planned.
     let c = Op::Constant(vec![F32(1.0), F32(2.0)]);
     assert_eq!(

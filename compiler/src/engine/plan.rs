@@ -14,7 +14,8 @@ use std::ops::Range;
 
 use super::graph::{numel, Graph, Id, Op};
 
-/// Buffers start at multiples of this many floats (64 bytes: a cache line, an AVX-512 vector).
+/// Buffers start at multiples of this many floats (64 bytes: a cache line, an AVX-512 vector;
+/// kdc-cuda places bf16 factors and biases in scratch relying on it).
 const ALIGN: usize = 16;
 
 /// Where a node's value lives during a run.
