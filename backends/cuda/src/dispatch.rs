@@ -218,12 +218,12 @@ pub fn rounding_pass(op: &Op, input_shapes: &[Vec<usize>], shape: &[usize]) -> b
 
 /// Floats of scratch memory the steps of `op` (output typed `dtype`) use (buffer position
 /// `inputs + 1`).
-pub fn scratch_len(op: &Op, input_shapes: &[Vec<usize>], _shape: &[usize], dtype: Dtype) -> usize {
+pub fn scratch_len(op: &Op, input_shapes: &[Vec<usize>], shape: &[usize], dtype: Dtype) -> usize {
     let first = || input_shapes.first().map(|s| rows_cols(s)).unwrap_or((0, 0));
     match op {
-        // The two factors as bf16, two to a float.
+        // The two factors as bf16, two to a float, and a bias's rounded copy.
         Op::MatMul { .. } | Op::MatMulAdd { .. } if dtype == Dtype::Bf16 => {
-            bf16_factors(input_shapes).2 + bf16_bias(input_shapes, _shape)
+            bf16_factors(input_shapes).2 + bf16_bias(input_shapes, shape)
         }
         // Each query row's log-sum-exp and Σ p·dp.
         Op::AttentionBackward { .. } => {
