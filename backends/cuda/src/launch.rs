@@ -346,7 +346,6 @@ pub fn arg(largest: bool, outer: usize, n: usize, inner: usize) -> KernelCall {
     )
 }
 
-/// `call` with its buffer arguments renumbered: `Buf { index: i }` becomes `map[i]`.
 /// The largest power of two dividing a device address, at most 256 bytes: the alignment
 /// cuBLASLt is told its operands have (its kernels need aligned pointers, and an arena view
 /// is aligned only to its float offset).
@@ -358,6 +357,7 @@ pub fn alignment(address: u64) -> u32 {
     }
 }
 
+/// `call` with its buffer arguments renumbered: `Buf { index: i }` becomes `map[i]`.
 pub fn remap(mut call: KernelCall, map: &[usize]) -> KernelCall {
     for a in &mut call.args {
         if let Arg::Buf { index, .. } = a {

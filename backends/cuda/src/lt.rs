@@ -60,6 +60,11 @@ pub struct Lt {
 // SAFETY: the handle and descriptors are used only through `&mut Lt`, by one thread at a time.
 unsafe impl Send for Lt {}
 
+/// An attribute's value as cuBLASLt's setters take it: its address and size in bytes.
+fn raw<T>(value: &T) -> (*const c_void, usize) {
+    (value as *const T as *const c_void, size_of::<T>())
+}
+
 fn status(what: &str) -> impl Fn(cudarc::cublaslt::result::CublasError) -> String + '_ {
     move |e| format!("cuBLASLt {what}: {e:?}")
 }
@@ -127,11 +132,12 @@ impl Lt {
         // allocations of this context, sized by dispatch for these dimensions; the workspace
         // is this handle's and only used on its stream.
         let result = unsafe {
+            let (value, size) = raw(&bias_ptr);
             lt::set_matmul_desc_attribute(
                 plan.desc,
                 sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_BIAS_POINTER,
-                &bias_ptr as *const u64 as *const c_void,
-                size_of::<u64>(),
+                value,
+                size,
             )
             .map_err(status("bias pointer"))?;
             lt::matmul(
@@ -207,23 +213,21 @@ impl Lt {
                 .map_err(status("layout"))?;
             if g.batch > 1 {
                 let (count, stride) = (g.batch as i32, o.batch_stride as i64);
+                let layout = plan.layouts[i];
                 // SAFETY: the layout is live; the values are of the attributes' types.
-                unsafe {
-                    lt::set_matrix_layout_attribute(
-                        plan.layouts[i],
-                        Layout::CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT,
-                        &count as *const i32 as *const c_void,
-                        size_of::<i32>(),
-                    )
-                    .map_err(status("batch count"))?;
-                    lt::set_matrix_layout_attribute(
-                        plan.layouts[i],
-                        Layout::CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET,
-                        &stride as *const i64 as *const c_void,
-                        size_of::<i64>(),
-                    )
-                    .map_err(status("batch stride"))?;
-                }
+                let set = |attr: Layout, (value, size): (*const c_void, usize), what| unsafe {
+                    lt::set_matrix_layout_attribute(layout, attr, value, size).map_err(status(what))
+                };
+                set(
+                    Layout::CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT,
+                    raw(&count),
+                    "batch count",
+                )?;
+                set(
+                    Layout::CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET,
+                    raw(&stride),
+                    "batch stride",
+                )?;
             }
         }
         // cublasOperation_t: CUBLAS_OP_N = 0, CUBLAS_OP_T = 1 (an int32 attribute).
@@ -235,39 +239,22 @@ impl Lt {
         // SAFETY: the descriptor and preference are live; each value is of its attribute's
         // type; the preference is destroyed once, below.
         let found = unsafe {
-            let set_desc = |attr: Desc, value: *const c_void, size: usize| {
+            let set_desc = |attr: Desc, (value, size): (*const c_void, usize)| {
                 lt::set_matmul_desc_attribute(plan.desc, attr, value, size)
                     .map_err(status("descriptor attribute"))
             };
             let (ta, tb) = (op(&g.b), op(&g.a));
-            set_desc(
-                Desc::CUBLASLT_MATMUL_DESC_TRANSA,
-                &ta as *const _ as *const c_void,
-                size_of_val(&ta),
-            )?;
-            set_desc(
-                Desc::CUBLASLT_MATMUL_DESC_TRANSB,
-                &tb as *const _ as *const c_void,
-                size_of_val(&tb),
-            )?;
-            set_desc(
-                Desc::CUBLASLT_MATMUL_DESC_EPILOGUE,
-                &epilogue as *const _ as *const c_void,
-                size_of_val(&epilogue),
-            )?;
-            set_desc(
-                Desc::CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE,
-                &bias_type as *const _ as *const c_void,
-                size_of_val(&bias_type),
-            )?;
-            let set_pref = |attr: Pref, value: *const c_void, size: usize| {
+            set_desc(Desc::CUBLASLT_MATMUL_DESC_TRANSA, raw(&ta))?;
+            set_desc(Desc::CUBLASLT_MATMUL_DESC_TRANSB, raw(&tb))?;
+            set_desc(Desc::CUBLASLT_MATMUL_DESC_EPILOGUE, raw(&epilogue))?;
+            set_desc(Desc::CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, raw(&bias_type))?;
+            let set_pref = |attr: Pref, (value, size): (*const c_void, usize)| {
                 lt::set_matmul_pref_attribute(pref, attr, value, size)
                     .map_err(status("preference attribute"))
             };
             let mut outcome = set_pref(
                 Pref::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
-                &workspace as *const usize as *const c_void,
-                size_of::<usize>(),
+                raw(&workspace),
             );
             let aligned = [
                 (
@@ -288,8 +275,7 @@ impl Lt {
                 ),
             ];
             for (attr, bytes) in aligned {
-                outcome =
-                    outcome.and_then(|_| set_pref(attr, &bytes as *const u32 as *const c_void, 4));
+                outcome = outcome.and_then(|_| set_pref(attr, raw(&bytes)));
             }
             let heuristic = outcome.and_then(|_| {
                 match lt::get_matmul_algo_heuristic(
